@@ -1,0 +1,255 @@
+//! The agent's configuration: a TOML file whose keys are all optional, overridden by flags.
+//!
+//! `deploy/config.toml` documents every key with its default.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent looks for its config file when `--config` is not given. A missing file
+/// at this default path is not an error; a missing file named explicitly is.
+pub const DEFAULT_CONFIG: &str = "/etc/strata/config.toml";
+pub const DEFAULT_ROOT: &str = "/var/lib/strata";
+pub const DEFAULT_STATE_DIR: &str = "/run/strata";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{what} {value:?}: {reason}")]
+    Invalid {
+        what: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The file's form: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    root: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    log_level: Option<String>,
+    log_format: Option<LogFormat>,
+}
+
+/// Values given on the command line; each one wins over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub root: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    /// The file it was read from, if any.
+    pub config_file: Option<PathBuf>,
+    /// Persistent data: images, layers, container records.
+    pub root: PathBuf,
+    /// Runtime state that does not survive a reboot.
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Reads the config file (the named one, or the default if it exists) and applies the
+    /// command-line overrides.
+    pub fn load(overrides: Overrides) -> Result<Config> {
+        let (file, config_file) = match &overrides.config {
+            Some(path) => (read_file(path)?, Some(path.clone())),
+            None => {
+                let path = Path::new(DEFAULT_CONFIG);
+                match std::fs::metadata(path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        (FileConfig::default(), None)
+                    }
+                    _ => (read_file(path)?, Some(path.to_path_buf())),
+                }
+            }
+        };
+        let state_dir = overrides
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        let config = Config {
+            config_file,
+            root: overrides
+                .root
+                .or(file.root)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT)),
+            socket: overrides
+                .socket
+                .or(file.socket)
+                .unwrap_or_else(|| state_dir.join("strata.sock")),
+            state_dir,
+            log_level: overrides
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".to_string()),
+            log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        for (what, path) in [
+            ("root", &self.root),
+            ("state_dir", &self.state_dir),
+            ("socket", &self.socket),
+        ] {
+            if !path.is_absolute() {
+                return Err(Error::Invalid {
+                    what,
+                    value: path.display().to_string(),
+                    reason: "must be an absolute path".into(),
+                });
+            }
+        }
+        if self.socket.file_name().is_none() {
+            return Err(Error::Invalid {
+                what: "socket",
+                value: self.socket.display().to_string(),
+                reason: "must name a file".into(),
+            });
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
+            return Err(Error::Invalid {
+                what: "log_level",
+                value: self.log_level.clone(),
+                reason: format!("{e} (use error, warn, info, debug, trace or a filter directive)"),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text).map_err(|message| Error::Parse {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+fn parse(text: &str) -> std::result::Result<FileConfig, String> {
+    // toml's messages span several lines with a source excerpt; keep one line: the
+    // position, the message, and the offending line of the file.
+    toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        let Some(span) = e.span() else {
+            return message;
+        };
+        let start = span.start.min(text.len());
+        let line = text[..start].matches('\n').count() + 1;
+        let source: String = text
+            .lines()
+            .nth(line - 1)
+            .unwrap_or_default()
+            .trim()
+            .chars()
+            .take(80)
+            .collect();
+        format!("line {line}: {message} (in `{source}`)")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str, overrides: Overrides) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::load(Overrides {
+            config: Some(path),
+            ..overrides
+        })
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = load_text("", Overrides::default()).unwrap();
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.socket, PathBuf::from("/run/strata/strata.sock"));
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn flags_override_the_file_and_socket_follows_state_dir() {
+        let c = load_text(
+            "root = \"/srv/a\"\nstate_dir = \"/srv/run\"\nlog_format = \"json\"\n",
+            Overrides {
+                root: Some("/srv/b".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.root, PathBuf::from("/srv/b"));
+        assert_eq!(c.socket, PathBuf::from("/srv/run/strata.sock"));
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_line() {
+        let err = load_text("root = \"/a\"\nbogus = 1\n", Overrides::default()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("line 2"), "{msg}");
+        assert!(msg.contains("bogus"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let err = load_text("root = \"relative\"", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let err = load_text("log_format = \"xml\"", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("xml"), "{err}");
+        let err = load_text("log_format = 7", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("log_format = 7"), "{err}");
+        let err = load_text("log_level = \"info,,=[\"", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("log_level"), "{err}");
+    }
+
+    #[test]
+    fn named_missing_file_is_an_error() {
+        let err = Config::load(Overrides {
+            config: Some("/nonexistent/strata.toml".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::Read { .. }));
+        assert!(err.to_string().contains("/nonexistent/strata.toml"));
+    }
+}

@@ -1,0 +1,142 @@
+//! The daemon's life: prepare its directories, take the root's lock, bind the socket,
+//! serve until SIGTERM or SIGINT, then shut down gracefully and remove the socket.
+
+use std::{
+    fs::File,
+    io::Write as _,
+    os::unix::fs::DirBuilderExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::{
+    config::Config,
+    server::{self, listener},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path}: {source}")]
+    Dir {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "root {root} is in use by another stratad (pid {pid}); stop it or choose another --root"
+    )]
+    RootInUse { root: PathBuf, pid: String },
+    #[error(transparent)]
+    Socket(#[from] listener::Error),
+    #[error("serving: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// How long in-flight calls may run on after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the daemon until a shutdown signal. Must be called inside a tokio runtime.
+pub async fn run(config: Config) -> Result<()> {
+    create_dir(&config.root, "cannot create root")?;
+    create_dir(&config.state_dir, "cannot create state directory")?;
+    let _lock = lock_root(&config.root)?;
+
+    let (socket, listener) = listener::Socket::bind(&config.socket)?;
+    let incoming = UnixListenerStream::new(listener);
+    let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+
+    let socket_path = config.socket.display().to_string();
+    let ctx = Arc::new(server::Context { config });
+    let router = server::router(ctx).await;
+    tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");
+    notify_systemd();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop_rx.await;
+    }));
+    let name = tokio::select! {
+        _ = sigterm.recv() => "SIGTERM",
+        _ = sigint.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+    let _ = stop_tx.send(());
+    // In-flight calls get a grace period; a client that keeps its connection open (or
+    // never acknowledges the HTTP/2 GOAWAY) must not keep the daemon alive.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(join)) => tracing::error!(error = %join, "server task failed"),
+        Err(_) => {
+            tracing::warn!(grace = ?SHUTDOWN_GRACE, "connections still open after the grace period; closing them")
+        }
+    }
+    drop(socket);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn create_dir(path: &Path, what: &'static str) -> Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| Error::Dir {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// One daemon per root: two would corrupt each other's records. The lock dies with the
+/// process, so a crash never leaves a stale lock behind.
+fn lock_root(root: &Path) -> Result<Flock<File>> {
+    let path = root.join("stratad.lock");
+    let dir_err = |source| Error::Dir {
+        what: "cannot write lock file",
+        path: path.clone(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(dir_err)?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            return Err(Error::RootInUse {
+                root: root.to_path_buf(),
+                pid: pid.trim().to_string(),
+            });
+        }
+        Err((_, errno)) => return Err(dir_err(errno.into())),
+    };
+    lock.set_len(0).map_err(dir_err)?;
+    write!(lock, "{}", std::process::id()).map_err(dir_err)?;
+    Ok(lock)
+}
+
+/// Tells systemd (Type=notify) that the socket is ready. Without NOTIFY_SOCKET, a no-op.
+fn notify_systemd() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let result = std::os::unix::net::UnixDatagram::unbound()
+        .and_then(|sock| sock.send_to(b"READY=1", Path::new(&path)));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}

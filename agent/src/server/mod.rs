@@ -1,0 +1,44 @@
+//! The gRPC face of the agent: one thin handler per RPC. tonic's types live here and
+//! nowhere below.
+
+mod image;
+pub mod listener;
+mod runtime;
+
+use std::sync::Arc;
+
+use strata_api::cri::{
+    image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
+};
+use tonic::transport::server::Router;
+
+use crate::config::Config;
+
+/// CRI clients (the kubelet, crictl) accept messages up to 16 MiB; so do we.
+const MAX_MESSAGE: usize = 16 << 20;
+
+/// Everything the handlers share.
+pub struct Context {
+    pub config: Config,
+}
+
+/// Builds the router with every service the agent offers on its socket.
+pub async fn router(ctx: Arc<Context>) -> Router {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<RuntimeServiceServer<runtime::Runtime>>()
+        .await;
+    health
+        .set_serving::<ImageServiceServer<image::Images>>()
+        .await;
+
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(
+            RuntimeServiceServer::new(runtime::Runtime::new(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            ImageServiceServer::new(image::Images::new(ctx)).max_decoding_message_size(MAX_MESSAGE),
+        )
+}

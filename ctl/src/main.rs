@@ -1,0 +1,221 @@
+//! stratactl: a command-line client for any CRI v1 endpoint (strata, containerd, CRI-O).
+
+#![deny(unsafe_code)]
+
+mod output;
+
+use std::{collections::BTreeMap, process::ExitCode, time::Duration};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use strata_api::cri::{
+    StatusRequest, VersionRequest, runtime_service_client::RuntimeServiceClient,
+};
+use tonic::transport::Channel;
+
+use output::{Format, Table};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "stratactl",
+    version,
+    about = "Client for CRI v1 runtimes: strata, containerd, CRI-O"
+)]
+struct Cli {
+    /// CRI endpoint to talk to
+    #[arg(long, short = 'r', global = true, env = "STRATA_ENDPOINT",
+          default_value = concat!("unix://", "/run/strata/strata.sock"))]
+    endpoint: String,
+    /// Deadline for connecting and for each call: 10s, 500ms, 2m, or plain seconds
+    #[arg(long, short = 't', global = true, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the runtime's name and versions
+    Version,
+    /// Show the runtime's status and conditions
+    Info,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stratactl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stratactl: {}", one_line(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The whole error chain on one line, without repeating a cause already in its parent.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = match cause.downcast_ref::<tonic::Status>() {
+            Some(status) => format!("{:?}: {}", status.code(), status.message()),
+            None => cause.to_string(),
+        };
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (try 10s, 500ms, 2m)"))?;
+    Duration::try_from_secs_f64(value * scale)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
+}
+
+/// A connection to the endpoint and the per-call deadline.
+struct Client {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl Client {
+    async fn connect(endpoint: &str, timeout: Duration) -> anyhow::Result<Client> {
+        let channel = tokio::time::timeout(timeout, strata_api::connect(endpoint))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("connecting to {endpoint}: no answer within {timeout:?}")
+            })??;
+        Ok(Client { channel, timeout })
+    }
+
+    fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel.clone())
+    }
+
+    /// Runs one RPC under the deadline.
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        rpc: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> anyhow::Result<T> {
+        match tokio::time::timeout(self.timeout, rpc).await {
+            Ok(result) => Ok(result.with_context(|| what)?.into_inner()),
+            Err(_) => anyhow::bail!("{what}: no answer within {:?}", self.timeout),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = Client::connect(&cli.endpoint, cli.timeout).await?;
+    match cli.command {
+        Command::Version => version(&client, cli.output).await,
+        Command::Info => info(&client, cli.output).await,
+    }
+}
+
+async fn version(client: &Client, format: Format) -> anyhow::Result<()> {
+    let v = client
+        .call(
+            "version",
+            client.runtime().version(VersionRequest {
+                version: "v1".into(),
+            }),
+        )
+        .await?;
+    if format != Format::Table {
+        return output::print_structured(format, &v);
+    }
+    println!("Version:  {}", v.version);
+    println!("RuntimeName:  {}", v.runtime_name);
+    println!("RuntimeVersion:  {}", v.runtime_version);
+    println!("RuntimeApiVersion:  {}", v.runtime_api_version);
+    Ok(())
+}
+
+async fn info(client: &Client, format: Format) -> anyhow::Result<()> {
+    let status = client
+        .call(
+            "info",
+            client.runtime().status(StatusRequest { verbose: true }),
+        )
+        .await?;
+    if format == Format::Table {
+        let mut table = Table::new(["CONDITION", "STATUS", "REASON", "MESSAGE"]);
+        for c in status.status.iter().flat_map(|s| &s.conditions) {
+            table.row([
+                c.r#type.clone(),
+                c.status.to_string(),
+                c.reason.clone(),
+                c.message.clone(),
+            ]);
+        }
+        print!("{}", table.render());
+        return Ok(());
+    }
+    // Like crictl: the status, then each verbose info entry as the JSON it holds.
+    let mut doc = BTreeMap::new();
+    doc.insert("status".to_string(), serde_json::to_value(&status.status)?);
+    doc.insert(
+        "runtimeHandlers".to_string(),
+        serde_json::to_value(&status.runtime_handlers)?,
+    );
+    doc.insert(
+        "features".to_string(),
+        serde_json::to_value(status.features)?,
+    );
+    for (key, value) in &status.info {
+        let value = serde_json::from_str(value).unwrap_or(serde_json::Value::String(value.clone()));
+        doc.insert(key.clone(), value);
+    }
+    output::print_structured(format, &doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

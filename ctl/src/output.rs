@@ -1,0 +1,83 @@
+//! How results are printed: a plain aligned table (like crictl's), JSON or YAML.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML. Table output is each command's own business.
+pub fn print_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Result<()> {
+    let json = serde_json::to_value(value)?;
+    let text = match format {
+        Format::Yaml => serde_norway::to_string(&json)?,
+        Format::Json | Format::Table => serde_json::to_string_pretty(&json)? + "\n",
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// Columns padded to their widest cell, separated by three spaces, like crictl's tables.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(header: I) -> Self {
+        Table {
+            rows: vec![header.into_iter().map(Into::into).collect()],
+        }
+    }
+
+    pub fn row<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, cells: I) {
+        self.rows.push(cells.into_iter().map(Into::into).collect());
+    }
+
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .filter_map(|r| r.get(c))
+                    .map(|cell| cell.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 < row.len() {
+                    line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+                } else {
+                    line.push_str(cell);
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(["TYPE", "STATUS"]);
+        t.row(["RuntimeReady", "true"]);
+        t.row(["X", ""]);
+        assert_eq!(
+            t.render(),
+            "TYPE           STATUS\nRuntimeReady   true\nX\n"
+        );
+    }
+}

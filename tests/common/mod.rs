@@ -1,0 +1,347 @@
+//! The end-to-end harness: runs the real `stratad` binary on a temporary root, state
+//! directory and socket, talks to it through the generated client and the `stratactl`
+//! binary, and always stops it and removes its files, also when a test fails.
+//!
+//! The binaries are the workspace's own build output (`cargo build --workspace`), found
+//! next to the test executable or in `STRATA_BIN_DIR`.
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::{
+    ffi::OsStr,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use strata_api::cri::{VersionRequest, runtime_service_client::RuntimeServiceClient};
+use tonic::transport::Channel;
+
+/// How long a daemon may take to answer its first `Version`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a daemon may take to exit after SIGTERM before the harness kills it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Path of one of the workspace's binaries. Fails loudly if it has not been built.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("STRATA_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            // target/<profile>/deps/<test> -> target/<profile>
+            let exe = std::env::current_exe().expect("the test knows its own path");
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("test executables live in target/<profile>/deps")
+                .to_path_buf()
+        }
+    };
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace), or set STRATA_BIN_DIR",
+        path.display()
+    );
+    path
+}
+
+/// Options for starting a daemon.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Contents of the config file passed with `--config`.
+    pub config: String,
+    /// Extra flags after the harness's own.
+    pub args: Vec<String>,
+    /// Give the harness's root, state directory and socket in the config file instead of
+    /// as flags.
+    pub paths_from_config: bool,
+}
+
+/// A running `stratad` on its own temporary directories.
+pub struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with an empty config and waits until it serves.
+    pub async fn start() -> Daemon {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Daemon {
+        let mut daemon = Self::prepare();
+        daemon.launch(options).await;
+        daemon
+    }
+
+    /// The daemon's directories, without starting it (to plant files first).
+    pub fn prepare() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        Daemon {
+            child: None,
+            root: dir.path().join("root"),
+            state_dir: dir.path().join("run"),
+            socket: dir.path().join("run/strata.sock"),
+            log: dir.path().join("stratad.log"),
+            dir,
+        }
+    }
+
+    /// Starts the daemon and waits until it serves.
+    pub async fn launch(&mut self, options: Options) {
+        assert!(self.child.is_none(), "daemon already running");
+        self.spawn(&options);
+        self.wait_ready().await;
+    }
+
+    /// A path inside the daemon's temporary directory (removed with it).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("daemon running").id() as i32)
+    }
+
+    fn spawn(&mut self, options: &Options) {
+        let config = self.path("config.toml");
+        let mut text = String::new();
+        if options.paths_from_config {
+            for (key, path) in [
+                ("root", &self.root),
+                ("state_dir", &self.state_dir),
+                ("socket", &self.socket),
+            ] {
+                text.push_str(&format!(
+                    "{key} = {:?}\n",
+                    path.to_str().expect("utf-8 path")
+                ));
+            }
+        }
+        text.push_str(&options.config);
+        std::fs::write(&config, text).expect("write config");
+        let log = std::fs::File::create(&self.log).expect("log file");
+        let mut cmd = Command::new(bin("stratad"));
+        cmd.arg("--config").arg(&config);
+        if !options.paths_from_config {
+            cmd.arg("--root").arg(&self.root);
+            cmd.arg("--state-dir").arg(&self.state_dir);
+            cmd.arg("--socket").arg(&self.socket);
+        }
+        cmd.args(&options.args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn stratad"));
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("stratad exited before serving ({status}):\n{}", self.logs());
+            }
+            if let Ok(channel) = strata_api::connect_path(&self.socket).await
+                && RuntimeServiceClient::new(channel)
+                    .version(VersionRequest::default())
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "stratad did not serve within {READY_TIMEOUT:?}:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Everything the daemon wrote to stdout and stderr so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        strata_api::connect_path(&self.socket)
+            .await
+            .expect("connect to stratad")
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(self.channel().await)
+    }
+
+    /// Runs `stratactl` against this daemon.
+    pub fn ctl<I, S>(&self, args: I) -> CtlOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        ctl_at(&self.endpoint(), args)
+    }
+
+    /// Sends `signal` and waits for the exit (killing the daemon if it overstays).
+    pub async fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon running");
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait().expect("wait for stratad");
+                panic!(
+                    "stratad ignored {signal} for {STOP_TIMEOUT:?} (killed: {status}):\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub async fn stop(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGTERM).await
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// What a `stratactl` run printed and how it exited.
+#[derive(Debug)]
+pub struct CtlOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CtlOutput {
+    /// Asserts a zero exit and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert!(
+            self.status.success(),
+            "stratactl failed ({}):\nstdout: {}\nstderr: {}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        &self.stdout
+    }
+
+    /// Asserts a failure reported as one clear line (no panic, no debug dump) and
+    /// returns that line.
+    #[track_caller]
+    pub fn failed(&self) -> &str {
+        assert!(
+            !self.status.success(),
+            "stratactl succeeded: {}",
+            self.stdout
+        );
+        assert_eq!(self.status.signal(), None, "stratactl died of a signal");
+        assert_clear_error(&self.stderr, "stratactl")
+    }
+}
+
+/// Runs `stratactl --endpoint <endpoint> args...`.
+pub fn ctl_at<I, S>(endpoint: &str, args: I) -> CtlOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(bin("stratactl"))
+        .arg("--endpoint")
+        .arg(endpoint)
+        .args(args)
+        .env_remove("STRATA_ENDPOINT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stratactl");
+    CtlOutput {
+        status,
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+/// Runs `stratad` with `args` and expects it to refuse to start; returns its one line.
+pub fn stratad_refuses<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let output = Command::new(bin("stratad"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run stratad");
+    assert!(
+        !output.status.success(),
+        "stratad started although it should not have: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.signal(), None, "stratad died of a signal");
+    assert_eq!(output.status.code(), Some(1));
+    assert_clear_error(&String::from_utf8_lossy(&output.stderr), "stratad").to_string()
+}
+
+/// A clear error is exactly one line, prefixed with the program's name, with no panic
+/// message or Rust debug formatting in it.
+#[track_caller]
+fn assert_clear_error<'a>(stderr: &'a str, program: &str) -> &'a str {
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one error line, got:\n{stderr}");
+    let line = lines[0];
+    assert!(
+        line.starts_with(&format!("{program}: ")),
+        "error line lacks the program name: {line}"
+    );
+    for debug_marker in ["panicked", "RUST_BACKTRACE", "Os {", "Status {", "kind:"] {
+        assert!(!line.contains(debug_marker), "debug output in: {line}");
+    }
+    line
+}

@@ -1,0 +1,488 @@
+//! End to end: the daemon's start-up, shutdown and the RPCs of the foundation (Version,
+//! Status, RuntimeConfig, health, UNIMPLEMENTED for the rest), through the generated
+//! client and through `stratactl`.
+
+mod common;
+
+use std::{os::unix::fs::PermissionsExt, time::Duration};
+
+use common::{Daemon, Options, ctl_at, stratad_refuses};
+use nix::sys::signal::Signal;
+use strata_api::cri::{
+    self, CgroupDriver, RuntimeConfigRequest, StatusRequest, VersionRequest,
+    image_service_client::ImageServiceClient,
+};
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_via_client_and_ctl() {
+    let daemon = Daemon::start().await;
+    let v = daemon
+        .runtime()
+        .await
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "strata");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.version, "0.1.0");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+
+    let table = daemon.ctl(["version"]);
+    let table = table.ok();
+    assert!(table.contains("RuntimeName:  strata\n"), "{table}");
+    assert!(table.contains("RuntimeApiVersion:  v1\n"), "{table}");
+
+    let json: serde_json::Value =
+        serde_json::from_str(daemon.ctl(["version", "-o", "json"]).ok()).unwrap();
+    assert_eq!(json["runtimeName"], "strata");
+    assert_eq!(json["runtimeApiVersion"], "v1");
+    assert_eq!(json["runtimeVersion"], env!("CARGO_PKG_VERSION"));
+
+    let yaml = daemon.ctl(["-o", "yaml", "version"]);
+    assert!(yaml.ok().contains("runtimeName: strata"), "{}", yaml.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_conditions_and_verbose_info() {
+    let daemon = Daemon::start().await;
+    let mut client = daemon.runtime().await;
+
+    let brief = client
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        brief.info.is_empty(),
+        "info without verbose: {:?}",
+        brief.info
+    );
+    let conditions = brief.status.unwrap().conditions;
+    let find = |name: &str| {
+        conditions
+            .iter()
+            .find(|c| c.r#type == name)
+            .unwrap_or_else(|| panic!("no {name} condition in {conditions:?}"))
+            .clone()
+    };
+    assert!(find("RuntimeReady").status);
+    let network = find("NetworkReady");
+    assert!(
+        !network.status,
+        "no pod network exists yet, so NetworkReady must be false"
+    );
+    assert!(!network.reason.is_empty() && !network.message.is_empty());
+    assert_eq!(brief.runtime_handlers.len(), 1);
+    assert_eq!(brief.runtime_handlers[0].name, "");
+
+    let verbose = client
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let config: serde_json::Value = serde_json::from_str(&verbose.info["config"]).unwrap();
+    assert_eq!(config["root"], daemon.root.to_str().unwrap());
+    assert_eq!(config["socket"], daemon.socket.to_str().unwrap());
+
+    let table = daemon.ctl(["info"]);
+    let table = table.ok();
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("CONDITION"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("RuntimeReady") && l.contains("true")),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("NetworkReady") && l.contains("false")),
+        "{table}"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(daemon.ctl(["info", "-o", "json"]).ok()).unwrap();
+    assert_eq!(json["status"]["conditions"][0]["type"], "RuntimeReady");
+    assert_eq!(json["status"]["conditions"][0]["status"], true);
+    assert_eq!(
+        json["config"]["state_dir"],
+        daemon.state_dir.to_str().unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_config_names_the_cgroupfs_driver() {
+    let daemon = Daemon::start().await;
+    let config = daemon
+        .runtime()
+        .await
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        config.linux.unwrap().cgroup_driver,
+        CgroupDriver::Cgroupfs as i32
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_service_reports_serving() {
+    let daemon = Daemon::start().await;
+    let mut health = HealthClient::new(daemon.channel().await);
+    for service in ["", "runtime.v1.RuntimeService", "runtime.v1.ImageService"] {
+        let status = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "service {service:?}");
+    }
+    let unknown = health
+        .check(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unimplemented_rpcs_say_so() {
+    let daemon = Daemon::start().await;
+    let mut rt = daemon.runtime().await;
+    let mut img = ImageServiceClient::new(daemon.channel().await);
+
+    let codes = [
+        (
+            "RunPodSandbox",
+            rt.run_pod_sandbox(cri::RunPodSandboxRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ListPodSandbox",
+            rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "CreateContainer",
+            rt.create_container(cri::CreateContainerRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ListContainers",
+            rt.list_containers(cri::ListContainersRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ExecSync",
+            rt.exec_sync(cri::ExecSyncRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ContainerStats",
+            rt.container_stats(cri::ContainerStatsRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "StreamContainers",
+            rt.stream_containers(cri::StreamContainersRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "GetContainerEvents",
+            rt.get_container_events(cri::GetEventsRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "UpdateRuntimeConfig",
+            rt.update_runtime_config(cri::UpdateRuntimeConfigRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "PullImage",
+            img.pull_image(cri::PullImageRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ListImages",
+            img.list_images(cri::ListImagesRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ImageStatus",
+            img.image_status(cri::ImageStatusRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "RemoveImage",
+            img.remove_image(cri::RemoveImageRequest::default())
+                .await
+                .map(drop),
+        ),
+        (
+            "ImageFsInfo",
+            img.image_fs_info(cri::ImageFsInfoRequest::default())
+                .await
+                .map(drop),
+        ),
+    ];
+    for (rpc, result) in codes {
+        let status = result.expect_err(rpc);
+        assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status:?}");
+    }
+    // The daemon is unharmed and still answers.
+    rt.version(VersionRequest::default()).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_sigint_shut_down_and_remove_the_socket() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT] {
+        let mut daemon = Daemon::start().await;
+        assert!(daemon.socket.exists());
+        let status = daemon.stop_with(signal).await;
+        assert!(
+            status.success(),
+            "{signal}: exit {status}\n{}",
+            daemon.logs()
+        );
+        assert!(!daemon.socket.exists(), "{signal}: socket left behind");
+        assert!(daemon.logs().contains("shutting down"), "{}", daemon.logs());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_its_directories_with_tight_modes() {
+    let daemon = Daemon::start().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&daemon.root), 0o700);
+    assert_eq!(mode(&daemon.state_dir), 0o700);
+    assert_eq!(mode(&daemon.socket), 0o660);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_daemon_on_the_same_socket_is_refused() {
+    let daemon = Daemon::start().await;
+    let other_root = daemon.path("other-root");
+    let line = stratad_refuses([
+        "--config".as_ref(),
+        daemon.path("config.toml").as_os_str(),
+        "--root".as_ref(),
+        other_root.as_os_str(),
+        "--socket".as_ref(),
+        daemon.socket.as_os_str(),
+    ]);
+    assert!(line.contains("in use"), "{line}");
+    assert!(line.contains(daemon.socket.to_str().unwrap()), "{line}");
+
+    // Same root, another socket: refused too, naming the root.
+    let other_socket = daemon.path("other.sock");
+    let line = stratad_refuses([
+        "--config".as_ref(),
+        daemon.path("config.toml").as_os_str(),
+        "--root".as_ref(),
+        daemon.root.as_os_str(),
+        "--socket".as_ref(),
+        other_socket.as_os_str(),
+    ]);
+    assert!(
+        line.contains(daemon.root.to_str().unwrap()) && line.contains("in use"),
+        "{line}"
+    );
+    assert!(!other_socket.exists());
+
+    // The first daemon still serves on its socket.
+    daemon.ctl(["version"]).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_socket_is_replaced() {
+    let mut daemon = Daemon::prepare();
+    std::fs::create_dir_all(&daemon.state_dir).unwrap();
+    // A socket file with nobody behind it, as a crashed daemon leaves.
+    drop(std::os::unix::net::UnixListener::bind(&daemon.socket).unwrap());
+    assert!(daemon.socket.exists());
+
+    // Started from the config file's paths alone, over the stale socket.
+    daemon
+        .launch(Options {
+            paths_from_config: true,
+            ..Default::default()
+        })
+        .await;
+    assert!(daemon.ctl(["version"]).ok().contains("strata"));
+    assert!(
+        daemon.logs().contains("replaced a stale socket"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(daemon.root.join("stratad.lock").exists());
+    assert!(daemon.stop().await.success());
+    assert!(!daemon.socket.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_override_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file_socket = dir.path().join("from-file.sock");
+    let daemon = Daemon::start_with(Options {
+        config: format!(
+            "socket = {:?}\nlog_level = \"debug\"\n",
+            file_socket.to_str().unwrap()
+        ),
+        ..Default::default()
+    })
+    .await;
+    // The harness passed --socket; the file's socket must not be used.
+    assert!(daemon.socket.exists());
+    assert!(!file_socket.exists());
+    // The file's log level was applied.
+    assert!(daemon.logs().contains("DEBUG"), "{}", daemon.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_writes_json_lines() {
+    let mut daemon = Daemon::start_with(Options {
+        args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    })
+    .await;
+    daemon.stop().await;
+    let logs = daemon.logs();
+    let mut lines = 0;
+    for line in logs.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value.get("level").is_some(), "{line}");
+        lines += 1;
+    }
+    assert!(lines >= 2, "expected serving and shutdown lines:\n{logs}");
+}
+
+#[test]
+fn start_up_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    // Each run names its config file and state dir; --root comes from `extra` or defaults.
+    let run = |config: &str, extra: &[&std::ffi::OsStr]| {
+        let config_path = p("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--config".into(),
+            config_path.into(),
+            "--state-dir".into(),
+            p("run").into(),
+        ];
+        if !extra.iter().any(|a| *a == "--root") {
+            args.extend(["--root".into(), p("root").into()]);
+        }
+        args.extend(extra.iter().map(|s| s.to_os_string()));
+        stratad_refuses(args)
+    };
+
+    // A named config file that does not exist.
+    let missing = p("missing.toml");
+    let line = stratad_refuses(["--config".as_ref(), missing.as_os_str()]);
+    assert!(line.contains(missing.to_str().unwrap()), "{line}");
+    assert!(line.contains("No such file"), "{line}");
+
+    // Invalid TOML, an unknown key, a wrong type, a relative path.
+    let line = run("root = [unterminated", &[]);
+    assert!(
+        line.contains("config.toml") && line.contains("line 1"),
+        "{line}"
+    );
+    let line = run("root = \"/tmp/x\"\ncolour = \"blue\"\n", &[]);
+    assert!(line.contains("colour") && line.contains("line 2"), "{line}");
+    let line = run("log_format = 7", &[]);
+    assert!(line.contains("log_format = 7"), "{line}");
+    let line = run("", &["--socket".as_ref(), "relative.sock".as_ref()]);
+    assert!(
+        line.contains("socket") && line.contains("absolute"),
+        "{line}"
+    );
+
+    // An unwritable root: its parent is a regular file.
+    std::fs::write(p("file"), b"").unwrap();
+    let bad_root = p("file/root");
+    let line = run("", &["--root".as_ref(), bad_root.as_os_str()]);
+    assert!(
+        line.contains(bad_root.to_str().unwrap()) && line.contains("Not a directory"),
+        "{line}"
+    );
+
+    // An unwritable socket location.
+    let bad_socket = p("file/strata.sock");
+    let line = run("", &["--socket".as_ref(), bad_socket.as_os_str()]);
+    assert!(line.contains(bad_socket.to_str().unwrap()), "{line}");
+
+    // Something that is not a socket where the socket should go is left alone.
+    let not_socket = p("regular-file.sock");
+    std::fs::write(&not_socket, b"keep me").unwrap();
+    let line = run("", &["--socket".as_ref(), not_socket.as_os_str()]);
+    assert!(line.contains("not a socket"), "{line}");
+    assert_eq!(std::fs::read(&not_socket).unwrap(), b"keep me");
+
+    // A bad log level.
+    let line = run("", &["--log-level".as_ref(), "loud[".as_ref()]);
+    assert!(line.contains("log_level"), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing there at all.
+    let missing = dir.path().join("nobody.sock");
+    let out = ctl_at(&format!("unix://{}", missing.display()), ["version"]);
+    let line = out.failed();
+    assert!(line.contains(missing.to_str().unwrap()), "{line}");
+
+    // A socket file nobody listens on.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let line = ctl_at(&format!("unix://{}", stale.display()), ["info"])
+        .failed()
+        .to_string();
+    assert!(line.contains("refused"), "{line}");
+
+    // An endpoint form the client does not speak.
+    let line = ctl_at("tcp://127.0.0.1:1", ["version"])
+        .failed()
+        .to_string();
+    assert!(line.contains("unix://"), "{line}");
+
+    // A listener that accepts but never answers: the timeout is reported.
+    let hung = dir.path().join("hung.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&hung).unwrap();
+    let started = std::time::Instant::now();
+    let out = ctl_at(
+        &format!("unix://{}", hung.display()),
+        ["--timeout", "300ms", "version"],
+    );
+    let line = out.failed();
+    assert!(line.contains("no answer within"), "{line}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
