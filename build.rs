@@ -7,7 +7,7 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message as _;
 
-const PROTOS: &[&str] = &["proto/runtime/v1/api.proto"];
+const PROTOS: &[&str] = &["proto/runtime/v1/api.proto", "proto/strata/v1/strata.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {
@@ -27,6 +27,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     pbjson_build::Builder::new()
         .register_descriptors(&fs::read(&descriptor_path)?)?
-        .build(&[".runtime.v1"])?;
+        .build(&[".runtime.v1", ".strata.v1"])?;
     Ok(())
 }

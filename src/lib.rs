@@ -20,7 +20,17 @@ pub mod runtime {
     }
 }
 
+/// Generated code for package `strata.v1`, strata's own extensions.
+pub mod strata {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic, missing_docs)]
+        tonic::include_proto!("strata.v1");
+        include!(concat!(env!("OUT_DIR"), "/strata.v1.serde.rs"));
+    }
+}
+
 pub use runtime::v1 as cri;
+pub use strata::v1 as ext;
 
 /// The socket the agent listens on when nothing else is configured.
 pub const DEFAULT_SOCKET: &str = "/run/strata/strata.sock";

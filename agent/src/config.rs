@@ -2,7 +2,10 @@
 //!
 //! `deploy/config.toml` documents every key with its default.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +52,44 @@ struct FileConfig {
     socket: Option<PathBuf>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    #[serde(default)]
+    images: ImagesConfig,
+    #[serde(default)]
+    registries: BTreeMap<String, RegistryConfig>,
+}
+
+/// How images are pulled and stored (`[images]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImagesConfig {
+    /// Layers downloaded at once per pull.
+    pub max_concurrent_downloads: usize,
+    /// A download that receives no byte for this long fails (and is retried).
+    pub progress_timeout_secs: u64,
+    /// A layer with more entries than this is refused.
+    pub max_layer_entries: u64,
+}
+
+impl Default for ImagesConfig {
+    fn default() -> Self {
+        ImagesConfig {
+            max_concurrent_downloads: 3,
+            progress_timeout_secs: 60,
+            max_layer_entries: 1_000_000,
+        }
+    }
+}
+
+/// Settings for one registry host (`[registries."host:port"]`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Speak http instead of https. Unset: http for loopback registries only.
+    pub plain_http: Option<bool>,
+    /// Accept any TLS certificate from this registry.
+    pub insecure_skip_verify: bool,
+    /// Base URLs tried in order before the registry itself, e.g. "http://127.0.0.1:5001".
+    pub mirrors: Vec<String>,
 }
 
 /// Values given on the command line; each one wins over the file.
@@ -74,6 +115,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub images: ImagesConfig,
+    pub registries: BTreeMap<String, RegistryConfig>,
 }
 
 impl Config {
@@ -112,6 +155,8 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            images: file.images,
+            registries: file.registries,
         };
         config.validate()?;
         Ok(config)
@@ -137,6 +182,31 @@ impl Config {
                 value: self.socket.display().to_string(),
                 reason: "must name a file".into(),
             });
+        }
+        if self.images.max_concurrent_downloads == 0 {
+            return Err(Error::Invalid {
+                what: "images.max_concurrent_downloads",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.images.progress_timeout_secs == 0 {
+            return Err(Error::Invalid {
+                what: "images.progress_timeout_secs",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
+        for (host, registry) in &self.registries {
+            for mirror in &registry.mirrors {
+                if !(mirror.starts_with("http://") || mirror.starts_with("https://")) {
+                    return Err(Error::Invalid {
+                        what: "registry mirror",
+                        value: mirror.clone(),
+                        reason: format!("mirrors of {host} must be http:// or https:// URLs"),
+                    });
+                }
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log_level) {
             return Err(Error::Invalid {
@@ -240,6 +310,29 @@ mod tests {
         assert!(err.to_string().contains("log_format = 7"), "{err}");
         let err = load_text("log_level = \"info,,=[\"", Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("log_level"), "{err}");
+    }
+
+    #[test]
+    fn registries_and_images_sections() {
+        let c = load_text(
+            "[images]\nprogress_timeout_secs = 5\n[registries.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:5001\"]\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.images.progress_timeout_secs, 5);
+        assert_eq!(c.images.max_concurrent_downloads, 3);
+        assert_eq!(
+            c.registries["docker.io"].mirrors,
+            vec!["http://127.0.0.1:5001"]
+        );
+        let err = load_text(
+            "[registries.x]\nmirrors = [\"ftp://m\"]\n",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ftp://m"), "{err}");
+        let err = load_text("[images]\nparallel = 2\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("parallel"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 
 use crate::{
     config::Config,
+    image::ImageStore,
     server::{self, listener},
 };
 
@@ -38,6 +39,10 @@ pub enum Error {
     Serve(#[from] tonic::transport::Error),
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("opening the image store: {0}")]
+    Images(#[from] crate::image::Error),
+    #[error("start-up failed: {0}")]
+    Startup(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -58,7 +63,20 @@ pub async fn run(config: Config) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
 
     let socket_path = config.socket.display().to_string();
-    let ctx = Arc::new(server::Context { config });
+    let images = {
+        let (root, images, registries) = (
+            config.root.clone(),
+            config.images.clone(),
+            config.registries.clone(),
+        );
+        tokio::task::spawn_blocking(move || ImageStore::open(&root, images, registries))
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))??
+    };
+    let ctx = Arc::new(server::Context {
+        config,
+        images: Arc::new(images),
+    });
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");
     notify_systemd();

@@ -4,7 +4,10 @@
 
 mod config;
 mod daemon;
+mod image;
 mod server;
+mod state;
+mod sys;
 
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 

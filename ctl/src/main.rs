@@ -2,14 +2,19 @@
 
 #![deny(unsafe_code)]
 
+mod images;
 mod output;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use strata_api::cri::{
-    StatusRequest, VersionRequest, runtime_service_client::RuntimeServiceClient,
+use strata_api::{
+    cri::{
+        StatusRequest, VersionRequest, image_service_client::ImageServiceClient,
+        runtime_service_client::RuntimeServiceClient,
+    },
+    ext::images_client::ImagesClient,
 };
 use tonic::transport::Channel;
 
@@ -42,6 +47,48 @@ enum Command {
     Version,
     /// Show the runtime's status and conditions
     Info,
+    /// Pull an image from a registry
+    Pull {
+        image: String,
+        /// Registry credentials
+        #[arg(long, value_name = "USER:PASSWORD")]
+        creds: Option<String>,
+        /// Registry credentials as base64 of USER:PASSWORD
+        #[arg(long, value_name = "BASE64")]
+        auth: Option<String>,
+        /// A bearer token to send to the registry as it is
+        #[arg(long, value_name = "TOKEN")]
+        registry_token: Option<String>,
+    },
+    /// List images
+    #[command(alias = "image")]
+    Images {
+        /// Only images this name or id refers to
+        image: Option<String>,
+        /// Print image ids only
+        #[arg(long, short)]
+        quiet: bool,
+        /// Show digests
+        #[arg(long)]
+        digests: bool,
+    },
+    /// Show an image's status, manifest, config and layers
+    Inspecti {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images
+    Rmi {
+        images: Vec<String>,
+        /// Remove every image
+        #[arg(long, short)]
+        all: bool,
+        /// Remove every image no container uses
+        #[arg(long, short)]
+        prune: bool,
+    },
+    /// Show the image filesystem's usage
+    Imagefsinfo,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +173,14 @@ impl Client {
         RuntimeServiceClient::new(self.channel.clone())
     }
 
+    fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(self.channel.clone())
+    }
+
+    fn ext(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
+    }
+
     /// Runs one RPC under the deadline.
     async fn call<T>(
         &self,
@@ -144,6 +199,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Version => version(&client, cli.output).await,
         Command::Info => info(&client, cli.output).await,
+        Command::Pull {
+            image,
+            creds,
+            auth,
+            registry_token,
+        } => {
+            let auth = images::auth(creds.as_deref(), auth.as_deref(), registry_token.as_deref())?;
+            images::pull(&client, &image, auth).await
+        }
+        Command::Images {
+            image,
+            quiet,
+            digests,
+        } => images::list(&client, cli.output, image.as_deref(), quiet, digests).await,
+        Command::Inspecti { images: names } => images::inspect(&client, cli.output, &names).await,
+        Command::Rmi {
+            images: names,
+            all,
+            prune,
+        } => images::remove(&client, &names, all, prune).await,
+        Command::Imagefsinfo => images::fs_info(&client, cli.output).await,
     }
 }
 

@@ -7,6 +7,9 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod oci;
+pub mod registry;
+
 use std::{
     ffi::OsStr,
     os::unix::process::ExitStatusExt,
@@ -46,7 +49,38 @@ pub fn bin(name: &str) -> PathBuf {
         "{} is missing: build the workspace first (cargo build --workspace), or set STRATA_BIN_DIR",
         path.display()
     );
+    if std::env::var_os("STRATA_BIN_DIR").is_none() {
+        assert_fresh(&path);
+    }
     path
+}
+
+/// Refuses to test a binary older than the sources it is built from: the tests would
+/// pass or fail for code that is not there.
+fn assert_fresh(binary: &Path) {
+    let built = std::fs::metadata(binary)
+        .and_then(|m| m.modified())
+        .expect("binary mtime");
+    let top = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut stack: Vec<PathBuf> = ["agent/src", "ctl/src", "src", "proto"]
+        .iter()
+        .map(|d| top.join(d))
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
+                assert!(
+                    modified <= built,
+                    "{} is older than {}: run cargo build --workspace before the tests",
+                    binary.display(),
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 /// Options for starting a daemon.

@@ -1,21 +1,269 @@
-//! `runtime.v1.ImageService`. Every RPC answers UNIMPLEMENTED (the generated default
-//! stubs) until the image store lands.
+//! `runtime.v1.ImageService`, and strata's pull-with-progress extension.
 
-use std::sync::Arc;
+use std::{collections::HashMap, pin::Pin, sync::Arc};
 
-use strata_api::cri::image_service_server::ImageService;
+use strata_api::{
+    cri::{
+        self, FilesystemIdentifier, FilesystemUsage, ImageFsInfoRequest, ImageFsInfoResponse,
+        ImageStatusRequest, ImageStatusResponse, Int64Value, ListImagesRequest, ListImagesResponse,
+        PullImageRequest, PullImageResponse, RemoveImageRequest, RemoveImageResponse, UInt64Value,
+        image_service_server::ImageService,
+    },
+    ext::{self, images_server::Images as ExtImages},
+};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::image::{Credentials, ImageRecord, LayerState, Progress, registry};
 
 pub struct Images {
-    _ctx: Arc<Context>,
+    ctx: Arc<Context>,
 }
 
 impl Images {
     pub fn new(ctx: Arc<Context>) -> Self {
-        Images { _ctx: ctx }
+        Images { ctx }
+    }
+}
+
+fn image_name(spec: Option<&cri::ImageSpec>) -> Result<&str, Status> {
+    match spec.map(|s| s.image.trim()) {
+        Some(name) if !name.is_empty() => Ok(name),
+        _ => Err(Status::invalid_argument(
+            "image spec is missing the image name",
+        )),
+    }
+}
+
+fn credentials(auth: Option<cri::AuthConfig>) -> Result<Credentials, Status> {
+    let Some(auth) = auth else {
+        return Ok(Credentials::default());
+    };
+    let (username, password) = if !auth.auth.is_empty() {
+        registry::decode_auth(&auth.auth)
+            .ok_or_else(|| Status::invalid_argument("auth is not base64 of user:password"))?
+    } else {
+        (auth.username, auth.password)
+    };
+    Ok(Credentials {
+        username,
+        password,
+        identity_token: auth.identity_token,
+        registry_token: auth.registry_token,
+    })
+}
+
+/// CRI's view of an image record.
+fn to_cri(image: &ImageRecord) -> cri::Image {
+    // `User` may be "name", "uid", "name:group" or "uid:gid"; CRI wants the user part.
+    let user = image.user.split(':').next().unwrap_or_default();
+    let (uid, username) = match user.parse::<i64>() {
+        Ok(uid) => (Some(Int64Value { value: uid }), String::new()),
+        Err(_) if user.is_empty() => (None, String::new()),
+        Err(_) => (None, user.to_string()),
+    };
+    cri::Image {
+        id: image.id.to_string(),
+        repo_tags: image.tags.iter().cloned().collect(),
+        repo_digests: image.digests.iter().cloned().collect(),
+        size: image.size,
+        uid,
+        username,
+        spec: Some(cri::ImageSpec {
+            image: image.id.to_string(),
+            ..Default::default()
+        }),
+        pinned: false,
     }
 }
 
 #[tonic::async_trait]
-impl ImageService for Images {}
+impl ImageService for Images {
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        let request = request.into_inner();
+        let name = image_name(request.image.as_ref())?.to_string();
+        let credentials = credentials(request.auth)?;
+        let images = self.ctx.images.clone();
+        // The pull goes on if the caller gives up: the next caller then finds it done.
+        let image = tokio::spawn(async move { images.pull(&name, credentials, None).await })
+            .await
+            .map_err(|e| Status::internal(format!("pull task failed: {e}")))??;
+        Ok(Response::new(PullImageResponse {
+            image_ref: image.id.to_string(),
+        }))
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let filter = request
+            .into_inner()
+            .filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let images = match filter {
+            Some(name) => self.ctx.images.find(&name).into_iter().collect(),
+            None => self.ctx.images.list(),
+        };
+        Ok(Response::new(ListImagesResponse {
+            images: images.iter().map(to_cri).collect(),
+        }))
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        let request = request.into_inner();
+        let name = image_name(request.image.as_ref())?;
+        let Some(image) = self.ctx.images.find(name) else {
+            return Ok(Response::new(ImageStatusResponse::default()));
+        };
+        let mut info = HashMap::new();
+        if request.verbose {
+            let (manifest, config) = self.ctx.images.documents(&image)?;
+            let parse = |bytes: &[u8]| {
+                serde_json::from_slice::<serde_json::Value>(bytes)
+                    .unwrap_or(serde_json::Value::Null)
+            };
+            let layers: Vec<serde_json::Value> = image
+                .layers
+                .iter()
+                .map(|l| {
+                    serde_json::json!({
+                        "digest": l.digest,
+                        "diffID": l.diff_id,
+                        "size": l.size,
+                        "mediaType": l.media_type,
+                        "path": self.ctx.images.layer_path(&l.diff_id),
+                        "unpackedSize": self.ctx.images.layer_meta(&l.diff_id).map(|m| m.size),
+                    })
+                })
+                .collect();
+            let details = serde_json::json!({
+                "imageId": image.id,
+                "manifestDigest": image.manifest,
+                "indexDigest": image.index,
+                "manifest": parse(&manifest),
+                "imageSpec": parse(&config),
+                "layers": layers,
+            });
+            info.insert("info".to_string(), details.to_string());
+        }
+        Ok(Response::new(ImageStatusResponse {
+            image: Some(to_cri(&image)),
+            info,
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let request = request.into_inner();
+        let name = image_name(request.image.as_ref())?;
+        if let Some(image) = self.ctx.images.remove(name).await? {
+            tracing::info!(image = %image.id, "removed image");
+        }
+        Ok(Response::new(RemoveImageResponse {}))
+    }
+
+    async fn image_fs_info(
+        &self,
+        _request: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        let images = self.ctx.images.clone();
+        let usage = tokio::task::spawn_blocking(move || images.usage())
+            .await
+            .map_err(|e| Status::internal(format!("usage task failed: {e}")))?;
+        Ok(Response::new(ImageFsInfoResponse {
+            image_filesystems: vec![FilesystemUsage {
+                timestamp: crate::image::now_nanos(),
+                fs_id: Some(FilesystemIdentifier {
+                    mountpoint: self.ctx.images.root().display().to_string(),
+                }),
+                used_bytes: Some(UInt64Value { value: usage.bytes }),
+                inodes_used: Some(UInt64Value {
+                    value: usage.inodes,
+                }),
+            }],
+            container_filesystems: vec![],
+        }))
+    }
+}
+
+type ProgressStream =
+    Pin<Box<dyn Stream<Item = Result<ext::PullImageProgressResponse, Status>> + Send>>;
+
+fn progress_message(event: Progress) -> ext::PullImageProgressResponse {
+    use ext::pull_image_progress_response::Event;
+    let event = match event {
+        Progress::Resolved { manifest, layers } => Event::Resolved(ext::Resolved {
+            manifest_digest: manifest.to_string(),
+            layers: layers
+                .into_iter()
+                .map(|(digest, size)| ext::LayerDescriptor {
+                    digest: digest.to_string(),
+                    size,
+                })
+                .collect(),
+        }),
+        Progress::Layer(layer) => Event::Layer(ext::LayerProgress {
+            digest: layer.digest.to_string(),
+            size: layer.size,
+            downloaded: layer.downloaded,
+            state: match layer.state {
+                LayerState::Waiting => ext::layer_progress::State::Waiting,
+                LayerState::Downloading => ext::layer_progress::State::Downloading,
+                LayerState::Exists => ext::layer_progress::State::Exists,
+                LayerState::Done => ext::layer_progress::State::Done,
+            } as i32,
+        }),
+    };
+    ext::PullImageProgressResponse { event: Some(event) }
+}
+
+#[tonic::async_trait]
+impl ExtImages for Images {
+    async fn pull_image_progress(
+        &self,
+        request: Request<ext::PullImageProgressRequest>,
+    ) -> Result<Response<ProgressStream>, Status> {
+        let request = request.into_inner();
+        let name = image_name(request.image.as_ref())?.to_string();
+        let credentials = credentials(request.auth)?;
+        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel(64);
+        let images = self.ctx.images.clone();
+        tokio::spawn(async move {
+            let pull = images.pull(&name, credentials, Some(events_tx));
+            tokio::pin!(pull);
+            let result = loop {
+                tokio::select! {
+                    result = &mut pull => break result,
+                    Some(event) = events_rx.recv() => {
+                        let _ = out_tx.send(Ok(progress_message(event))).await;
+                    }
+                }
+            };
+            while let Ok(event) = events_rx.try_recv() {
+                let _ = out_tx.send(Ok(progress_message(event))).await;
+            }
+            let last = result.map(|image| ext::PullImageProgressResponse {
+                event: Some(ext::pull_image_progress_response::Event::Done(ext::Done {
+                    image_ref: image.id.to_string(),
+                })),
+            });
+            let _ = out_tx.send(last.map_err(Status::from)).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
+    }
+}

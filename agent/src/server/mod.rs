@@ -4,11 +4,13 @@
 mod image;
 pub mod listener;
 mod runtime;
+mod status;
 
 use std::sync::Arc;
 
-use strata_api::cri::{
-    image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer,
+use strata_api::{
+    cri::{image_service_server::ImageServiceServer, runtime_service_server::RuntimeServiceServer},
+    ext::images_server::ImagesServer,
 };
 use tonic::transport::server::Router;
 
@@ -20,6 +22,7 @@ const MAX_MESSAGE: usize = 16 << 20;
 /// Everything the handlers share.
 pub struct Context {
     pub config: Config,
+    pub images: Arc<crate::image::ImageStore>,
 }
 
 /// Builds the router with every service the agent offers on its socket.
@@ -39,6 +42,8 @@ pub async fn router(ctx: Arc<Context>) -> Router {
                 .max_decoding_message_size(MAX_MESSAGE),
         )
         .add_service(
-            ImageServiceServer::new(image::Images::new(ctx)).max_decoding_message_size(MAX_MESSAGE),
+            ImageServiceServer::new(image::Images::new(ctx.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
         )
+        .add_service(ImagesServer::new(image::Images::new(ctx)))
 }

@@ -1,0 +1,233 @@
+//! Images: the registry client, the content store, the layer store and the image records,
+//! behind one facade, [`ImageStore`]. Nothing here knows about gRPC or containers.
+
+pub mod content;
+pub mod digest;
+pub mod layers;
+pub mod manifest;
+mod pull;
+pub mod records;
+pub mod reference;
+pub mod registry;
+pub mod unpack;
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+pub use digest::Digest;
+pub use pull::{LayerState, Progress, now_nanos};
+pub use records::ImageRecord;
+pub use registry::Credentials;
+
+use crate::config::ImagesConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Reference(#[from] reference::ParseError),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error(transparent)]
+    Manifest(#[from] manifest::Error),
+    #[error(transparent)]
+    Content(#[from] content::Error),
+    #[error(transparent)]
+    Layers(#[from] layers::Error),
+    #[error(transparent)]
+    Records(#[from] records::Error),
+    #[error("layer {digest}: {source}")]
+    Unpack {
+        digest: Digest,
+        #[source]
+        source: unpack::Error,
+    },
+    #[error(
+        "layer {digest}: unpacked content has diff_id {actual}, but the image config says {expected}"
+    )]
+    DiffId {
+        digest: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+    #[error("{what}: no data received for {secs} s")]
+    Stalled { what: String, secs: u64 },
+    #[error("{what}: download failed: {message}")]
+    Download { what: String, message: String },
+    #[error("image {0:?} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    fn is_transient(&self) -> bool {
+        match self {
+            Error::Registry(e) => e.is_transient(),
+            Error::Stalled { .. } | Error::Download { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// Disk use of the image store.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+pub struct ImageStore {
+    root: PathBuf,
+    content: content::ContentStore,
+    layers: layers::LayerStore,
+    records: Mutex<records::Records>,
+    registry: Arc<registry::RegistryClient>,
+    config: ImagesConfig,
+    /// One download per blob at a time, across all pulls.
+    in_flight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+    /// Pulls hold it shared; garbage collection exclusively, so it never removes what a
+    /// pull has fetched but not yet recorded.
+    gc: tokio::sync::RwLock<()>,
+}
+
+impl ImageStore {
+    pub fn open(
+        root: &Path,
+        config: ImagesConfig,
+        registries: std::collections::BTreeMap<String, crate::config::RegistryConfig>,
+    ) -> Result<ImageStore> {
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+            content: content::ContentStore::open(root)?,
+            layers: layers::LayerStore::open(root)?,
+            records: Mutex::new(records::Records::load(root.join("images.json"))?),
+            registry: Arc::new(registry::RegistryClient::new(registries)?),
+            config,
+            in_flight: Mutex::new(HashMap::new()),
+            gc: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    fn records(&self) -> std::sync::MutexGuard<'_, records::Records> {
+        // A panic while holding the lock cannot leave the records half-changed (updates
+        // are applied to a copy), so a poisoned lock is still consistent.
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn list(&self) -> Vec<ImageRecord> {
+        self.records().all().to_vec()
+    }
+
+    pub fn find(&self, name: &str) -> Option<ImageRecord> {
+        self.records().find(name).cloned()
+    }
+
+    pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
+        self.layers.fs_path(diff_id)
+    }
+
+    pub fn layer_meta(&self, diff_id: &Digest) -> Option<layers::LayerMeta> {
+        self.layers.meta(diff_id)
+    }
+
+    /// The raw manifest and config of an image.
+    pub fn documents(&self, image: &ImageRecord) -> Result<(Vec<u8>, Vec<u8>)> {
+        Ok((
+            self.content.read(&image.manifest, manifest::MAX_DOCUMENT)?,
+            self.content.read(&image.id, manifest::MAX_DOCUMENT)?,
+        ))
+    }
+
+    /// Removes the image `name` names, under all its names. A missing image is not an
+    /// error. Blobs and layers nothing else uses are freed.
+    pub async fn remove(&self, name: &str) -> Result<Option<ImageRecord>> {
+        let _gc = self.gc.write().await;
+        let removed = {
+            let mut records = self.records();
+            let Some(image) = records.find(name).cloned() else {
+                return Ok(None);
+            };
+            records.update(|all| all.retain(|i| i.id != image.id))?;
+            image
+        };
+        self.collect_garbage()?;
+        Ok(Some(removed))
+    }
+
+    /// Deletes blobs and layers that no image refers to. Callers hold the gc lock.
+    fn collect_garbage(&self) -> Result<()> {
+        let (blobs, layers): (HashSet<Digest>, HashSet<Digest>) = {
+            let records = self.records();
+            let mut blobs = HashSet::new();
+            let mut layers = HashSet::new();
+            for image in records.all() {
+                blobs.insert(image.id.clone());
+                blobs.insert(image.manifest.clone());
+                blobs.extend(image.index.clone());
+                for layer in &image.layers {
+                    blobs.insert(layer.digest.clone());
+                    layers.insert(layer.diff_id.clone());
+                }
+            }
+            (blobs, layers)
+        };
+        for digest in self.content.list()? {
+            if !blobs.contains(&digest) {
+                self.content.remove(&digest)?;
+            }
+        }
+        for diff_id in self.layers.list()? {
+            if !layers.contains(&diff_id) {
+                tracing::debug!(layer = %diff_id, "freeing unused layer");
+                self.layers.remove(&diff_id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes and inodes used by blobs and layers.
+    pub fn usage(&self) -> Usage {
+        let mut usage = Usage::default();
+        for dir in [self.content.blobs_dir(), self.layers.dir()] {
+            walk_usage(dir, &mut usage);
+        }
+        usage
+    }
+
+    /// The directory image data lives in (reported as the image filesystem).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}
+
+/// Adds up allocated bytes and inodes below `dir`, counting hardlinked files once.
+fn walk_usage(dir: &Path, usage: &mut Usage) {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
+                continue;
+            }
+            usage.inodes += 1;
+            usage.bytes += meta.blocks() * 512;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+}

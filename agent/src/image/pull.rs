@@ -1,0 +1,544 @@
+//! Pulling an image: resolve the reference to a platform manifest, fetch the config, then
+//! download and unpack the layers the node lacks, several at a time, each streaming from
+//! the network through the content store's ingest and the decompressor into a new layer
+//! directory with no whole-layer buffering. Nothing is published until its digests check.
+
+use std::{
+    io::{self, Read},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{
+    Error, ImageStore, Result,
+    content::Ingest,
+    digest::Digest,
+    layers::LayerMeta,
+    manifest::{self, Compression, Descriptor, Document},
+    records::{ImageRecord, LayerRef},
+    reference::Reference,
+    registry::{Credentials, Repository},
+    unpack,
+};
+
+/// How a layer's pull is going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerState {
+    Waiting,
+    Downloading,
+    /// Already on the node: nothing to fetch.
+    Exists,
+    Done,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerProgress {
+    pub digest: Digest,
+    pub size: u64,
+    pub downloaded: u64,
+    pub state: LayerState,
+}
+
+/// Events of one pull, in order: `Resolved`, then `Layer` updates, then nothing (the pull's
+/// result says how it ended).
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Resolved {
+        manifest: Digest,
+        layers: Vec<(Digest, u64)>,
+    },
+    Layer(LayerProgress),
+}
+
+type ProgressTx = mpsc::UnboundedSender<Progress>;
+
+const RETRIES: u32 = 3;
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+fn report(progress: &Option<ProgressTx>, event: Progress) {
+    if let Some(tx) = progress {
+        // A client that went away does not stop the pull.
+        let _ = tx.send(event);
+    }
+}
+
+impl ImageStore {
+    /// Pulls `name` and records it. Returns the image's record. A failed pull leaves no
+    /// blob or layer behind that no image uses.
+    pub async fn pull(
+        self: &Arc<Self>,
+        name: &str,
+        credentials: Credentials,
+        progress: Option<ProgressTx>,
+    ) -> Result<ImageRecord> {
+        let reference = Reference::parse(name)?;
+        let result = {
+            let _gc = self.gc.read().await;
+            self.pull_locked(&reference, credentials, progress).await
+        };
+        if result.is_err() {
+            // Waits for other pulls to finish, so it only frees what nobody is using.
+            let _gc = self.gc.write().await;
+            if let Err(e) = self.collect_garbage() {
+                tracing::warn!(error = %e, "cleaning up after a failed pull");
+            }
+        }
+        result
+    }
+
+    async fn pull_locked(
+        self: &Arc<Self>,
+        reference: &Reference,
+        credentials: Credentials,
+        progress: Option<ProgressTx>,
+    ) -> Result<ImageRecord> {
+        let repo = Arc::new(self.registry.repository(
+            &reference.registry,
+            &reference.repository,
+            credentials,
+        ));
+
+        let (top, top_type) = self
+            .fetch_document(&repo, &reference.manifest_ref())
+            .await?;
+        let top_digest = Digest::of(&top);
+        if let Some(wanted) = &reference.digest
+            && *wanted != top_digest
+        {
+            return Err(Error::Content(super::content::Error::Digest {
+                expected: wanted.clone(),
+                actual: top_digest,
+            }));
+        }
+        let (manifest_bytes, manifest_digest, manifest_type, index) =
+            match manifest::parse_document(&top, top_type.as_deref())? {
+                Document::Manifest(_) => (top.clone(), top_digest.clone(), top_type, None),
+                Document::Index(index) => {
+                    let chosen = manifest::select_platform(&index, &manifest::node_platform())?;
+                    let (bytes, media_type) = self
+                        .fetch_document(&repo, &chosen.digest.to_string())
+                        .await?;
+                    let actual = Digest::of(&bytes);
+                    if actual != chosen.digest {
+                        return Err(Error::Content(super::content::Error::Digest {
+                            expected: chosen.digest.clone(),
+                            actual,
+                        }));
+                    }
+                    (bytes, actual, media_type, Some(top_digest.clone()))
+                }
+            };
+        let Document::Manifest(manifest) =
+            manifest::parse_document(&manifest_bytes, manifest_type.as_deref())?
+        else {
+            return Err(Error::Invalid {
+                what: format!("{reference}"),
+                message: "an index whose entry is another index".into(),
+            });
+        };
+
+        let config_bytes = self.fetch_config(&repo, &manifest.config).await?;
+        let config = manifest::parse_config(&config_bytes)?;
+        if config.rootfs.diff_ids.len() != manifest.layers.len() {
+            return Err(Error::Invalid {
+                what: format!("image config {}", manifest.config.digest),
+                message: format!(
+                    "{} diff_ids for {} layers",
+                    config.rootfs.diff_ids.len(),
+                    manifest.layers.len()
+                ),
+            });
+        }
+        report(
+            &progress,
+            Progress::Resolved {
+                manifest: manifest_digest.clone(),
+                layers: manifest
+                    .layers
+                    .iter()
+                    .map(|l| (l.digest.clone(), l.size))
+                    .collect(),
+            },
+        );
+
+        let permits = Arc::new(Semaphore::new(self.config.max_concurrent_downloads));
+        let mut tasks = tokio::task::JoinSet::new();
+        for (desc, diff_id) in manifest.layers.iter().zip(&config.rootfs.diff_ids) {
+            let (store, repo, permits, progress) = (
+                self.clone(),
+                repo.clone(),
+                permits.clone(),
+                progress.clone(),
+            );
+            let (desc, diff_id) = (desc.clone(), diff_id.clone());
+            tasks.spawn(async move {
+                store
+                    .ensure_layer(&repo, &desc, &diff_id, &permits, &progress)
+                    .await
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            let result = result.map_err(|e| Error::Internal(format!("layer task failed: {e}")))?;
+            if let Err(e) = result {
+                // Dropping the set cancels the other downloads; their partial files go with them.
+                tasks.abort_all();
+                return Err(e);
+            }
+        }
+
+        self.content.write(&manifest_digest, &manifest_bytes)?;
+        if let Some(index) = &index {
+            self.content.write(index, &top)?;
+        }
+        let record = ImageRecord {
+            id: manifest.config.digest.clone(),
+            manifest: manifest_digest,
+            manifest_media_type: manifest
+                .media_type
+                .clone()
+                .unwrap_or_else(|| manifest::OCI_MANIFEST.to_string()),
+            index,
+            tags: reference.tagged().into_iter().collect(),
+            digests: [reference.with_digest(&top_digest)].into_iter().collect(),
+            layers: manifest
+                .layers
+                .iter()
+                .zip(&config.rootfs.diff_ids)
+                .map(|(l, d)| LayerRef {
+                    digest: l.digest.clone(),
+                    diff_id: d.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                })
+                .collect(),
+            size: manifest_bytes.len() as u64
+                + manifest.config.size
+                + manifest.layers.iter().map(|l| l.size).sum::<u64>(),
+            user: config
+                .config
+                .as_ref()
+                .and_then(|c| c.user.clone())
+                .unwrap_or_default(),
+            stored_at: now_nanos(),
+        };
+        let mut records = self.records();
+        records.update(|all| record_pull(all, record))?;
+        records
+            .find(&reference.with_digest(&top_digest))
+            .cloned()
+            .ok_or_else(|| Error::Internal("the pulled image vanished".into()))
+    }
+
+    /// Fetches a manifest or index (capped in size) and its media type.
+    async fn fetch_document(
+        &self,
+        repo: &Repository,
+        reference: &str,
+    ) -> Result<(Vec<u8>, Option<String>)> {
+        let what = format!("manifest {}:{reference}", repo.name());
+        let resp = repo.manifest(reference, manifest::ACCEPT).await?;
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let bytes = self
+            .read_capped(resp, &what, manifest::MAX_DOCUMENT)
+            .await?;
+        Ok((bytes, media_type))
+    }
+
+    /// The config blob, from the store or the registry (verified, then stored).
+    async fn fetch_config(&self, repo: &Repository, desc: &Descriptor) -> Result<Vec<u8>> {
+        if self.content.has(&desc.digest) {
+            return Ok(self.content.read(&desc.digest, manifest::MAX_DOCUMENT)?);
+        }
+        if desc.size > manifest::MAX_DOCUMENT {
+            return Err(Error::Content(super::content::Error::TooLarge {
+                digest: desc.digest.clone(),
+                limit: manifest::MAX_DOCUMENT,
+            }));
+        }
+        let what = format!("config {}", desc.digest);
+        let resp = repo.blob(&desc.digest).await?;
+        let bytes = self
+            .read_capped(resp, &what, manifest::MAX_DOCUMENT)
+            .await?;
+        self.content.write(&desc.digest, &bytes)?;
+        Ok(bytes)
+    }
+
+    async fn read_capped(
+        &self,
+        mut resp: reqwest::Response,
+        what: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>> {
+        if resp.content_length().is_some_and(|n| n > limit) {
+            return Err(Error::Invalid {
+                what: what.to_string(),
+                message: format!("larger than the {limit}-byte limit"),
+            });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = self.next_chunk(&mut resp, what).await? {
+            body.extend_from_slice(&chunk);
+            if body.len() as u64 > limit {
+                return Err(Error::Invalid {
+                    what: what.to_string(),
+                    message: format!("larger than the {limit}-byte limit"),
+                });
+            }
+        }
+        Ok(body)
+    }
+
+    /// The next piece of a body, or a failure if none arrives within the progress timeout.
+    async fn next_chunk(&self, resp: &mut reqwest::Response, what: &str) -> Result<Option<Bytes>> {
+        let secs = self.config.progress_timeout_secs;
+        match tokio::time::timeout(Duration::from_secs(secs), resp.chunk()).await {
+            Err(_) => Err(Error::Stalled {
+                what: what.to_string(),
+                secs,
+            }),
+            Ok(Err(e)) => Err(Error::Download {
+                what: what.to_string(),
+                message: e.to_string(),
+            }),
+            Ok(Ok(chunk)) => Ok(chunk),
+        }
+    }
+
+    fn blob_lock(&self, digest: &Digest) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, lock| Arc::strong_count(lock) > 1);
+        map.entry(digest.clone()).or_default().clone()
+    }
+
+    /// Makes sure the layer's blob is in the content store and its files in the layer store,
+    /// downloading at most once however many pulls want it at the same time.
+    async fn ensure_layer(
+        self: &Arc<Self>,
+        repo: &Arc<Repository>,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        permits: &Semaphore,
+        progress: &Option<ProgressTx>,
+    ) -> Result<()> {
+        let state = |state, downloaded| {
+            Progress::Layer(LayerProgress {
+                digest: desc.digest.clone(),
+                size: desc.size,
+                downloaded,
+                state,
+            })
+        };
+        report(progress, state(LayerState::Waiting, 0));
+        let lock = self.blob_lock(&desc.digest);
+        let _only_one = lock.lock().await;
+        let have_files = self.layers.has(diff_id);
+        if have_files && self.content.has(&desc.digest) {
+            report(progress, state(LayerState::Exists, desc.size));
+            return Ok(());
+        }
+        let _permit = permits
+            .acquire()
+            .await
+            .map_err(|_| Error::Internal("download slots closed".into()))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .download_layer(repo, desc, diff_id, !have_files, progress)
+                .await
+            {
+                Err(e) if e.is_transient() && attempt < RETRIES => {
+                    tracing::warn!(layer = %desc.digest, error = %e, attempt, "layer download failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
+                }
+                other => {
+                    if other.is_ok() {
+                        report(progress, state(LayerState::Done, desc.size));
+                    }
+                    return other;
+                }
+            }
+        }
+    }
+
+    async fn download_layer(
+        self: &Arc<Self>,
+        repo: &Repository,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        unpack: bool,
+        progress: &Option<ProgressTx>,
+    ) -> Result<()> {
+        let compression = Compression::of_layer(&desc.media_type)?;
+        let what = format!("layer {}", desc.digest);
+        let mut resp = repo.blob(&desc.digest).await?;
+        let (tx, rx) = mpsc::channel::<std::result::Result<Bytes, String>>(64);
+        let worker = {
+            let (store, desc, diff_id) = (self.clone(), desc.clone(), diff_id.clone());
+            tokio::task::spawn_blocking(move || {
+                store.store_layer(rx, &desc, &diff_id, compression, unpack)
+            })
+        };
+        let mut downloaded = 0u64;
+        let mut last_report = Instant::now();
+        let pumped: Result<()> = async {
+            while let Some(chunk) = self.next_chunk(&mut resp, &what).await? {
+                downloaded += chunk.len() as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    break; // the worker stopped; its error says why
+                }
+                if last_report.elapsed() >= PROGRESS_EVERY {
+                    last_report = Instant::now();
+                    report(
+                        progress,
+                        Progress::Layer(LayerProgress {
+                            digest: desc.digest.clone(),
+                            size: desc.size,
+                            downloaded,
+                            state: LayerState::Downloading,
+                        }),
+                    );
+                }
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = &pumped {
+            let _ = tx.send(Err(e.to_string())).await;
+        }
+        drop(tx);
+        let stored = worker
+            .await
+            .map_err(|e| Error::Internal(format!("layer worker failed: {e}")))?;
+        pumped.and(stored)
+    }
+
+    /// The blocking half of a layer download: tee the compressed bytes into the content
+    /// store's ingest, decompress, unpack, then check both digests before publishing.
+    fn store_layer(
+        &self,
+        rx: mpsc::Receiver<std::result::Result<Bytes, String>>,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        compression: Compression,
+        unpack: bool,
+    ) -> Result<()> {
+        let mut ingest = self.content.ingest(desc.digest.clone(), Some(desc.size))?;
+        let mut source = ChannelSource {
+            rx,
+            ingest: &mut ingest,
+            limit: desc.size,
+            pending: Bytes::new(),
+        };
+        let unpack_err = |source| Error::Unpack {
+            digest: desc.digest.clone(),
+            source,
+        };
+        let pending_layer = if unpack {
+            let pending = self.layers.begin(diff_id)?;
+            let max = self.config.max_layer_entries;
+            let unpacked = match compression {
+                Compression::Gzip => unpack::unpack(
+                    flate2::read::MultiGzDecoder::new(&mut source),
+                    pending.root(),
+                    max,
+                ),
+                Compression::Zstd => {
+                    let decoder = zstd::stream::read::Decoder::new(&mut source)
+                        .map_err(|e| unpack_err(unpack::Error::Read(e)))?;
+                    unpack::unpack(decoder, pending.root(), max)
+                }
+                Compression::None => unpack::unpack(&mut source, pending.root(), max),
+            }
+            .map_err(unpack_err)?;
+            if unpacked.diff_id != *diff_id {
+                return Err(Error::DiffId {
+                    digest: desc.digest.clone(),
+                    expected: diff_id.clone(),
+                    actual: unpacked.diff_id,
+                });
+            }
+            Some((pending, unpacked))
+        } else {
+            None
+        };
+        // Whatever the decompressor left unread still belongs to the blob and its digest.
+        io::copy(&mut source, &mut io::sink()).map_err(|e| Error::Download {
+            what: format!("layer {}", desc.digest),
+            message: e.to_string(),
+        })?;
+        ingest.commit()?;
+        if let Some((pending, unpacked)) = pending_layer {
+            pending.commit(&LayerMeta {
+                diff_id: diff_id.clone(),
+                size: unpacked.content_bytes,
+                entries: unpacked.entries,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads the downloaded chunks on the blocking side, writing each to the ingest as it
+/// passes.
+struct ChannelSource<'a, 'b> {
+    rx: mpsc::Receiver<std::result::Result<Bytes, String>>,
+    ingest: &'a mut Ingest<'b>,
+    limit: u64,
+    pending: Bytes,
+}
+
+impl Read for ChannelSource<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pending.is_empty() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(message)) => return Err(io::Error::other(message)),
+                Some(Ok(chunk)) => {
+                    io::Write::write_all(self.ingest, &chunk)?;
+                    if self.ingest.written() > self.limit {
+                        return Err(io::Error::other(format!(
+                            "the registry sent more than the {} bytes the manifest gives",
+                            self.limit
+                        )));
+                    }
+                    self.pending = chunk;
+                }
+            }
+        }
+        let n = buf.len().min(self.pending.len());
+        buf[..n].copy_from_slice(&self.pending.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Adds a pulled image to the records: a tag moves to the new image; an image already
+/// known by its id gains the new names.
+fn record_pull(all: &mut Vec<ImageRecord>, new: ImageRecord) {
+    for image in all.iter_mut().filter(|i| i.id != new.id) {
+        for tag in &new.tags {
+            image.tags.remove(tag);
+        }
+    }
+    match all.iter_mut().find(|i| i.id == new.id) {
+        Some(existing) => {
+            existing.tags.extend(new.tags);
+            existing.digests.extend(new.digests);
+        }
+        None => all.push(new),
+    }
+}
+
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,551 @@
+//! A client for the OCI distribution API (pull side): manifests and blobs, with anonymous,
+//! basic and bearer-token authentication, registry mirrors, plain http for local
+//! registries, and retries with back-off on transient failures.
+//!
+//! Written on reqwest rather than a registry crate so that the agent controls what matters
+//! to a node: mirrors tried in order, a progress timeout instead of a deadline, streaming
+//! bodies with no buffering, and errors that say which registry did what.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
+
+use base64::Engine as _;
+use reqwest::{Response, StatusCode, header};
+use serde::Deserialize;
+
+use super::digest::Digest;
+use crate::config::RegistryConfig;
+
+const RETRIES: u32 = 3;
+const USER_AGENT: &str = concat!("strata/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Protocol(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Worth another try on the same or the next endpoint.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
+}
+
+/// Credentials for one pull, from the CRI `AuthConfig`.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+    /// Exchanged at the token service for an access token (OAuth2 refresh token).
+    pub identity_token: String,
+    /// Sent to the registry as a bearer token as it is.
+    pub registry_token: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    fn has_password(&self) -> bool {
+        !self.username.is_empty() || !self.password.is_empty()
+    }
+}
+
+/// Where requests for one registry go, in order: mirrors first, then the registry itself.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    base: String,
+    mirror: bool,
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    insecure: reqwest::Client,
+    hosts: BTreeMap<String, RegistryConfig>,
+}
+
+fn is_local(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl RegistryClient {
+    pub fn new(hosts: BTreeMap<String, RegistryConfig>) -> Result<RegistryClient> {
+        // Several clients may race to install it; the first one wins, which is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let build = |insecure: bool| {
+            reqwest::Client::builder()
+                .user_agent(USER_AGENT)
+                .connect_timeout(Duration::from_secs(15))
+                .pool_idle_timeout(Duration::from_secs(30))
+                .tls_danger_accept_invalid_certs(insecure)
+                .build()
+                .map_err(|e| Error::Protocol(format!("building the HTTP client: {e}")))
+        };
+        Ok(RegistryClient {
+            http: build(false)?,
+            insecure: build(true)?,
+            hosts,
+        })
+    }
+
+    fn endpoints(&self, registry: &str) -> Vec<Endpoint> {
+        let config = self.hosts.get(registry);
+        let mut endpoints: Vec<Endpoint> = config
+            .map(|c| c.mirrors.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| Endpoint {
+                base: m.trim_end_matches('/').to_string(),
+                mirror: true,
+            })
+            .collect();
+        let plain = config
+            .and_then(|c| c.plain_http)
+            .unwrap_or_else(|| is_local(registry));
+        let host = if registry == super::reference::DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            registry
+        };
+        endpoints.push(Endpoint {
+            base: format!("{}://{host}", if plain { "http" } else { "https" }),
+            mirror: false,
+        });
+        endpoints
+    }
+
+    /// A session for pulling from one repository.
+    pub fn repository(
+        self: &Arc<Self>,
+        registry: &str,
+        repository: &str,
+        credentials: Credentials,
+    ) -> Repository {
+        let insecure = self
+            .hosts
+            .get(registry)
+            .is_some_and(|c| c.insecure_skip_verify);
+        Repository {
+            client: self.clone(),
+            http: if insecure {
+                self.insecure.clone()
+            } else {
+                self.http.clone()
+            },
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            endpoints: self.endpoints(registry),
+            credentials,
+            tokens: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// How to authenticate to one endpoint, learnt from its challenge.
+#[derive(Clone)]
+enum Auth {
+    Basic,
+    Bearer(String),
+}
+
+pub struct Repository {
+    #[allow(dead_code)] // keeps the client's configuration alive with the session
+    client: Arc<RegistryClient>,
+    http: reqwest::Client,
+    registry: String,
+    repository: String,
+    endpoints: Vec<Endpoint>,
+    credentials: Credentials,
+    tokens: tokio::sync::Mutex<HashMap<String, Auth>>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: String,
+    #[serde(default)]
+    access_token: String,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl Repository {
+    pub fn name(&self) -> String {
+        format!("{}/{}", self.registry, self.repository)
+    }
+
+    /// GETs the manifest `reference` (a tag or digest) with the given Accept header.
+    pub async fn manifest(&self, reference: &str, accept: &str) -> Result<Response> {
+        self.get(
+            &format!("manifests/{reference}"),
+            Some(accept),
+            &format!("manifest {}:{reference}", self.name()),
+        )
+        .await
+    }
+
+    /// GETs blob `digest`; the body streams.
+    pub async fn blob(&self, digest: &Digest) -> Result<Response> {
+        self.get(
+            &format!("blobs/{digest}"),
+            None,
+            &format!("blob {digest} of {}", self.name()),
+        )
+        .await
+    }
+
+    /// Tries each endpoint in turn; the registry's own answer (the last) is the one
+    /// reported when all fail.
+    async fn get(&self, path: &str, accept: Option<&str>, what: &str) -> Result<Response> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            match self.get_from(endpoint, path, accept, what).await {
+                Ok(resp) => return Ok(resp),
+                Err(e) => {
+                    if endpoint.mirror {
+                        tracing::info!(mirror = %endpoint.base, error = %e, "mirror failed; trying the next endpoint");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Protocol("no endpoint".into())))
+    }
+
+    async fn get_from(
+        &self,
+        endpoint: &Endpoint,
+        path: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<Response> {
+        let url = format!("{}/v2/{}/{path}", endpoint.base, self.repository);
+        let mut attempt = 0;
+        let mut authenticated = false;
+        loop {
+            let mut request = self.http.get(&url);
+            if let Some(accept) = accept {
+                request = request.header(header::ACCEPT, accept);
+            }
+            request = self.authorize(request, &endpoint.base).await;
+            let result = request.send().await;
+            let retry = match result {
+                Err(e) => Error::Unavailable(format!(
+                    "{what}: registry {} is unreachable: {}",
+                    endpoint.base,
+                    error_chain(&e)
+                )),
+                Ok(resp) if resp.status().is_success() => return Ok(resp),
+                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
+                    authenticated = true;
+                    self.authenticate(&endpoint.base, &resp).await?;
+                    continue;
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    let detail = error_detail(resp).await;
+                    match status {
+                        StatusCode::NOT_FOUND => {
+                            return Err(Error::NotFound(format!("{what}: not found{detail}")));
+                        }
+                        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                            return Err(Error::Unauthorized(format!(
+                                "{what}: access denied by {} ({status}){detail}",
+                                endpoint.base
+                            )));
+                        }
+                        s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
+                            Error::Unavailable(format!(
+                                "{what}: {} answered {s}{detail}",
+                                endpoint.base
+                            ))
+                        }
+                        s => {
+                            return Err(Error::Protocol(format!(
+                                "{what}: {} answered {s}{detail}",
+                                endpoint.base
+                            )));
+                        }
+                    }
+                }
+            };
+            attempt += 1;
+            if attempt >= RETRIES {
+                return Err(retry);
+            }
+            let pause = Duration::from_millis(200 * 4u64.pow(attempt - 1));
+            tracing::debug!(error = %retry, ?pause, "retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    async fn authorize(
+        &self,
+        request: reqwest::RequestBuilder,
+        base: &str,
+    ) -> reqwest::RequestBuilder {
+        if !self.credentials.registry_token.is_empty() {
+            return request.bearer_auth(&self.credentials.registry_token);
+        }
+        match self.tokens.lock().await.get(base) {
+            Some(Auth::Bearer(token)) => request.bearer_auth(token),
+            Some(Auth::Basic) => {
+                request.basic_auth(&self.credentials.username, Some(&self.credentials.password))
+            }
+            None => request,
+        }
+    }
+
+    /// Answers a 401 challenge: `Basic` uses the credentials as they are; `Bearer` fetches
+    /// a token for pulling this repository from the named token service.
+    async fn authenticate(&self, base: &str, challenge: &Response) -> Result<()> {
+        let header = challenge
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let (scheme, params) = parse_challenge(&header);
+        let auth = match scheme.to_ascii_lowercase().as_str() {
+            "basic" => {
+                if !self.credentials.has_password() {
+                    return Err(Error::Unauthorized(format!(
+                        "registry {base} requires credentials for {}",
+                        self.name()
+                    )));
+                }
+                Auth::Basic
+            }
+            "bearer" => Auth::Bearer(self.fetch_token(base, &params).await?),
+            _ => {
+                return Err(Error::Unauthorized(format!(
+                    "registry {base} asked for authentication this client does not speak: {header:?}"
+                )));
+            }
+        };
+        self.tokens.lock().await.insert(base.to_string(), auth);
+        Ok(())
+    }
+
+    async fn fetch_token(&self, base: &str, params: &HashMap<String, String>) -> Result<String> {
+        let realm = params.get("realm").ok_or_else(|| {
+            Error::Protocol(format!(
+                "registry {base} sent a bearer challenge without a realm"
+            ))
+        })?;
+        let scope = params
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
+        let mut query: Vec<(&str, String)> = vec![("scope", scope)];
+        if let Some(service) = params.get("service") {
+            query.push(("service", service.clone()));
+        }
+        let request = if !self.credentials.identity_token.is_empty() {
+            let mut form = query.clone();
+            form.push(("grant_type", "refresh_token".into()));
+            form.push(("refresh_token", self.credentials.identity_token.clone()));
+            form.push(("client_id", "strata".into()));
+            self.http.post(realm).form(&form)
+        } else {
+            let request = self.http.get(realm).query(&query);
+            if self.credentials.has_password() {
+                request.basic_auth(&self.credentials.username, Some(&self.credentials.password))
+            } else {
+                request
+            }
+        };
+        let resp = request.send().await.map_err(|e| {
+            Error::Unavailable(format!(
+                "token service {realm} is unreachable: {}",
+                error_chain(&e)
+            ))
+        })?;
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(Error::Unauthorized(format!(
+                "token service {realm} refused the credentials for {} ({status})",
+                self.name()
+            )));
+        }
+        if !status.is_success() {
+            return Err(Error::Unavailable(format!(
+                "token service {realm} answered {status}"
+            )));
+        }
+        let body: TokenResponse = resp.json().await.map_err(|e| {
+            Error::Protocol(format!("token service {realm}: malformed answer: {e}"))
+        })?;
+        let token = if body.token.is_empty() {
+            body.access_token
+        } else {
+            body.token
+        };
+        if token.is_empty() {
+            return Err(Error::Protocol(format!(
+                "token service {realm} returned no token"
+            )));
+        }
+        Ok(token)
+    }
+}
+
+/// `Bearer realm="https://auth",service="registry",scope="repository:x:pull"` →
+/// ("Bearer", {realm, service, scope}). Quoted values may contain commas.
+fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => value.extend(chars.next()),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = chars.by_ref().take_while(|c| *c != ',').collect();
+        }
+        params.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
+    }
+    (scheme.to_string(), params)
+}
+
+/// The registry's own error text, if its body has one, as ": CODE message".
+async fn error_detail(resp: Response) -> String {
+    let Ok(bytes) = resp.bytes().await else {
+        return String::new();
+    };
+    match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Ok(body) if !body.errors.is_empty() => {
+            let parts: Vec<String> = body
+                .errors
+                .iter()
+                .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
+                .collect();
+            format!(": {}", parts.join("; "))
+        }
+        _ => String::new(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Decodes the `auth` field of a docker config entry: base64 of `user:password`.
+pub fn decode_auth(auth: &str) -> Option<(String, String)> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(auth.trim())
+        .ok()?;
+    let text = String::from_utf8(bytes).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_string(), pass.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_parse() {
+        let (scheme, p) = parse_challenge(
+            r#"Bearer realm="http://127.0.0.1:1/token",service="reg, one",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(scheme, "Bearer");
+        assert_eq!(p["realm"], "http://127.0.0.1:1/token");
+        assert_eq!(p["service"], "reg, one");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (scheme, p) = parse_challenge(r#"Basic realm="Registry Realm""#);
+        assert_eq!(scheme, "Basic");
+        assert_eq!(p["realm"], "Registry Realm");
+    }
+
+    #[test]
+    fn local_registries_use_plain_http_and_mirrors_come_first() {
+        assert!(is_local("127.0.0.1:5000"));
+        assert!(is_local("localhost:5000"));
+        assert!(is_local("[::1]:5000"));
+        assert!(!is_local("registry.example:5000"));
+        let mut hosts = BTreeMap::new();
+        hosts.insert(
+            "docker.io".to_string(),
+            RegistryConfig {
+                mirrors: vec!["http://127.0.0.1:5001/".into()],
+                ..Default::default()
+            },
+        );
+        let client = RegistryClient::new(hosts).unwrap();
+        let eps = client.endpoints("docker.io");
+        assert_eq!(eps[0].base, "http://127.0.0.1:5001");
+        assert_eq!(eps[1].base, "https://registry-1.docker.io");
+        assert_eq!(
+            client.endpoints("127.0.0.1:5000")[0].base,
+            "http://127.0.0.1:5000"
+        );
+    }
+
+    #[test]
+    fn docker_auth_field_decodes() {
+        assert_eq!(
+            decode_auth("dXNlcjpwYTpzcw=="),
+            Some(("user".into(), "pa:ss".into()))
+        );
+        assert_eq!(decode_auth("!!"), None);
+    }
+}

@@ -1,0 +1,90 @@
+//! The one place where domain errors become gRPC statuses.
+
+use std::io;
+
+use tonic::{Code, Status};
+
+use crate::image::{self, content, manifest, registry, unpack};
+
+/// An I/O failure: a full disk is the caller's to fix (ResourceExhausted), the rest is ours.
+fn io_code(e: &io::Error) -> Code {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
+        _ => Code::Internal,
+    }
+}
+
+/// Finds an I/O error in an error's chain.
+fn io_in_chain<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a io::Error> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            return Some(io);
+        }
+        current = err.source();
+    }
+    None
+}
+
+fn code(e: &image::Error) -> Code {
+    use image::Error as E;
+    match e {
+        E::Reference(_) => Code::InvalidArgument,
+        E::Registry(r) => match r {
+            registry::Error::NotFound(_) => Code::NotFound,
+            registry::Error::Unauthorized(_) => Code::Unauthenticated,
+            registry::Error::Unavailable(_) => Code::Unavailable,
+            registry::Error::Protocol(_) => Code::Unknown,
+        },
+        E::Manifest(m) => match m {
+            manifest::Error::NoPlatform { .. } => Code::NotFound,
+            manifest::Error::MediaType(_) => Code::FailedPrecondition,
+            manifest::Error::Malformed { .. } => Code::DataLoss,
+        },
+        E::Content(c) => match c {
+            content::Error::Size { .. } | content::Error::Digest { .. } => Code::DataLoss,
+            content::Error::TooLarge { .. } => Code::ResourceExhausted,
+            content::Error::Io { source, .. } => io_code(source),
+        },
+        E::Unpack { source, .. } => match source {
+            unpack::Error::TooManyEntries(_) => Code::ResourceExhausted,
+            other => match io_in_chain(other) {
+                Some(io) if io_code(io) == Code::ResourceExhausted => Code::ResourceExhausted,
+                _ => Code::DataLoss,
+            },
+        },
+        E::Layers(l) => io_in_chain(l).map_or(Code::Internal, io_code),
+        E::Records(r) => io_in_chain(r).map_or(Code::Internal, io_code),
+        E::DiffId { .. } => Code::DataLoss,
+        E::Invalid { .. } => Code::InvalidArgument,
+        E::Stalled { .. } => Code::DeadlineExceeded,
+        E::Download { .. } => Code::Unavailable,
+        E::NotFound(_) => Code::NotFound,
+        E::Internal(_) => Code::Internal,
+    }
+}
+
+impl From<image::Error> for Status {
+    fn from(e: image::Error) -> Status {
+        let code = code(&e);
+        if code == Code::Internal {
+            tracing::error!(error = %e, "internal error");
+        }
+        Status::new(code, error_line(&e))
+    }
+}
+
+/// The error and its causes on one line, each cause once.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
+}

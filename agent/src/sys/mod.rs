@@ -1,0 +1,3 @@
+//! Privileged and path-sensitive system calls, behind small safe types.
+
+pub mod rootdir;

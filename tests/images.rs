@@ -1,0 +1,1172 @@
+//! End to end: pulling images from a real registry (Debian's docker-registry on loopback)
+//! into the layer store, through CRI's ImageService, strata's progress stream and
+//! `stratactl`; the layer store's contents checked file by file.
+
+mod common;
+
+use std::{
+    os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use common::{
+    Daemon, Options,
+    oci::{self, Compression, Image, ImageBuilder, LayerBuilder, busybox_layer},
+    registry::{Auth, Registry},
+};
+use strata_api::{
+    cri::{
+        AuthConfig, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
+        PullImageRequest, RemoveImageRequest, image_service_client::ImageServiceClient,
+    },
+    ext::{self, images_client::ImagesClient, pull_image_progress_response::Event},
+};
+use tonic::{Code, transport::Channel};
+
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+async fn images(daemon: &Daemon) -> ImageServiceClient<Channel> {
+    ImageServiceClient::new(daemon.channel().await)
+}
+
+async fn pull(daemon: &Daemon, image: &str) -> Result<String, tonic::Status> {
+    pull_with(daemon, image, None).await
+}
+
+async fn pull_with(
+    daemon: &Daemon,
+    image: &str,
+    auth: Option<AuthConfig>,
+) -> Result<String, tonic::Status> {
+    images(daemon)
+        .await
+        .pull_image(PullImageRequest {
+            image: spec(image),
+            auth,
+            sandbox_config: None,
+        })
+        .await
+        .map(|r| r.into_inner().image_ref)
+}
+
+fn hex(digest: &str) -> &str {
+    digest.trim_start_matches("sha256:")
+}
+
+fn layer_fs(daemon: &Daemon, diff_id: &str) -> PathBuf {
+    daemon.root.join("layers").join(hex(diff_id)).join("fs")
+}
+
+/// Layer directories and blobs present, and nothing half-written anywhere.
+fn store_listing(daemon: &Daemon) -> (Vec<String>, Vec<String>) {
+    let names = |dir: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let layers = names(daemon.root.join("layers"));
+    assert!(
+        layers.iter().all(|l| !l.starts_with('.')),
+        "half-built layers left: {layers:?}"
+    );
+    assert!(
+        names(daemon.root.join("ingest")).is_empty(),
+        "ingest not empty"
+    );
+    (layers, names(daemon.root.join("blobs/sha256")))
+}
+
+fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(path, name, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_unpacks_every_kind_of_entry_exactly() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let base = {
+        let mut l = LayerBuilder::new();
+        l.dir("data", 0o755)
+            .file_owned("data/setuid", b"#!/bin/sh\n", 0o4755, 1000, 1000)
+            .file("data/keep", b"keep me", 0o640)
+            .file("data/gone", b"deleted above", 0o644)
+            .hardlink("data/link", "data/keep")
+            .symlink("data/abs", "/etc/passwd")
+            .fifo("data/fifo")
+            .char_device("data/null", 1, 3)
+            .file_with_xattrs(
+                "data/attr",
+                b"x",
+                &[("user.strata", b"yes"), ("trusted.overlay.opaque", b"y")],
+            )
+            .dir("opaque", 0o755)
+            .file("opaque/old", b"old", 0o644);
+        l.finish()
+    };
+    let top = LayerBuilder::new()
+        .whiteout("data/gone")
+        .opaque("opaque")
+        .file("opaque/new", b"new", 0o600)
+        .finish();
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(base, Compression::Gzip)
+        .layer(top, Compression::Gzip)
+        .user("1000:1000")
+        .build();
+    registry.push("test/multi", "v1", &image).await;
+    let reference = registry.reference("test/multi", "v1");
+
+    let out = daemon.ctl(["pull", &reference]);
+    assert_eq!(
+        out.ok().trim(),
+        format!("Image is up to date for {}", image.id())
+    );
+
+    // Layer 0: busybox, byte for byte.
+    let l0 = layer_fs(&daemon, &image.layers[0].diff_id);
+    assert_eq!(std::fs::read(l0.join("bin/busybox")).unwrap(), busybox);
+    assert_eq!(
+        std::fs::read_link(l0.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert_eq!(
+        std::fs::metadata(l0.join("tmp"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o1777
+    );
+
+    // Layer 1: modes, owners, times, links, devices, xattrs.
+    let l1 = layer_fs(&daemon, &image.layers[1].diff_id);
+    let setuid = std::fs::metadata(l1.join("data/setuid")).unwrap();
+    assert_eq!(
+        setuid.permissions().mode() & 0o7777,
+        0o4755,
+        "setuid bit kept"
+    );
+    assert_eq!((setuid.uid(), setuid.gid()), (1000, 1000));
+    assert_eq!(setuid.mtime(), oci::MTIME as i64);
+    assert_eq!(
+        std::fs::metadata(l1.join("data")).unwrap().mtime(),
+        oci::MTIME as i64,
+        "directory mtime"
+    );
+    let keep = std::fs::metadata(l1.join("data/keep")).unwrap();
+    assert_eq!(keep.permissions().mode() & 0o7777, 0o640);
+    assert_eq!(
+        keep.ino(),
+        std::fs::metadata(l1.join("data/link")).unwrap().ino(),
+        "hardlink"
+    );
+    assert_eq!(keep.nlink(), 2);
+    assert_eq!(
+        std::fs::read_link(l1.join("data/abs")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+    assert!(
+        std::fs::symlink_metadata(l1.join("data/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let null = std::fs::metadata(l1.join("data/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    assert_eq!(
+        getxattr(&l1.join("data/attr"), "user.strata").as_deref(),
+        Some(&b"yes"[..])
+    );
+    assert_eq!(
+        getxattr(&l1.join("data/attr"), "trusted.overlay.opaque"),
+        None,
+        "overlay xattrs from an image are dropped"
+    );
+    assert_eq!(std::fs::read(l1.join("opaque/old")).unwrap(), b"old");
+
+    // Layer 2: whiteouts in overlay form.
+    let l2 = layer_fs(&daemon, &image.layers[2].diff_id);
+    let wh = std::fs::symlink_metadata(l2.join("data/gone")).unwrap();
+    assert!(
+        wh.file_type().is_char_device(),
+        "whiteout is a character device"
+    );
+    assert_eq!(wh.rdev(), 0);
+    assert!(!l2.join("data/.wh.gone").exists());
+    assert_eq!(
+        getxattr(&l2.join("opaque"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert!(!l2.join("opaque/.wh..wh..opq").exists());
+    assert_eq!(
+        std::fs::metadata(l2.join("opaque/new"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+
+    // CRI's view.
+    let listed = images(&daemon)
+        .await
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.images.len(), 1);
+    let listed = &listed.images[0];
+    assert_eq!(listed.id, image.id());
+    assert_eq!(listed.repo_tags, vec![reference.clone()]);
+    assert_eq!(
+        listed.repo_digests,
+        vec![format!(
+            "{}/test/multi@{}",
+            registry.host, image.manifest.digest
+        )]
+    );
+    let expected_size =
+        image.manifest.bytes.len() + image.blobs().map(|b| b.bytes.len()).sum::<usize>();
+    assert_eq!(listed.size, expected_size as u64);
+    assert_eq!(listed.uid.as_ref().map(|u| u.value), Some(1000));
+
+    let status = images(&daemon)
+        .await
+        .image_status(ImageStatusRequest {
+            image: spec(&reference),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(status.image.unwrap().id, image.id());
+    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
+    assert_eq!(info["layers"][1]["diffID"], image.layers[1].diff_id);
+    assert_eq!(info["imageSpec"]["config"]["User"], "1000:1000");
+
+    // stratactl's views.
+    let table = daemon.ctl(["images"]);
+    let row = table.ok().lines().nth(1).unwrap_or_default().to_string();
+    assert!(
+        row.starts_with(&format!("{}/test/multi", registry.host)) && row.contains(" v1 "),
+        "{row}"
+    );
+    assert!(row.contains(&hex(image.id())[..13]), "{row}");
+    assert_eq!(daemon.ctl(["images", "-q"]).ok().trim(), image.id());
+    let inspected: serde_json::Value =
+        serde_json::from_str(daemon.ctl(["inspecti", &reference]).ok()).unwrap();
+    assert_eq!(inspected["status"]["id"], image.id());
+    assert_eq!(inspected["info"]["manifestDigest"], image.manifest.digest);
+    let json: serde_json::Value =
+        serde_json::from_str(daemon.ctl(["images", "-o", "json"]).ok()).unwrap();
+    assert_eq!(json["images"][0]["repoTags"][0], reference);
+    store_listing(&daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_by_short_name_digest_and_tag_at_digest() {
+    let registry = Registry::start().await;
+    // The local registry mirrors Docker Hub, so short names resolve through it.
+    let daemon = Daemon::start_with(Options {
+        config: format!(
+            "[registries.\"docker.io\"]\nmirrors = [\"http://{}\"]\n",
+            registry.host
+        ),
+        ..Default::default()
+    })
+    .await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
+    registry.push("library/busybox", "latest", &image).await;
+
+    assert_eq!(pull(&daemon, "busybox").await.unwrap(), image.id());
+    let by_digest = format!(
+        "{}/library/busybox@{}",
+        registry.host, image.manifest.digest
+    );
+    assert_eq!(pull(&daemon, &by_digest).await.unwrap(), image.id());
+    let tag_at_digest = format!(
+        "{}/library/busybox:latest@{}",
+        registry.host, image.manifest.digest
+    );
+    assert_eq!(pull(&daemon, &tag_at_digest).await.unwrap(), image.id());
+
+    let listed = images(&daemon)
+        .await
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1, "one image under several names: {listed:?}");
+    let tags = &listed[0].repo_tags;
+    assert!(
+        tags.contains(&"docker.io/library/busybox:latest".to_string()),
+        "{tags:?}"
+    );
+    assert!(
+        tags.contains(&format!("{}/library/busybox:latest", registry.host)),
+        "{tags:?}"
+    );
+    for name in [
+        "busybox",
+        "docker.io/library/busybox:latest",
+        &by_digest,
+        image.id(),
+        &hex(image.id())[..12],
+    ] {
+        let found = images(&daemon)
+            .await
+            .image_status(ImageStatusRequest {
+                image: spec(name),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image;
+        assert_eq!(
+            found.map(|i| i.id).as_deref(),
+            Some(image.id()),
+            "lookup by {name}"
+        );
+    }
+
+    // A digest the registry does not have, and a malformed reference.
+    let wrong = format!(
+        "{}/library/busybox@sha256:{}",
+        registry.host,
+        "0".repeat(64)
+    );
+    assert_eq!(
+        pull(&daemon, &wrong).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let bad = pull(&daemon, "UPPER/Case").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
+    let line = daemon.ctl(["pull", "UPPER/Case"]).failed().to_string();
+    assert!(line.contains("invalid image reference"), "{line}");
+}
+
+fn node_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_selects_the_node_platform() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let other_arch = if node_arch() == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    let ours = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .architecture(node_arch())
+        .label("ours")
+        .build();
+    let theirs = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new().file("theirs", b"x", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .architecture(other_arch)
+        .label("theirs")
+        .build();
+    for image in [&ours, &theirs] {
+        for blob in image.blobs() {
+            registry.push_blob("multi/arch", blob).await;
+        }
+        registry
+            .push_manifest(
+                "multi/arch",
+                &image.manifest.digest,
+                oci::OCI_MANIFEST,
+                &image.manifest.bytes,
+            )
+            .await;
+    }
+    let index = oci::index(&[(&theirs, other_arch), (&ours, node_arch())]);
+    registry
+        .push_manifest("multi/arch", "v1", oci::OCI_INDEX, &index.bytes)
+        .await;
+
+    let id = pull(&daemon, &registry.reference("multi/arch", "v1"))
+        .await
+        .unwrap();
+    assert_eq!(id, ours.id());
+    let listed = images(&daemon)
+        .await
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(
+        listed[0].repo_digests,
+        vec![format!("{}/multi/arch@{}", registry.host, index.digest)]
+    );
+    // Only our platform's layers were fetched.
+    assert!(layer_fs(&daemon, &ours.layers[0].diff_id).is_dir());
+    assert!(!layer_fs(&daemon, &theirs.layers[0].diff_id).exists());
+
+    let only_theirs = oci::index(&[(&theirs, "s390x")]);
+    registry
+        .push_manifest("multi/arch", "s390x", oci::OCI_INDEX, &only_theirs.bytes)
+        .await;
+    let err = pull(&daemon, &registry.reference("multi/arch", "s390x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().contains("linux/s390x") && err.message().contains(node_arch()),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_uncompressed_and_docker_schema2_layers() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let mixed = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Zstd)
+        .layer(
+            LayerBuilder::new()
+                .file("plain/file", b"uncompressed", 0o644)
+                .finish(),
+            Compression::None,
+        )
+        .layer(
+            LayerBuilder::new().file("gz/file", b"gzip", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("mixed/layers", "v1", &mixed).await;
+    assert_eq!(
+        pull(&daemon, &registry.reference("mixed/layers", "v1"))
+            .await
+            .unwrap(),
+        mixed.id()
+    );
+    assert_eq!(
+        std::fs::read(layer_fs(&daemon, &mixed.layers[1].diff_id).join("plain/file")).unwrap(),
+        b"uncompressed"
+    );
+    assert!(
+        layer_fs(&daemon, &mixed.layers[0].diff_id)
+            .join("bin/busybox")
+            .is_file()
+    );
+
+    let docker = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("docker/file", b"schema2", 0o644)
+                .finish(),
+            Compression::Gzip,
+        )
+        .docker()
+        .build();
+    registry.push("docker/schema2", "v1", &docker).await;
+    assert_eq!(
+        pull(&daemon, &registry.reference("docker/schema2", "v1"))
+            .await
+            .unwrap(),
+        docker.id()
+    );
+    assert_eq!(
+        std::fs::read(layer_fs(&daemon, &docker.layers[0].diff_id).join("docker/file")).unwrap(),
+        b"schema2"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_with_120_layers() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let mut builder = ImageBuilder::new().layer(busybox_layer(), Compression::Gzip);
+    for i in 1..120 {
+        builder = builder.layer(
+            LayerBuilder::new()
+                .file(&format!("layer/{i:03}"), format!("{i}").as_bytes(), 0o644)
+                .finish(),
+            Compression::Gzip,
+        );
+    }
+    let image = builder.build();
+    assert_eq!(image.layers.len(), 120);
+    registry.push("many/layers", "v1", &image).await;
+    assert_eq!(
+        pull(&daemon, &registry.reference("many/layers", "v1"))
+            .await
+            .unwrap(),
+        image.id()
+    );
+    let (layers, _) = store_listing(&daemon);
+    assert_eq!(layers.len(), 120);
+    for (i, layer) in image.layers.iter().enumerate().skip(1) {
+        let file = layer_fs(&daemon, &layer.diff_id).join(format!("layer/{i:03}"));
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), i.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_registry() {
+    let registry = Registry::start_with(Auth::Basic {
+        user: "alice".into(),
+        password: "s3cret".into(),
+    })
+    .await;
+    let daemon = Daemon::start().await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
+    registry.push("private/app", "v1", &image).await;
+    let reference = registry.reference("private/app", "v1");
+
+    let err = pull(&daemon, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let wrong = AuthConfig {
+        username: "alice".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&daemon, &reference, Some(wrong))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::Unauthenticated
+    );
+    let line = daemon
+        .ctl(["pull", "--creds", "alice:nope", &reference])
+        .failed()
+        .to_string();
+    assert!(line.contains("Unauthenticated"), "{line}");
+
+    assert!(
+        daemon
+            .ctl(["pull", "--creds", "alice:s3cret", &reference])
+            .ok()
+            .contains(image.id())
+    );
+    // The docker-config form: base64 of user:password.
+    let auth = AuthConfig {
+        auth: "YWxpY2U6czNjcmV0".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&daemon, &reference, Some(auth)).await.unwrap(),
+        image.id()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_frees_what_nothing_else_uses() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let base = busybox_layer();
+    let a = ImageBuilder::new()
+        .layer(base.clone(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("a", b"a", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let b = ImageBuilder::new()
+        .layer(base, Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("b", b"b", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("shared/a", "v1", &a).await;
+    registry.push("shared/a", "alias", &a).await;
+    registry.push("shared/b", "v1", &b).await;
+    pull(&daemon, &registry.reference("shared/a", "v1"))
+        .await
+        .unwrap();
+    pull(&daemon, &registry.reference("shared/a", "alias"))
+        .await
+        .unwrap();
+    pull(&daemon, &registry.reference("shared/b", "v1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store_listing(&daemon).0.len(),
+        3,
+        "the shared base layer is stored once"
+    );
+
+    // Removing by one tag removes the image under all its tags.
+    let out = daemon.ctl(["rmi", &registry.reference("shared/a", "v1")]);
+    assert!(
+        out.ok().contains(&registry.reference("shared/a", "alias")),
+        "{}",
+        out.stdout
+    );
+    let listed = images(&daemon)
+        .await
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(
+        listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        vec![b.id()]
+    );
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.contains(&hex(&a.layers[0].diff_id).to_string()),
+        "shared layer kept"
+    );
+    assert!(
+        !layers.contains(&hex(&a.layers[1].diff_id).to_string()),
+        "a's own layer freed"
+    );
+    assert!(
+        !blobs.contains(&hex(&a.layers[1].blob.digest).to_string()),
+        "a's own blob freed"
+    );
+    assert!(
+        !blobs.contains(&hex(a.id()).to_string())
+            && !blobs.contains(&hex(&a.manifest.digest).to_string())
+    );
+
+    // Removing a missing image is not an error.
+    images(&daemon)
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec("127.0.0.1:1/none:x"),
+        })
+        .await
+        .unwrap();
+    images(&daemon)
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec(b.id()),
+        })
+        .await
+        .unwrap();
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_survive_a_restart() {
+    let registry = Registry::start().await;
+    let mut daemon = Daemon::start().await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
+    registry.push("persist/app", "v1", &image).await;
+    pull(&daemon, &registry.reference("persist/app", "v1"))
+        .await
+        .unwrap();
+    assert!(daemon.stop().await.success());
+    daemon.launch(Options::default()).await;
+    let listed = images(&daemon)
+        .await
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        listed[0].repo_tags,
+        vec![registry.reference("persist/app", "v1")]
+    );
+    assert!(
+        layer_fs(&daemon, &image.layers[0].diff_id)
+            .join("bin/busybox")
+            .is_file()
+    );
+}
+
+/// A path outside every test directory that a hostile layer might try to create.
+fn canary(tag: &str) -> PathBuf {
+    PathBuf::from(format!("/tmp/strata-escape-{tag}-{}", std::process::id()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_layers_stay_inside_or_fail_cleanly() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start_with(Options {
+        config: "[images]\nmax_layer_entries = 500\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let (dotdot, abs, sym_abs, sym_rel) = (
+        canary("dotdot"),
+        canary("abs"),
+        canary("symabs"),
+        canary("symrel"),
+    );
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+
+    // Escapes that are confined: `..`, absolute paths, and writes through symlinks
+    // planted earlier in the same layer all land inside the layer.
+    let confined = LayerBuilder::new()
+        .raw(
+            tar::EntryType::Regular,
+            &format!("../../../../../tmp/{}", name(&dotdot)),
+            "",
+            b"dotdot",
+        )
+        .raw(
+            tar::EntryType::Regular,
+            &format!("/tmp/{}", name(&abs)),
+            "",
+            b"abs",
+        )
+        .symlink("esc", "/tmp")
+        .raw(
+            tar::EntryType::Regular,
+            &format!("esc/{}", name(&sym_abs)),
+            "",
+            b"symabs",
+        )
+        .symlink("up", "../../../../../../tmp")
+        .raw(
+            tar::EntryType::Regular,
+            &format!("up/{}", name(&sym_rel)),
+            "",
+            b"symrel",
+        )
+        .symlink("passwd", "/etc/passwd")
+        .raw(tar::EntryType::Link, "linked-symlink", "passwd", b"")
+        .finish();
+    let passwd_links = std::fs::metadata("/etc/passwd").unwrap().nlink();
+    let image = ImageBuilder::new()
+        .layer(confined, Compression::Gzip)
+        .build();
+    registry.push("hostile/confined", "v1", &image).await;
+    pull(&daemon, &registry.reference("hostile/confined", "v1"))
+        .await
+        .unwrap();
+    let fs = layer_fs(&daemon, &image.layers[0].diff_id);
+    for (path, content) in [
+        (&dotdot, "dotdot"),
+        (&abs, "abs"),
+        (&sym_abs, "symabs"),
+        (&sym_rel, "symrel"),
+    ] {
+        assert!(
+            !path.exists(),
+            "{} was written outside the layer",
+            path.display()
+        );
+        let inside = fs.join("tmp").join(path.file_name().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&inside).unwrap(),
+            content,
+            "{}",
+            inside.display()
+        );
+    }
+    assert!(
+        std::fs::symlink_metadata(fs.join("linked-symlink"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::metadata("/etc/passwd").unwrap().nlink(),
+        passwd_links,
+        "host file untouched"
+    );
+
+    // Failures that must leave nothing behind.
+    let cases: Vec<(&str, Image, Code)> = vec![
+        (
+            "hardlink out of the root",
+            ImageBuilder::new()
+                .layer(
+                    LayerBuilder::new()
+                        .raw(
+                            tar::EntryType::Link,
+                            "h",
+                            "../../../../../../etc/passwd",
+                            b"",
+                        )
+                        .finish(),
+                    Compression::Gzip,
+                )
+                .build(),
+            Code::DataLoss,
+        ),
+        (
+            "too many entries",
+            ImageBuilder::new()
+                .layer(
+                    {
+                        let mut l = LayerBuilder::new();
+                        for i in 0..1000 {
+                            l.file(&format!("f{i}"), b"", 0o644);
+                        }
+                        l.finish()
+                    },
+                    Compression::Gzip,
+                )
+                .build(),
+            Code::ResourceExhausted,
+        ),
+        (
+            "wrong diff_id",
+            ImageBuilder::new()
+                .layer(
+                    LayerBuilder::new().file("x", b"x", 0o644).finish(),
+                    Compression::Gzip,
+                )
+                .diff_ids(vec![format!("sha256:{}", "1".repeat(64))])
+                .build(),
+            Code::DataLoss,
+        ),
+    ];
+    for (i, (what, image, code)) in cases.into_iter().enumerate() {
+        let repo = format!("hostile/case{i}");
+        registry.push(&repo, "v1", &image).await;
+        let err = pull(&daemon, &registry.reference(&repo, "v1"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), code, "{what}: {err:?}");
+        let (layers, blobs) = store_listing(&daemon);
+        assert_eq!(layers.len(), 1, "{what}: layers left: {layers:?}");
+        assert!(
+            !blobs
+                .iter()
+                .any(|b| image.layers.iter().any(|l| hex(&l.blob.digest) == b)),
+            "{what}: blob kept"
+        );
+    }
+
+    // A manifest that misstates a layer's size: the download comes up short or long.
+    let honest = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new().file("s", b"size", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    for blob in honest.blobs() {
+        registry.push_blob("hostile/size", blob).await;
+    }
+    let mut manifest: serde_json::Value = serde_json::from_slice(&honest.manifest.bytes).unwrap();
+    manifest["layers"][0]["size"] = serde_json::json!(honest.layers[0].blob.bytes.len() + 10);
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    registry
+        .push_manifest("hostile/size", "v1", oci::OCI_MANIFEST, &bytes)
+        .await;
+    let err = pull(&daemon, &registry.reference("hostile/size", "v1"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::DataLoss | Code::Unavailable),
+        "{err:?}"
+    );
+    assert_eq!(store_listing(&daemon).0.len(), 1);
+
+    // The store still works.
+    let good = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
+    registry.push("hostile/after", "v1", &good).await;
+    assert_eq!(
+        pull(&daemon, &registry.reference("hostile/after", "v1"))
+            .await
+            .unwrap(),
+        good.id()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_images_and_a_registry_that_is_down() {
+    let mut registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
+    registry.push("known/app", "v1", &image).await;
+    assert_eq!(
+        pull(&daemon, &registry.reference("unknown/app", "v1"))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let err = pull(&daemon, &registry.reference("known/app", "nosuchtag"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(
+        err.message().contains("known/app:nosuchtag"),
+        "{}",
+        err.message()
+    );
+
+    registry.stop();
+    let started = Instant::now();
+    let err = pull(&daemon, &registry.reference("known/app", "v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains(&registry.host), "{}", err.message());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    store_listing(&daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_fetch_each_blob_once() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    // Incompressible bytes so the shared layer takes a moment to download.
+    let noise: Vec<u8> = (0..4u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let shared = LayerBuilder::new().file("noise", &noise, 0o644).finish();
+    let a = ImageBuilder::new()
+        .layer(shared.clone(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("a", b"a", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let b = ImageBuilder::new()
+        .layer(shared, Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("b", b"b", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("conc/app", "a", &a).await;
+    registry.push("conc/app", "b", &b).await;
+    let (ra, rb) = (
+        registry.reference("conc/app", "a"),
+        registry.reference("conc/app", "b"),
+    );
+    let results = tokio::join!(
+        pull(&daemon, &ra),
+        pull(&daemon, &ra),
+        pull(&daemon, &rb),
+        pull(&daemon, &rb)
+    );
+    assert_eq!(results.0.unwrap(), a.id());
+    assert_eq!(results.1.unwrap(), a.id());
+    assert_eq!(results.2.unwrap(), b.id());
+    assert_eq!(results.3.unwrap(), b.id());
+    for layer in a.layers.iter().chain(&b.layers[1..]) {
+        assert_eq!(
+            registry.blob_gets("conc/app", &layer.blob.digest),
+            1,
+            "layer {} fetched more than once",
+            layer.blob.digest
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_stream_reports_layers_and_existing_ones() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("p", b"p", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("progress/app", "v1", &image).await;
+    let reference = registry.reference("progress/app", "v1");
+    let collect = |daemon_channel: Channel| {
+        let reference = reference.clone();
+        async move {
+            let mut stream = ImagesClient::new(daemon_channel)
+                .pull_image_progress(ext::PullImageProgressRequest {
+                    image: spec(&reference),
+                    auth: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let mut events = Vec::new();
+            while let Some(m) = stream.message().await.unwrap() {
+                events.push(m.event.unwrap());
+            }
+            events
+        }
+    };
+    let events = collect(daemon.channel().await).await;
+    let Some(Event::Resolved(resolved)) = events.first() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(resolved.layers.len(), 2);
+    assert_eq!(resolved.manifest_digest, image.manifest.digest);
+    let done_layers = |events: &[Event], state: ext::layer_progress::State| {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Layer(l) if l.state == state as i32))
+            .count()
+    };
+    assert_eq!(done_layers(&events, ext::layer_progress::State::Done), 2);
+    assert!(matches!(events.last(), Some(Event::Done(d)) if d.image_ref == image.id()));
+
+    let again = collect(daemon.channel().await).await;
+    assert_eq!(
+        done_layers(&again, ext::layer_progress::State::Exists),
+        2,
+        "{again:?}"
+    );
+    assert_eq!(
+        registry.blob_gets("progress/app", &image.layers[0].blob.digest),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_fs_info_counts_the_store() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
+    registry.push("fsinfo/app", "v1", &image).await;
+    pull(&daemon, &registry.reference("fsinfo/app", "v1"))
+        .await
+        .unwrap();
+    let info = images(&daemon)
+        .await
+        .image_fs_info(ImageFsInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let fs = &info.image_filesystems[0];
+    let used = fs.used_bytes.as_ref().unwrap().value;
+    let busybox = std::fs::metadata("/bin/busybox").unwrap().len();
+    assert!(used >= busybox, "used {used} < busybox {busybox}");
+    assert!(fs.inodes_used.as_ref().unwrap().value >= 8);
+    assert_eq!(
+        fs.fs_id.as_ref().unwrap().mountpoint,
+        daemon.root.to_str().unwrap()
+    );
+    let table = daemon.ctl(["imagefsinfo"]);
+    assert!(
+        table.ok().contains(daemon.root.to_str().unwrap()),
+        "{}",
+        table.stdout
+    );
+}
+
+/// A root on a small tmpfs: a pull that does not fit fails with ResourceExhausted and
+/// leaves nothing half-written; a pull that fits works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_the_pull_cleanly() {
+    let registry = Registry::start().await;
+    let mut daemon = Daemon::prepare();
+    let mount = Mount::tmpfs(&daemon.path("small"), "6m");
+    daemon.root = mount.path.join("root");
+    daemon.launch(Options::default()).await;
+
+    let noise: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    let big = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new().file("big", &noise, 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("full/big", "v1", &big).await;
+    let err = pull(&daemon, &registry.reference("full/big", "v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+
+    let small = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new().file("small", b"fits", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("full/small", "v1", &small).await;
+    assert_eq!(
+        pull(&daemon, &registry.reference("full/small", "v1"))
+            .await
+            .unwrap(),
+        small.id()
+    );
+    daemon.stop().await;
+}
+
+/// A tmpfs mounted for one test and unmounted when it ends.
+struct Mount {
+    path: PathBuf,
+}
+
+impl Mount {
+    fn tmpfs(path: &Path, size: &str) -> Mount {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "strata-test",
+                path.to_str().unwrap(),
+            ])
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Mount {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
