@@ -8,10 +8,7 @@ use std::{os::unix::fs::PermissionsExt, time::Duration};
 
 use common::{Daemon, Options, ctl_at, stratad_refuses};
 use nix::sys::signal::Signal;
-use strata_api::cri::{
-    self, CgroupDriver, RuntimeConfigRequest, StatusRequest, VersionRequest,
-    image_service_client::ImageServiceClient,
-};
+use strata_api::cri::{self, CgroupDriver, RuntimeConfigRequest, StatusRequest, VersionRequest};
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -162,7 +159,6 @@ async fn health_service_reports_serving() {
 async fn unimplemented_rpcs_say_so() {
     let daemon = Daemon::start().await;
     let mut rt = daemon.runtime().await;
-    let mut img = ImageServiceClient::new(daemon.channel().await);
 
     let codes = [
         (
@@ -220,32 +216,8 @@ async fn unimplemented_rpcs_say_so() {
                 .map(drop),
         ),
         (
-            "PullImage",
-            img.pull_image(cri::PullImageRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "ListImages",
-            img.list_images(cri::ListImagesRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "ImageStatus",
-            img.image_status(cri::ImageStatusRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "RemoveImage",
-            img.remove_image(cri::RemoveImageRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "ImageFsInfo",
-            img.image_fs_info(cri::ImageFsInfoRequest::default())
+            "StreamPodSandboxes",
+            rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
                 .await
                 .map(drop),
         ),

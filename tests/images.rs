@@ -18,7 +18,8 @@ use common::{
 use strata_api::{
     cri::{
         AuthConfig, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
-        PullImageRequest, RemoveImageRequest, image_service_client::ImageServiceClient,
+        PullImageRequest, RemoveImageRequest, StreamImagesRequest,
+        image_service_client::ImageServiceClient,
     },
     ext::{self, images_client::ImagesClient, pull_image_progress_response::Event},
 };
@@ -234,6 +235,18 @@ async fn pull_unpacks_every_kind_of_entry_exactly() {
         .unwrap()
         .into_inner();
     assert_eq!(listed.images.len(), 1);
+    let mut streamed = images(&daemon)
+        .await
+        .stream_images(StreamImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = streamed.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.images, listed.images,
+        "StreamImages answers like ListImages"
+    );
+    assert!(streamed.message().await.unwrap().is_none());
     let listed = &listed.images[0];
     assert_eq!(listed.id, image.id());
     assert_eq!(listed.repo_tags, vec![reference.clone()]);

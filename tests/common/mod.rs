@@ -62,7 +62,11 @@ fn assert_fresh(binary: &Path) {
         .and_then(|m| m.modified())
         .expect("binary mtime");
     let top = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut stack: Vec<PathBuf> = ["agent/src", "ctl/src", "src", "proto"]
+    let package = match binary.file_name().and_then(|n| n.to_str()) {
+        Some("stratactl") => "ctl/src",
+        _ => "agent/src",
+    };
+    let mut stack: Vec<PathBuf> = [package, "src", "proto"]
         .iter()
         .map(|d| top.join(d))
         .collect();
