@@ -422,7 +422,8 @@ impl ImageStore {
     }
 
     /// The blocking half of a layer download: tee the compressed bytes into the content
-    /// store's ingest, decompress, unpack, then check both digests before publishing.
+    /// store's ingest and decompress them on this thread, unpack on a second one (so
+    /// decompression and file writes overlap), then check both digests before publishing.
     fn store_layer(
         &self,
         rx: mpsc::Receiver<std::result::Result<Bytes, String>>,
@@ -438,27 +439,58 @@ impl ImageStore {
             limit: desc.size,
             pending: Bytes::new(),
         };
-        let unpack_err = |source| Error::Unpack {
-            digest: desc.digest.clone(),
-            source,
+        let download_err = |e: io::Error| Error::Download {
+            what: format!("layer {}", desc.digest),
+            message: e.to_string(),
         };
         let pending_layer = if unpack {
             let pending = self.layers.begin(diff_id)?;
             let max = self.config.max_layer_entries;
-            let unpacked = match compression {
-                Compression::Gzip => unpack::unpack(
-                    flate2::read::MultiGzDecoder::new(&mut source),
-                    pending.root(),
-                    max,
-                ),
-                Compression::Zstd => {
-                    let decoder = zstd::stream::read::Decoder::new(&mut source)
-                        .map_err(|e| unpack_err(unpack::Error::Read(e)))?;
-                    unpack::unpack(decoder, pending.root(), max)
+            let (tx, pipe) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
+            let (decompressed, unpacked) = std::thread::scope(|scope| {
+                let root = pending.root();
+                let unpacker = scope.spawn(move || {
+                    unpack::unpack(
+                        PipeReader {
+                            rx: pipe,
+                            current: Vec::new(),
+                            pos: 0,
+                        },
+                        root,
+                        max,
+                    )
+                });
+                let decompressed = decompress(&mut source, compression, &tx);
+                drop(tx);
+                let unpacked = unpacker
+                    .join()
+                    .map_err(|_| Error::Internal("the unpack thread panicked".into()));
+                (decompressed, unpacked)
+            });
+            let unpacked = unpacked?;
+            // An unpack error explains a decompressor that stopped early, not the reverse,
+            // unless the download itself failed.
+            let unpacked = match (decompressed, unpacked) {
+                (Err(e), _)
+                    if e.kind() == io::ErrorKind::Other
+                        && e.get_ref().is_some_and(|i| i.is::<DownloadAborted>()) =>
+                {
+                    return Err(download_err(e));
                 }
-                Compression::None => unpack::unpack(&mut source, pending.root(), max),
-            }
-            .map_err(unpack_err)?;
+                (_, Err(e)) => {
+                    return Err(Error::Unpack {
+                        digest: desc.digest.clone(),
+                        source: e,
+                    });
+                }
+                (Err(e), Ok(_)) => {
+                    return Err(Error::Unpack {
+                        digest: desc.digest.clone(),
+                        source: unpack::Error::Read(e),
+                    });
+                }
+                (Ok(()), Ok(u)) => u,
+            };
             if unpacked.diff_id != *diff_id {
                 return Err(Error::DiffId {
                     digest: desc.digest.clone(),
@@ -471,10 +503,7 @@ impl ImageStore {
             None
         };
         // Whatever the decompressor left unread still belongs to the blob and its digest.
-        io::copy(&mut source, &mut io::sink()).map_err(|e| Error::Download {
-            what: format!("layer {}", desc.digest),
-            message: e.to_string(),
-        })?;
+        io::copy(&mut source, &mut io::sink()).map_err(download_err)?;
         ingest.commit()?;
         if let Some((pending, unpacked)) = pending_layer {
             pending.commit(&LayerMeta {
@@ -486,6 +515,86 @@ impl ImageStore {
         Ok(())
     }
 }
+
+/// Decompressed buffers in flight between the two threads of a layer.
+const PIPE_DEPTH: usize = 16;
+const PIPE_CHUNK: usize = 256 << 10;
+
+/// Reads `source` through the decompressor to its end, sending the output down `tx`.
+/// Stops quietly if the receiving side has gone (it failed and says why).
+fn decompress(
+    source: &mut impl Read,
+    compression: Compression,
+    tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> io::Result<()> {
+    let mut reader: Box<dyn Read + '_> = match compression {
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(source)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(source)?),
+        Compression::None => Box::new(source),
+    };
+    loop {
+        let mut buf = vec![0u8; PIPE_CHUNK];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match reader.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let kind = e.kind();
+                    let text = e.to_string();
+                    let _ = tx.send(Err(io::Error::new(kind, text)));
+                    return Err(e);
+                }
+            }
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        buf.truncate(filled);
+        if tx.send(Ok(buf)).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The unpacking thread's end of the pipe.
+struct PipeReader {
+    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.recv() {
+                Err(_) => return Ok(0),
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Marks the error a reader returns when the download behind it failed.
+#[derive(Debug)]
+struct DownloadAborted(String);
+
+impl std::fmt::Display for DownloadAborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DownloadAborted {}
 
 /// Reads the downloaded chunks on the blocking side, writing each to the ingest as it
 /// passes.
@@ -501,7 +610,7 @@ impl Read for ChannelSource<'_, '_> {
         while self.pending.is_empty() {
             match self.rx.blocking_recv() {
                 None => return Ok(0),
-                Some(Err(message)) => return Err(io::Error::other(message)),
+                Some(Err(message)) => return Err(io::Error::other(DownloadAborted(message))),
                 Some(Ok(chunk)) => {
                     io::Write::write_all(self.ingest, &chunk)?;
                     if self.ingest.written() > self.limit {
