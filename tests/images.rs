@@ -13,7 +13,9 @@ use std::{
 use common::{
     Daemon, Options,
     oci::{self, Compression, Image, ImageBuilder, LayerBuilder, busybox_layer},
+    proxy::{Fault, FaultyProxy},
     registry::{Auth, Registry},
+    token::TokenIssuer,
 };
 use strata_api::{
     cri::{
@@ -601,6 +603,49 @@ async fn basic_auth_registry() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_registry() {
+    let issuer = TokenIssuer::start("bob", "hunter2", "refresh-bob").await;
+    let registry = Registry::start_with(Auth::Token {
+        issuer: issuer.clone(),
+        push_repository: "secure/app".into(),
+    })
+    .await;
+    let daemon = Daemon::start().await;
+    let image = ImageBuilder::new().layer(busybox_layer(), Compression::Gzip).build();
+    registry.push("secure/app", "v1", &image).await;
+    let reference = registry.reference("secure/app", "v1");
+
+    // Anonymous: the issuer hands out a token that grants nothing.
+    let before = issuer.requests();
+    let err = pull(&daemon, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert!(issuer.requests() > before, "the challenge sent the client to the issuer");
+
+    // Wrong password: the issuer refuses.
+    let wrong = AuthConfig { username: "bob".into(), password: "nope".into(), ..Default::default() };
+    let err = pull_with(&daemon, &reference, Some(wrong)).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(err.message().contains("token service"), "{}", err.message());
+
+    // Username and password exchanged for a token.
+    let good = AuthConfig { username: "bob".into(), password: "hunter2".into(), ..Default::default() };
+    assert_eq!(pull_with(&daemon, &reference, Some(good)).await.unwrap(), image.id());
+
+    // An identity token, exchanged through the OAuth2 refresh-token form.
+    images(&daemon).await.remove_image(RemoveImageRequest { image: spec(image.id()) }).await.unwrap();
+    let identity = AuthConfig { identity_token: "refresh-bob".into(), ..Default::default() };
+    assert_eq!(pull_with(&daemon, &reference, Some(identity)).await.unwrap(), image.id());
+
+    // A registry token is sent as it is: the issuer is not asked.
+    images(&daemon).await.remove_image(RemoveImageRequest { image: spec(image.id()) }).await.unwrap();
+    let token = issuer.mint("secure/app", &["pull"]);
+    let before = issuer.requests();
+    let direct = AuthConfig { registry_token: token, ..Default::default() };
+    assert_eq!(pull_with(&daemon, &reference, Some(direct)).await.unwrap(), image.id());
+    assert_eq!(issuer.requests(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removal_frees_what_nothing_else_uses() {
     let registry = Registry::start().await;
     let daemon = Daemon::start().await;
@@ -960,6 +1005,49 @@ async fn missing_images_and_a_registry_that_is_down() {
         started.elapsed()
     );
     store_listing(&daemon);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_and_stalled_downloads_are_retried_then_fail_cleanly() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start_with(Options {
+        config: "[images]\nprogress_timeout_secs = 1\n".into(),
+        ..Default::default()
+    })
+    .await;
+    let noise: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    let image = ImageBuilder::new()
+        .layer(LayerBuilder::new().file("noise", &noise, 0o644).finish(), Compression::Gzip)
+        .build();
+    registry.push("faulty/app", "v1", &image).await;
+    let blob = image.layers[0].blob.digest.clone();
+
+    // Cut once: the retry gets it.
+    let proxy = FaultyProxy::start(&registry.host, &blob, Fault::Truncate(100_000), 1).await;
+    let reference = format!("{}/faulty/app:v1", proxy.host);
+    assert_eq!(pull(&daemon, &reference).await.unwrap(), image.id());
+    assert_eq!(proxy.hits(), 2, "one cut download and one retry");
+    images(&daemon).await.remove_image(RemoveImageRequest { image: spec(image.id()) }).await.unwrap();
+
+    // Cut every time: the pull fails after its retries, leaving nothing behind.
+    let proxy = FaultyProxy::start(&registry.host, &blob, Fault::Truncate(100_000), usize::MAX).await;
+    let reference = format!("{}/faulty/app:v1", proxy.host);
+    let err = pull(&daemon, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert_eq!(proxy.hits(), 3);
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(layers.is_empty() && blobs.is_empty(), "{layers:?} {blobs:?}");
+
+    // Stalled every time: no bytes for a second fails each attempt; no overall deadline.
+    let proxy = FaultyProxy::start(&registry.host, &blob, Fault::Stall(100_000), usize::MAX).await;
+    let reference = format!("{}/faulty/app:v1", proxy.host);
+    let started = Instant::now();
+    let err = pull(&daemon, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("no data received for 1 s"), "{}", err.message());
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(layers.is_empty() && blobs.is_empty(), "{layers:?} {blobs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

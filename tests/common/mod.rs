@@ -8,7 +8,9 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod oci;
+pub mod proxy;
 pub mod registry;
+pub mod token;
 
 use std::{
     ffi::OsStr,

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::oci::{Blob, Image};
+use super::{
+    oci::{Blob, Image},
+    token::TokenIssuer,
+};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 
@@ -20,6 +23,11 @@ pub enum Auth {
         user: String,
         password: String,
     },
+    /// Bearer tokens from `issuer`; the test's own pushes use a token it mints.
+    Token {
+        issuer: TokenIssuer,
+        push_repository: String,
+    },
 }
 
 pub struct Registry {
@@ -28,6 +36,7 @@ pub struct Registry {
     pub host: String,
     http: reqwest::Client,
     auth: Option<(String, String)>,
+    bearer: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -55,6 +64,19 @@ impl Registry {
         let host = format!("127.0.0.1:{port}");
         let mut auth_yaml = String::new();
         let mut creds = None;
+        let mut bearer = None;
+        if let Auth::Token { issuer, push_repository } = &auth {
+            let bundle = dir.path().join("issuer.pem");
+            std::fs::write(&bundle, &issuer.cert_pem).expect("cert bundle");
+            auth_yaml = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+                issuer.realm(),
+                super::token::SERVICE,
+                super::token::ISSUER,
+                bundle.display()
+            );
+            bearer = Some(issuer.mint(push_repository, &["pull", "push"]));
+        }
         if let Auth::Basic { user, password } = &auth {
             let htpasswd = dir.path().join("htpasswd");
             let status = Command::new("htpasswd")
@@ -93,6 +115,7 @@ impl Registry {
             host,
             http: reqwest::Client::new(),
             auth: creds,
+            bearer,
         };
         registry.wait_ready().await;
         registry
@@ -142,9 +165,10 @@ impl Registry {
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let request = self.http.request(method, url);
-        match &self.auth {
-            Some((user, password)) => request.basic_auth(user, Some(password)),
-            None => request,
+        match (&self.auth, &self.bearer) {
+            (Some((user, password)), _) => request.basic_auth(user, Some(password)),
+            (None, Some(token)) => request.bearer_auth(token),
+            (None, None) => request,
         }
     }
 

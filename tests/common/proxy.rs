@@ -1,0 +1,122 @@
+//! A fault-injecting HTTP proxy in front of the test registry: requests whose path
+//! contains a chosen string get a response cut short (the connection closed) or stalled
+//! (kept open with no more bytes), the first `times` times.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Send this many bytes of the response, then close the connection.
+    Truncate(usize),
+    /// Send this many bytes of the response, then send nothing more.
+    Stall(usize),
+}
+
+struct Inner {
+    upstream: String,
+    target: String,
+    fault: Fault,
+    times: usize,
+    hits: AtomicUsize,
+}
+
+pub struct FaultyProxy {
+    inner: Arc<Inner>,
+    pub host: String,
+}
+
+impl FaultyProxy {
+    /// Proxies to `upstream` (host:port), applying `fault` to the first `times` requests
+    /// whose path contains `target`.
+    pub async fn start(upstream: &str, target: &str, fault: Fault, times: usize) -> FaultyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr: SocketAddr = listener.local_addr().expect("addr");
+        let inner = Arc::new(Inner {
+            upstream: upstream.to_string(),
+            target: target.to_string(),
+            fault,
+            times,
+            hits: AtomicUsize::new(0),
+        });
+        let serving = inner.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let inner = serving.clone();
+                tokio::spawn(async move {
+                    let _ = handle(inner, client).await;
+                });
+            }
+        });
+        FaultyProxy {
+            inner,
+            host: addr.to_string(),
+        }
+    }
+
+    /// Requests for the target seen so far.
+    pub fn hits(&self) -> usize {
+        self.inner.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut byte).await? == 0 {
+            return Ok(());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let path = text.split_whitespace().nth(1).unwrap_or_default().to_string();
+    // One request per upstream connection, so every request passes through here.
+    let rewritten: String = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let rewritten = rewritten.trim_end_matches("\r\n").to_string() + "\r\nConnection: close\r\n\r\n";
+    let mut upstream = TcpStream::connect(&inner.upstream).await?;
+    upstream.write_all(rewritten.as_bytes()).await?;
+    let fault = if path.contains(&inner.target) {
+        let n = inner.hits.fetch_add(1, Ordering::SeqCst);
+        (n < inner.times).then_some(inner.fault)
+    } else {
+        None
+    };
+    let limit = match fault {
+        Some(Fault::Truncate(n)) | Some(Fault::Stall(n)) => n,
+        None => usize::MAX,
+    };
+    let mut sent = 0usize;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = upstream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let take = n.min(limit - sent);
+        client.write_all(&buf[..take]).await?;
+        sent += take;
+        if sent >= limit {
+            break;
+        }
+    }
+    if let Some(Fault::Stall(_)) = fault {
+        tokio::time::sleep(Duration::from_secs(120)).await;
+    }
+    client.shutdown().await
+}
