@@ -300,10 +300,11 @@ async fn pull_unpacks_every_kind_of_entry_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn references_by_short_name_digest_and_tag_at_digest() {
     let registry = Registry::start().await;
-    // The local registry mirrors Docker Hub, so short names resolve through it.
+    // The local registry mirrors Docker Hub, so short names resolve through it; a dead
+    // mirror listed first is skipped.
     let daemon = Daemon::start_with(Options {
         config: format!(
-            "[registries.\"docker.io\"]\nmirrors = [\"http://{}\"]\n",
+            "[registries.\"docker.io\"]\nmirrors = [\"http://127.0.0.1:1\", \"http://{}\"]\n",
             registry.host
         ),
         ..Default::default()
@@ -611,7 +612,9 @@ async fn token_auth_registry() {
     })
     .await;
     let daemon = Daemon::start().await;
-    let image = ImageBuilder::new().layer(busybox_layer(), Compression::Gzip).build();
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
     registry.push("secure/app", "v1", &image).await;
     let reference = registry.reference("secure/app", "v1");
 
@@ -619,29 +622,71 @@ async fn token_auth_registry() {
     let before = issuer.requests();
     let err = pull(&daemon, &reference).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
-    assert!(issuer.requests() > before, "the challenge sent the client to the issuer");
+    assert!(
+        issuer.requests() > before,
+        "the challenge sent the client to the issuer"
+    );
 
     // Wrong password: the issuer refuses.
-    let wrong = AuthConfig { username: "bob".into(), password: "nope".into(), ..Default::default() };
-    let err = pull_with(&daemon, &reference, Some(wrong)).await.unwrap_err();
+    let wrong = AuthConfig {
+        username: "bob".into(),
+        password: "nope".into(),
+        ..Default::default()
+    };
+    let err = pull_with(&daemon, &reference, Some(wrong))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     assert!(err.message().contains("token service"), "{}", err.message());
 
     // Username and password exchanged for a token.
-    let good = AuthConfig { username: "bob".into(), password: "hunter2".into(), ..Default::default() };
-    assert_eq!(pull_with(&daemon, &reference, Some(good)).await.unwrap(), image.id());
+    let good = AuthConfig {
+        username: "bob".into(),
+        password: "hunter2".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&daemon, &reference, Some(good)).await.unwrap(),
+        image.id()
+    );
 
     // An identity token, exchanged through the OAuth2 refresh-token form.
-    images(&daemon).await.remove_image(RemoveImageRequest { image: spec(image.id()) }).await.unwrap();
-    let identity = AuthConfig { identity_token: "refresh-bob".into(), ..Default::default() };
-    assert_eq!(pull_with(&daemon, &reference, Some(identity)).await.unwrap(), image.id());
+    images(&daemon)
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec(image.id()),
+        })
+        .await
+        .unwrap();
+    let identity = AuthConfig {
+        identity_token: "refresh-bob".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&daemon, &reference, Some(identity))
+            .await
+            .unwrap(),
+        image.id()
+    );
 
     // A registry token is sent as it is: the issuer is not asked.
-    images(&daemon).await.remove_image(RemoveImageRequest { image: spec(image.id()) }).await.unwrap();
+    images(&daemon)
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec(image.id()),
+        })
+        .await
+        .unwrap();
     let token = issuer.mint("secure/app", &["pull"]);
     let before = issuer.requests();
-    let direct = AuthConfig { registry_token: token, ..Default::default() };
-    assert_eq!(pull_with(&daemon, &reference, Some(direct)).await.unwrap(), image.id());
+    let direct = AuthConfig {
+        registry_token: token,
+        ..Default::default()
+    };
+    assert_eq!(
+        pull_with(&daemon, &reference, Some(direct)).await.unwrap(),
+        image.id()
+    );
     assert_eq!(issuer.requests(), before);
 }
 
@@ -738,6 +783,32 @@ async fn removal_frees_what_nothing_else_uses() {
         layers.is_empty() && blobs.is_empty(),
         "{layers:?} {blobs:?}"
     );
+
+    // Several at once, then --prune (no container uses any image).
+    let (ra, rb) = (
+        registry.reference("shared/a", "v1"),
+        registry.reference("shared/b", "v1"),
+    );
+    pull(&daemon, &ra).await.unwrap();
+    pull(&daemon, &rb).await.unwrap();
+    let out = daemon.ctl(["rmi", &ra, &rb]);
+    assert!(
+        out.ok().contains(&ra) && out.stdout.contains(&rb),
+        "{}",
+        out.stdout
+    );
+    assert!(daemon.ctl(["images", "-q"]).ok().trim().is_empty());
+    pull(&daemon, &ra).await.unwrap();
+    pull(&daemon, &rb).await.unwrap();
+    daemon.ctl(["rmi", "--prune"]).ok();
+    assert!(daemon.ctl(["images", "-q"]).ok().trim().is_empty());
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+    let line = daemon.ctl(["rmi", "nosuch:image"]).failed().to_string();
+    assert!(line.contains("no such image"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -954,6 +1025,48 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
     );
     assert_eq!(store_listing(&daemon).0.len(), 1);
 
+    // A layer media type strata cannot unpack, and a config over the 4 MiB cap.
+    let foreign = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new().file("f", b"f", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    for blob in foreign.blobs() {
+        registry.push_blob("hostile/foreign", blob).await;
+    }
+    let mut manifest: serde_json::Value = serde_json::from_slice(&foreign.manifest.bytes).unwrap();
+    manifest["layers"][0]["mediaType"] =
+        "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip".into();
+    registry
+        .push_manifest(
+            "hostile/foreign",
+            "v1",
+            oci::OCI_MANIFEST,
+            &serde_json::to_vec(&manifest).unwrap(),
+        )
+        .await;
+    let err = pull(&daemon, &registry.reference("hostile/foreign", "v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("foreign.diff"), "{}", err.message());
+
+    let huge_label = "x".repeat(5 << 20);
+    let fat = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new().file("g", b"g", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .label(&huge_label)
+        .build();
+    registry.push("hostile/fatconfig", "v1", &fat).await;
+    let err = pull(&daemon, &registry.reference("hostile/fatconfig", "v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert_eq!(store_listing(&daemon).0.len(), 1);
+
     // The store still works.
     let good = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
@@ -1015,9 +1128,14 @@ async fn cut_and_stalled_downloads_are_retried_then_fail_cleanly() {
         ..Default::default()
     })
     .await;
-    let noise: Vec<u8> = (0..2u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8).collect();
+    let noise: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
+        .collect();
     let image = ImageBuilder::new()
-        .layer(LayerBuilder::new().file("noise", &noise, 0o644).finish(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("noise", &noise, 0o644).finish(),
+            Compression::Gzip,
+        )
         .build();
     registry.push("faulty/app", "v1", &image).await;
     let blob = image.layers[0].blob.digest.clone();
@@ -1027,16 +1145,37 @@ async fn cut_and_stalled_downloads_are_retried_then_fail_cleanly() {
     let reference = format!("{}/faulty/app:v1", proxy.host);
     assert_eq!(pull(&daemon, &reference).await.unwrap(), image.id());
     assert_eq!(proxy.hits(), 2, "one cut download and one retry");
-    images(&daemon).await.remove_image(RemoveImageRequest { image: spec(image.id()) }).await.unwrap();
+    images(&daemon)
+        .await
+        .remove_image(RemoveImageRequest {
+            image: spec(image.id()),
+        })
+        .await
+        .unwrap();
 
     // Cut every time: the pull fails after its retries, leaving nothing behind.
-    let proxy = FaultyProxy::start(&registry.host, &blob, Fault::Truncate(100_000), usize::MAX).await;
+    let proxy =
+        FaultyProxy::start(&registry.host, &blob, Fault::Truncate(100_000), usize::MAX).await;
     let reference = format!("{}/faulty/app:v1", proxy.host);
     let err = pull(&daemon, &reference).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert_eq!(proxy.hits(), 3);
     let (layers, blobs) = store_listing(&daemon);
-    assert!(layers.is_empty() && blobs.is_empty(), "{layers:?} {blobs:?}");
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+
+    // A corrupted byte: the digests catch it.
+    let proxy = FaultyProxy::start(&registry.host, &blob, Fault::Corrupt(50_000), usize::MAX).await;
+    let reference = format!("{}/faulty/app:v1", proxy.host);
+    let err = pull(&daemon, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
 
     // Stalled every time: no bytes for a second fails each attempt; no overall deadline.
     let proxy = FaultyProxy::start(&registry.host, &blob, Fault::Stall(100_000), usize::MAX).await;
@@ -1044,10 +1183,21 @@ async fn cut_and_stalled_downloads_are_retried_then_fail_cleanly() {
     let started = Instant::now();
     let err = pull(&daemon, &reference).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(err.message().contains("no data received for 1 s"), "{}", err.message());
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        err.message().contains("no data received for 1 s"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let (layers, blobs) = store_listing(&daemon);
-    assert!(layers.is_empty() && blobs.is_empty(), "{layers:?} {blobs:?}");
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

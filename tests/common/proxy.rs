@@ -22,6 +22,8 @@ pub enum Fault {
     Truncate(usize),
     /// Send this many bytes of the response, then send nothing more.
     Stall(usize),
+    /// Flip the bits of the response byte at this offset of the body.
+    Corrupt(usize),
 }
 
 struct Inner {
@@ -81,14 +83,19 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
         head.push(byte[0]);
     }
     let text = String::from_utf8_lossy(&head).into_owned();
-    let path = text.split_whitespace().nth(1).unwrap_or_default().to_string();
+    let path = text
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
     // One request per upstream connection, so every request passes through here.
     let rewritten: String = text
         .split("\r\n")
         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
         .collect::<Vec<_>>()
         .join("\r\n");
-    let rewritten = rewritten.trim_end_matches("\r\n").to_string() + "\r\nConnection: close\r\n\r\n";
+    let rewritten =
+        rewritten.trim_end_matches("\r\n").to_string() + "\r\nConnection: close\r\n\r\n";
     let mut upstream = TcpStream::connect(&inner.upstream).await?;
     upstream.write_all(rewritten.as_bytes()).await?;
     let fault = if path.contains(&inner.target) {
@@ -99,14 +106,28 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
     };
     let limit = match fault {
         Some(Fault::Truncate(n)) | Some(Fault::Stall(n)) => n,
-        None => usize::MAX,
+        _ => usize::MAX,
     };
     let mut sent = 0usize;
+    let mut body_start = None;
+    let mut response_head = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = upstream.read(&mut buf).await?;
         if n == 0 {
             break;
+        }
+        if body_start.is_none() {
+            response_head.extend_from_slice(&buf[..n]);
+            if let Some(i) = response_head.windows(4).position(|w| w == b"\r\n\r\n") {
+                body_start = Some(i + 4);
+            }
+        }
+        if let (Some(Fault::Corrupt(offset)), Some(start)) = (fault, body_start) {
+            let at = start + offset;
+            if at >= sent && at < sent + n {
+                buf[at - sent] ^= 0xff;
+            }
         }
         let take = n.min(limit - sent);
         client.write_all(&buf[..take]).await?;

@@ -65,7 +65,11 @@ impl Registry {
         let mut auth_yaml = String::new();
         let mut creds = None;
         let mut bearer = None;
-        if let Auth::Token { issuer, push_repository } = &auth {
+        if let Auth::Token {
+            issuer,
+            push_repository,
+        } = &auth
+        {
             let bundle = dir.path().join("issuer.pem");
             std::fs::write(&bundle, &issuer.cert_pem).expect("cert bundle");
             auth_yaml = format!(

@@ -48,7 +48,8 @@ impl TokenIssuer {
     /// Starts the issuer; it serves until the test's runtime ends.
     pub async fn start(user: &str, password: &str, refresh_token: &str) -> TokenIssuer {
         let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let params = rcgen::CertificateParams::new(vec!["strata-test-issuer".into()]).expect("params");
+        let params =
+            rcgen::CertificateParams::new(vec!["strata-test-issuer".into()]).expect("params");
         let cert = params.self_signed(&key_pair).expect("certificate");
         let key = EcdsaKeyPair::from_pkcs8(
             &ECDSA_P256_SHA256_FIXED_SIGNING,
@@ -87,7 +88,11 @@ impl TokenIssuer {
                         if let Some(end) = text.find("\r\n\r\n") {
                             let body_len = text
                                 .lines()
-                                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
                                 .unwrap_or(0);
                             if len >= end + 4 + body_len {
                                 break;
@@ -118,7 +123,10 @@ impl TokenIssuer {
 
     /// A token granting `actions` on `repository`.
     pub fn mint(&self, repository: &str, actions: &[&str]) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
         let header = serde_json::json!({
             "typ": "JWT",
             "alg": "ES256",
@@ -150,7 +158,12 @@ impl TokenIssuer {
     fn answer(&self, request: &str) -> (&'static str, String) {
         self.inner.requests.fetch_add(1, Ordering::SeqCst);
         let first = request.lines().next().unwrap_or_default();
-        let query = first.split_whitespace().nth(1).and_then(|p| p.split_once('?')).map(|(_, q)| q).unwrap_or("");
+        let query = first
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.split_once('?'))
+            .map(|(_, q)| q)
+            .unwrap_or("");
         let body = request.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
         let params: Vec<(String, String)> = query
             .split('&')
@@ -158,7 +171,12 @@ impl TokenIssuer {
             .filter_map(|kv| kv.split_once('='))
             .map(|(k, v)| (k.to_string(), percent_decode(v)))
             .collect();
-        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
         let authorised = if first.starts_with("POST") {
             param("grant_type").as_deref() == Some("refresh_token")
                 && param("refresh_token").as_deref() == Some(self.inner.refresh_token.as_str())
@@ -171,20 +189,31 @@ impl TokenIssuer {
             })
         };
         let has_credentials = first.starts_with("POST")
-            || request.lines().any(|l| l.to_ascii_lowercase().starts_with("authorization:"));
+            || request
+                .lines()
+                .any(|l| l.to_ascii_lowercase().starts_with("authorization:"));
         if has_credentials && !authorised {
-            return ("401 Unauthorized", r#"{"details":"bad credentials"}"#.into());
+            return (
+                "401 Unauthorized",
+                r#"{"details":"bad credentials"}"#.into(),
+            );
         }
         // Anonymous callers get a token that grants nothing.
         let (repository, actions) = match (authorised, param("scope")) {
             (true, Some(scope)) => {
                 let parts: Vec<&str> = scope.split(':').collect();
-                (parts.get(1).copied().unwrap_or("").to_string(), vec!["pull"])
+                (
+                    parts.get(1).copied().unwrap_or("").to_string(),
+                    vec!["pull"],
+                )
             }
             _ => (String::new(), vec![]),
         };
         let token = self.mint(&repository, &actions);
-        ("200 OK", serde_json::json!({"token": token, "access_token": token}).to_string())
+        (
+            "200 OK",
+            serde_json::json!({"token": token, "access_token": token}).to_string(),
+        )
     }
 }
 
@@ -193,15 +222,20 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 0 && i + 2 <= bytes.len() - 1 + 1 {
-            if let Ok(v) = u8::from_str_radix(&String::from_utf8_lossy(&bytes[i + 1..i + 3]), 16) {
+        let escaped = (bytes[i] == b'%' && i + 2 < bytes.len())
+            .then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok())
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(v) => {
                 out.push(v);
                 i += 3;
-                continue;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
             }
         }
-        out.push(bytes[i]);
-        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }

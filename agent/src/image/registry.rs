@@ -158,6 +158,7 @@ impl RegistryClient {
             endpoints: self.endpoints(registry),
             credentials,
             tokens: tokio::sync::Mutex::new(HashMap::new()),
+            unreachable: tokio::sync::Mutex::new(Default::default()),
         }
     }
 }
@@ -178,6 +179,7 @@ pub struct Repository {
     endpoints: Vec<Endpoint>,
     credentials: Credentials,
     tokens: tokio::sync::Mutex<HashMap<String, Auth>>,
+    unreachable: tokio::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 #[derive(Deserialize)]
@@ -229,14 +231,23 @@ impl Repository {
 
     /// Tries each endpoint in turn; the registry's own answer (the last) is the one
     /// reported when all fail.
+    /// A mirror gets one try (the next endpoint is the retry), and one found unreachable
+    /// is skipped for the rest of this session.
     async fn get(&self, path: &str, accept: Option<&str>, what: &str) -> Result<Response> {
         let mut last = None;
         for endpoint in &self.endpoints {
-            match self.get_from(endpoint, path, accept, what).await {
+            if endpoint.mirror && self.unreachable.lock().await.contains(&endpoint.base) {
+                continue;
+            }
+            let attempts = if endpoint.mirror { 1 } else { RETRIES };
+            match self.get_from(endpoint, path, accept, what, attempts).await {
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
                     if endpoint.mirror {
                         tracing::info!(mirror = %endpoint.base, error = %e, "mirror failed; trying the next endpoint");
+                        if e.is_transient() {
+                            self.unreachable.lock().await.insert(endpoint.base.clone());
+                        }
                     }
                     last = Some(e);
                 }
@@ -251,6 +262,7 @@ impl Repository {
         path: &str,
         accept: Option<&str>,
         what: &str,
+        attempts: u32,
     ) -> Result<Response> {
         let url = format!("{}/v2/{}/{path}", endpoint.base, self.repository);
         let mut attempt = 0;
@@ -303,7 +315,7 @@ impl Repository {
                 }
             };
             attempt += 1;
-            if attempt >= RETRIES {
+            if attempt >= attempts {
                 return Err(retry);
             }
             let pause = Duration::from_millis(200 * 4u64.pow(attempt - 1));

@@ -380,3 +380,57 @@ fn remove_tree(dir: &OwnedFd, name: &Path) -> io::Result<()> {
     rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confine_clamps_every_path_inside() {
+        let c = |p: &str| confine(Path::new(p)).map(|(d, n)| (d, n.to_os_string()));
+        assert_eq!(c("a/b/c"), Some((PathBuf::from("a/b"), "c".into())));
+        assert_eq!(
+            c("/etc/passwd"),
+            Some((PathBuf::from("etc"), "passwd".into()))
+        );
+        assert_eq!(
+            c("../../etc/passwd"),
+            Some((PathBuf::from("etc"), "passwd".into()))
+        );
+        assert_eq!(c("a/../../b"), Some((PathBuf::new(), "b".into())));
+        assert_eq!(c("./x/./y/"), Some((PathBuf::from("x"), "y".into())));
+        assert_eq!(c("/"), None);
+        assert_eq!(c(".."), None);
+        assert_eq!(c(""), None);
+    }
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let outside = tempfile::tempdir().unwrap();
+        let root_dir = tempfile::tempdir().unwrap();
+        let root = RootDir::open(root_dir.path()).unwrap();
+        let attrs = Attrs {
+            uid: 0,
+            gid: 0,
+            mode: 0o644,
+            mtime_secs: 0,
+            mtime_nanos: 0,
+        };
+        // A link to an absolute path outside, then a file written through it: while the
+        // target does not exist inside the root, the write fails…
+        root.symlink(Path::new("out"), outside.path(), &attrs)
+            .unwrap();
+        assert!(root.create_file(&Path::new("out").join("escaped")).is_err());
+        assert!(!outside.path().join("escaped").exists());
+        // …and once it does, the write lands there, inside the root.
+        root.ensure_dir(outside.path()).unwrap();
+        let file = root.create_file(&Path::new("out").join("escaped")).unwrap();
+        finish_file(&file, &attrs).unwrap();
+        assert!(!outside.path().join("escaped").exists());
+        let inside = root_dir
+            .path()
+            .join(outside.path().strip_prefix("/").unwrap())
+            .join("escaped");
+        assert!(inside.is_file(), "{}", inside.display());
+    }
+}
