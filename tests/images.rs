@@ -66,6 +66,36 @@ fn layer_fs(daemon: &Daemon, diff_id: &str) -> PathBuf {
     daemon.root.join("layers").join(hex(diff_id)).join("fs")
 }
 
+/// A layer holding one file.
+fn file_layer(path: &str, content: &[u8]) -> Vec<u8> {
+    LayerBuilder::new().file(path, content, 0o644).finish()
+}
+
+/// `base` plus a one-file layer named `top`: images that share all but one layer.
+fn on_base(base: &[u8], top: &str) -> Image {
+    ImageBuilder::new()
+        .layer(base.to_vec(), Compression::Gzip)
+        .layer(file_layer(top, top.as_bytes()), Compression::Gzip)
+        .build()
+}
+
+/// Bytes gzip cannot shrink, so downloads take a moment and fill disks.
+fn noise(len: u32, shift: u32) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> shift) as u8)
+        .collect()
+}
+
+async fn list(daemon: &Daemon) -> Vec<strata_api::cri::Image> {
+    images(daemon)
+        .await
+        .list_images(ListImagesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .images
+}
+
 /// Layer directories and blobs present, and nothing half-written anywhere.
 fn store_listing(daemon: &Daemon) -> (Vec<String>, Vec<String>) {
     let names = |dir: PathBuf| -> Vec<String> {
@@ -327,13 +357,7 @@ async fn references_by_short_name_digest_and_tag_at_digest() {
     );
     assert_eq!(pull(&daemon, &tag_at_digest).await.unwrap(), image.id());
 
-    let listed = images(&daemon)
-        .await
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let listed = list(&daemon).await;
     assert_eq!(listed.len(), 1, "one image under several names: {listed:?}");
     let tags = &listed[0].repo_tags;
     assert!(
@@ -407,10 +431,7 @@ async fn index_selects_the_node_platform() {
         .label("ours")
         .build();
     let theirs = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new().file("theirs", b"x", 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("theirs", b"x"), Compression::Gzip)
         .architecture(other_arch)
         .label("theirs")
         .build();
@@ -436,13 +457,7 @@ async fn index_selects_the_node_platform() {
         .await
         .unwrap();
     assert_eq!(id, ours.id());
-    let listed = images(&daemon)
-        .await
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let listed = list(&daemon).await;
     assert_eq!(
         listed[0].repo_digests,
         vec![format!("{}/multi/arch@{}", registry.host, index.digest)]
@@ -472,16 +487,8 @@ async fn zstd_uncompressed_and_docker_schema2_layers() {
     let daemon = Daemon::start().await;
     let mixed = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Zstd)
-        .layer(
-            LayerBuilder::new()
-                .file("plain/file", b"uncompressed", 0o644)
-                .finish(),
-            Compression::None,
-        )
-        .layer(
-            LayerBuilder::new().file("gz/file", b"gzip", 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("plain/file", b"uncompressed"), Compression::None)
+        .layer(file_layer("gz/file", b"gzip"), Compression::Gzip)
         .build();
     registry.push("mixed/layers", "v1", &mixed).await;
     assert_eq!(
@@ -501,12 +508,7 @@ async fn zstd_uncompressed_and_docker_schema2_layers() {
     );
 
     let docker = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new()
-                .file("docker/file", b"schema2", 0o644)
-                .finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("docker/file", b"schema2"), Compression::Gzip)
         .docker()
         .build();
     registry.push("docker/schema2", "v1", &docker).await;
@@ -695,20 +697,8 @@ async fn removal_frees_what_nothing_else_uses() {
     let registry = Registry::start().await;
     let daemon = Daemon::start().await;
     let base = busybox_layer();
-    let a = ImageBuilder::new()
-        .layer(base.clone(), Compression::Gzip)
-        .layer(
-            LayerBuilder::new().file("a", b"a", 0o644).finish(),
-            Compression::Gzip,
-        )
-        .build();
-    let b = ImageBuilder::new()
-        .layer(base, Compression::Gzip)
-        .layer(
-            LayerBuilder::new().file("b", b"b", 0o644).finish(),
-            Compression::Gzip,
-        )
-        .build();
+    let a = on_base(&base, "a");
+    let b = on_base(&base, "b");
     registry.push("shared/a", "v1", &a).await;
     registry.push("shared/a", "alias", &a).await;
     registry.push("shared/b", "v1", &b).await;
@@ -734,13 +724,7 @@ async fn removal_frees_what_nothing_else_uses() {
         "{}",
         out.stdout
     );
-    let listed = images(&daemon)
-        .await
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let listed = list(&daemon).await;
     assert_eq!(
         listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
         vec![b.id()]
@@ -824,13 +808,7 @@ async fn records_survive_a_restart() {
         .unwrap();
     assert!(daemon.stop().await.success());
     daemon.launch(Options::default()).await;
-    let listed = images(&daemon)
-        .await
-        .list_images(ListImagesRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .images;
+    let listed = list(&daemon).await;
     assert_eq!(listed.len(), 1);
     assert_eq!(
         listed[0].repo_tags,
@@ -974,10 +952,7 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
         (
             "wrong diff_id",
             ImageBuilder::new()
-                .layer(
-                    LayerBuilder::new().file("x", b"x", 0o644).finish(),
-                    Compression::Gzip,
-                )
+                .layer(file_layer("x", b"x"), Compression::Gzip)
                 .diff_ids(vec![format!("sha256:{}", "1".repeat(64))])
                 .build(),
             Code::DataLoss,
@@ -1002,10 +977,7 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
 
     // A manifest that misstates a layer's size: the download comes up short or long.
     let honest = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new().file("s", b"size", 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("s", b"size"), Compression::Gzip)
         .build();
     for blob in honest.blobs() {
         registry.push_blob("hostile/size", blob).await;
@@ -1027,10 +999,7 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
 
     // A layer media type strata cannot unpack, and a config over the 4 MiB cap.
     let foreign = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new().file("f", b"f", 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("f", b"f"), Compression::Gzip)
         .build();
     for blob in foreign.blobs() {
         registry.push_blob("hostile/foreign", blob).await;
@@ -1054,10 +1023,7 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
 
     let huge_label = "x".repeat(5 << 20);
     let fat = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new().file("g", b"g", 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("g", b"g"), Compression::Gzip)
         .label(&huge_label)
         .build();
     registry.push("hostile/fatconfig", "v1", &fat).await;
@@ -1128,14 +1094,9 @@ async fn cut_and_stalled_downloads_are_retried_then_fail_cleanly() {
         ..Default::default()
     })
     .await;
-    let noise: Vec<u8> = (0..2u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 9) as u8)
-        .collect();
+    let noise = noise(2 << 20, 9);
     let image = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new().file("noise", &noise, 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("noise", &noise), Compression::Gzip)
         .build();
     registry.push("faulty/app", "v1", &image).await;
     let blob = image.layers[0].blob.digest.clone();
@@ -1205,24 +1166,10 @@ async fn concurrent_pulls_fetch_each_blob_once() {
     let registry = Registry::start().await;
     let daemon = Daemon::start().await;
     // Incompressible bytes so the shared layer takes a moment to download.
-    let noise: Vec<u8> = (0..4u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let shared = LayerBuilder::new().file("noise", &noise, 0o644).finish();
-    let a = ImageBuilder::new()
-        .layer(shared.clone(), Compression::Gzip)
-        .layer(
-            LayerBuilder::new().file("a", b"a", 0o644).finish(),
-            Compression::Gzip,
-        )
-        .build();
-    let b = ImageBuilder::new()
-        .layer(shared, Compression::Gzip)
-        .layer(
-            LayerBuilder::new().file("b", b"b", 0o644).finish(),
-            Compression::Gzip,
-        )
-        .build();
+    let noise = noise(4 << 20, 13);
+    let shared = file_layer("noise", &noise);
+    let a = on_base(&shared, "a");
+    let b = on_base(&shared, "b");
     registry.push("conc/app", "a", &a).await;
     registry.push("conc/app", "b", &b).await;
     let (ra, rb) = (
@@ -1255,10 +1202,7 @@ async fn progress_stream_reports_layers_and_existing_ones() {
     let daemon = Daemon::start().await;
     let image = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
-        .layer(
-            LayerBuilder::new().file("p", b"p", 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("p", b"p"), Compression::Gzip)
         .build();
     registry.push("progress/app", "v1", &image).await;
     let reference = registry.reference("progress/app", "v1");
@@ -1351,14 +1295,9 @@ async fn a_full_disk_fails_the_pull_cleanly() {
     daemon.root = mount.path.join("root");
     daemon.launch(Options::default()).await;
 
-    let noise: Vec<u8> = (0..8u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-        .collect();
+    let noise = noise(8 << 20, 11);
     let big = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new().file("big", &noise, 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("big", &noise), Compression::Gzip)
         .build();
     registry.push("full/big", "v1", &big).await;
     let err = pull(&daemon, &registry.reference("full/big", "v1"))
@@ -1372,10 +1311,7 @@ async fn a_full_disk_fails_the_pull_cleanly() {
     );
 
     let small = ImageBuilder::new()
-        .layer(
-            LayerBuilder::new().file("small", b"fits", 0o644).finish(),
-            Compression::Gzip,
-        )
+        .layer(file_layer("small", b"fits"), Compression::Gzip)
         .build();
     registry.push("full/small", "v1", &small).await;
     assert_eq!(

@@ -5,6 +5,7 @@
 mod config;
 mod daemon;
 mod image;
+mod report;
 mod server;
 mod state;
 mod sys;
@@ -73,17 +74,7 @@ fn main() -> ExitCode {
 
 /// One line on stderr, naming what failed and why, and a non-zero exit.
 fn fail(error: &dyn std::error::Error) -> ExitCode {
-    let mut line = format!("stratad: {error}");
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    eprintln!("{line}");
+    eprintln!("stratad: {}", report::error_line(error));
     ExitCode::FAILURE
 }
 

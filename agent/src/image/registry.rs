@@ -278,7 +278,7 @@ impl Repository {
                 Err(e) => Error::Unavailable(format!(
                     "{what}: registry {} is unreachable: {}",
                     endpoint.base,
-                    error_chain(&e)
+                    crate::report::error_line(&e)
                 )),
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
@@ -403,7 +403,7 @@ impl Repository {
         let resp = request.send().await.map_err(|e| {
             Error::Unavailable(format!(
                 "token service {realm} is unreachable: {}",
-                error_chain(&e)
+                crate::report::error_line(&e)
             ))
         })?;
         let status = resp.status();
@@ -484,20 +484,6 @@ async fn error_detail(resp: Response) -> String {
         }
         _ => String::new(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Decodes the `auth` field of a docker config entry: base64 of `user:password`.

@@ -70,21 +70,6 @@ impl From<image::Error> for Status {
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
         }
-        Status::new(code, error_line(&e))
+        Status::new(code, crate::report::error_line(&e))
     }
-}
-
-/// The error and its causes on one line, each cause once.
-pub fn error_line(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }
