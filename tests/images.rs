@@ -13,7 +13,7 @@ use std::{
 use common::{
     Daemon, Options,
     oci::{self, Compression, Image, ImageBuilder, LayerBuilder, busybox_layer},
-    proxy::{Fault, FaultyProxy},
+    proxy::{self, Fault, FaultyProxy},
     registry::{Auth, Registry},
     token::TokenIssuer,
 };
@@ -1032,6 +1032,17 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
         .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert_eq!(store_listing(&daemon).0.len(), 1);
+
+    // A manifest over the 4 MiB cap (a real registry refuses to store one, so a fake
+    // one serves it).
+    let mut manifest: serde_json::Value = serde_json::from_slice(&fat.manifest.bytes).unwrap();
+    manifest["annotations"] = serde_json::json!({ "padding": "y".repeat(5 << 20) });
+    let host = proxy::serve_static(serde_json::to_vec(&manifest).unwrap(), oci::OCI_MANIFEST).await;
+    let err = pull(&daemon, &format!("{host}/fat/manifest:v1"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("limit"), "{}", err.message());
 
     // The store still works.
     let good = ImageBuilder::new()

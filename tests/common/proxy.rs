@@ -141,3 +141,33 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
     }
     client.shutdown().await
 }
+
+/// A hostile "registry" that answers every request with the same body, for what a real
+/// registry refuses to store (a manifest over 4 MiB, say). Returns its host:port.
+pub async fn serve_static(body: Vec<u8>, content_type: &'static str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    let body = Arc::new(body);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let header = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(header.as_bytes()).await;
+                let _ = stream.write_all(&body).await;
+            });
+        }
+    });
+    host
+}

@@ -1,9 +1,9 @@
 //! The content store: blobs (manifests, configs, compressed layers) by digest.
 //!
 //! A blob is written to the ingest area, fsynced, checked against its expected size and
-//! digest, renamed into `blobs/sha256/<hex>` and the directory fsynced. A crash at any
-//! point leaves either no blob or the whole verified blob; leftovers in the ingest area are
-//! removed at start-up.
+//! digest, and renamed into `blobs/sha256/<hex>`; the directory is fsynced (once for a
+//! whole pull) before any record refers to the blob. A crash at any point leaves either no
+//! blob or the whole verified blob; leftovers in the ingest area are removed at start-up.
 
 use std::{
     fs::File,
@@ -13,6 +13,7 @@ use std::{
 };
 
 use super::digest::{Digest, Hasher};
+use crate::state;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -113,6 +114,12 @@ impl ContentStore {
         })
     }
 
+    /// Makes the names of committed blobs durable. Callers sync before they record
+    /// anything that refers to a blob, so a record never outlives its blobs in a crash.
+    pub fn sync(&self) -> Result<()> {
+        state::sync_dir(&self.blobs).map_err(io_err(&self.blobs))
+    }
+
     pub fn remove(&self, digest: &Digest) -> Result<()> {
         let path = self.path(digest);
         match std::fs::remove_file(&path) {
@@ -179,9 +186,6 @@ impl Ingest<'_> {
         let dest = self.store.path(&self.digest);
         std::fs::rename(&self.path, &dest).map_err(io_err(&dest))?;
         self.done = true;
-        File::open(&self.store.blobs)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.store.blobs))?;
         Ok(())
     }
 }

@@ -109,6 +109,11 @@ impl LayerStore {
         })
     }
 
+    /// Makes published layer names durable; called before a record refers to them.
+    pub fn sync(&self) -> Result<()> {
+        state::sync_dir(&self.dir).map_err(io_err(&self.dir))
+    }
+
     /// Removes a layer; a missing one is fine.
     pub fn remove(&self, diff_id: &Digest) -> Result<()> {
         let dir = self.layer_dir(diff_id);
@@ -173,7 +178,7 @@ impl PendingLayer<'_> {
             Err(e) => return Err(io_err(&dest)(e)),
         }
         self.done = true;
-        state::sync_dir(&self.store.dir).map_err(io_err(&self.store.dir))
+        Ok(())
     }
 }
 

@@ -54,6 +54,8 @@ pub enum Error {
     },
     #[error("{what}: {message}")]
     Invalid { what: String, message: String },
+    #[error("{what} is larger than the {limit}-byte limit")]
+    TooLarge { what: String, limit: u64 },
     #[error("{what}: no data received for {secs} s")]
     Stalled { what: String, secs: u64 },
     #[error("{what}: download failed: {message}")]

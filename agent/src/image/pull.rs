@@ -224,6 +224,8 @@ impl ImageStore {
                 .unwrap_or_default(),
             stored_at: now_nanos(),
         };
+        self.content.sync()?;
+        self.layers.sync()?;
         let mut records = self.records();
         records.update(|all| record_pull(all, record))?;
         records
@@ -278,18 +280,18 @@ impl ImageStore {
         limit: u64,
     ) -> Result<Vec<u8>> {
         if resp.content_length().is_some_and(|n| n > limit) {
-            return Err(Error::Invalid {
+            return Err(Error::TooLarge {
                 what: what.to_string(),
-                message: format!("larger than the {limit}-byte limit"),
+                limit,
             });
         }
         let mut body = Vec::new();
         while let Some(chunk) = self.next_chunk(&mut resp, what).await? {
             body.extend_from_slice(&chunk);
             if body.len() as u64 > limit {
-                return Err(Error::Invalid {
+                return Err(Error::TooLarge {
                     what: what.to_string(),
-                    message: format!("larger than the {limit}-byte limit"),
+                    limit,
                 });
             }
         }

@@ -57,6 +57,7 @@ fn code(e: &image::Error) -> Code {
         E::Records(r) => io_in_chain(r).map_or(Code::Internal, io_code),
         E::DiffId { .. } => Code::DataLoss,
         E::Invalid { .. } => Code::InvalidArgument,
+        E::TooLarge { .. } => Code::ResourceExhausted,
         E::Stalled { .. } => Code::DeadlineExceeded,
         E::Download { .. } => Code::Unavailable,
         E::NotFound(_) => Code::NotFound,
