@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     pbjson_build::Builder::new()
         .register_descriptors(&fs::read(&descriptor_path)?)?
+        // Like crictl's output: every field, also those at their default (state 0 is READY).
+        .emit_fields()
         .build(&[".runtime.v1", ".strata.v1"])?;
     Ok(())
 }

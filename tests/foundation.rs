@@ -162,18 +162,6 @@ async fn unimplemented_rpcs_say_so() {
 
     let codes = [
         (
-            "RunPodSandbox",
-            rt.run_pod_sandbox(cri::RunPodSandboxRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "ListPodSandbox",
-            rt.list_pod_sandbox(cri::ListPodSandboxRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
             "CreateContainer",
             rt.create_container(cri::CreateContainerRequest::default())
                 .await
@@ -212,12 +200,6 @@ async fn unimplemented_rpcs_say_so() {
         (
             "UpdateRuntimeConfig",
             rt.update_runtime_config(cri::UpdateRuntimeConfigRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "StreamPodSandboxes",
-            rt.stream_pod_sandboxes(cri::StreamPodSandboxesRequest::default())
                 .await
                 .map(drop),
         ),

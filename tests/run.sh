@@ -10,7 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Packages the tests use, from Debian's archive.
-packages=(ca-certificates docker-registry busybox-static apache2-utils)
+packages=(ca-certificates docker-registry busybox-static apache2-utils curl iproute2 util-linux)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

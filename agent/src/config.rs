@@ -52,6 +52,7 @@ struct FileConfig {
     socket: Option<PathBuf>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
+    cgroup_parent: Option<String>,
     #[serde(default)]
     images: ImagesConfig,
     #[serde(default)]
@@ -115,6 +116,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub log_level: String,
     pub log_format: LogFormat,
+    /// Where pod cgroups go when a pod names no parent of its own.
+    pub cgroup_parent: String,
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -155,6 +158,7 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
+            cgroup_parent: file.cgroup_parent.unwrap_or_else(|| "strata".to_string()),
             images: file.images,
             registries: file.registries,
         };
@@ -181,6 +185,18 @@ impl Config {
                 what: "socket",
                 value: self.socket.display().to_string(),
                 reason: "must name a file".into(),
+            });
+        }
+        let parent = self.cgroup_parent.trim_matches('/');
+        if parent.is_empty()
+            || parent
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return Err(Error::Invalid {
+                what: "cgroup_parent",
+                value: self.cgroup_parent.clone(),
+                reason: "must be a plain relative path like \"strata\"".into(),
             });
         }
         if self.images.max_concurrent_downloads == 0 {

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::{
     config::Config,
     image::ImageStore,
+    runtime::Runtime,
     server::{self, listener},
 };
 
@@ -41,11 +42,16 @@ pub enum Error {
     Signals(std::io::Error),
     #[error("opening the image store: {0}")]
     Images(#[from] crate::image::Error),
+    #[error("opening the runtime: {0}")]
+    Runtime(#[from] crate::runtime::Error),
     #[error("start-up failed: {0}")]
     Startup(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Where the cgroup filesystem is mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// How long in-flight calls may run on after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -73,9 +79,16 @@ pub async fn run(config: Config) -> Result<()> {
             .await
             .map_err(|e| Error::Startup(e.to_string()))??
     };
+    let runtime = Runtime::open(
+        &config.root,
+        &config.state_dir,
+        Path::new(CGROUP_ROOT),
+        &config.cgroup_parent,
+    )?;
     let ctx = Arc::new(server::Context {
         config,
         images: Arc::new(images),
+        runtime: Arc::new(runtime),
     });
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");

@@ -2,10 +2,13 @@
 
 #![deny(unsafe_code)]
 
+mod cgroup;
 mod config;
 mod daemon;
+mod helper;
 mod image;
 mod report;
+mod runtime;
 mod server;
 mod state;
 mod sys;
@@ -44,6 +47,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // Helper modes run before anything else: no runtime, no threads, no logging set-up.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(helper::PINNS) {
+        return helper::pinns(&args[2..]);
+    }
     let cli = Cli::parse();
     let config = match Config::load(Overrides {
         config: cli.config,

@@ -4,6 +4,7 @@
 
 mod images;
 mod output;
+mod pods;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
@@ -89,6 +90,48 @@ enum Command {
     },
     /// Show the image filesystem's usage
     Imagefsinfo,
+    /// Run a pod sandbox from a crictl-style JSON or YAML config
+    Runp {
+        config: std::path::PathBuf,
+        /// Runtime handler
+        #[arg(long)]
+        runtime: Option<String>,
+    },
+    /// List pod sandboxes
+    Pods {
+        /// Only pods whose id starts with this
+        #[arg(long)]
+        id: Option<String>,
+        /// ready or notready
+        #[arg(long)]
+        state: Option<String>,
+        /// KEY=VALUE; repeat for several
+        #[arg(long)]
+        label: Vec<String>,
+        /// Print pod ids only
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Show pod sandboxes' status
+    Inspectp {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Stop pod sandboxes
+    Stopp {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove pod sandboxes
+    Rmp {
+        ids: Vec<String>,
+        /// Stop them first
+        #[arg(long, short)]
+        force: bool,
+        /// Remove every pod sandbox
+        #[arg(long, short)]
+        all: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -220,6 +263,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             prune,
         } => images::remove(&client, &names, all, prune).await,
         Command::Imagefsinfo => images::fs_info(&client, cli.output).await,
+        Command::Runp { config, runtime } => pods::run(&client, &config, runtime).await,
+        Command::Pods {
+            id,
+            state,
+            label,
+            quiet,
+        } => {
+            let options = pods::ListOptions {
+                id,
+                state,
+                labels: label,
+                quiet,
+            };
+            pods::list(&client, cli.output, options).await
+        }
+        Command::Inspectp { ids } => pods::inspect(&client, cli.output, &ids).await,
+        Command::Stopp { ids } => pods::stop(&client, &ids).await,
+        Command::Rmp { ids, force, all } => pods::remove(&client, &ids, force, all).await,
     }
 }
 

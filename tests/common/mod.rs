@@ -101,15 +101,19 @@ pub struct Options {
     pub paths_from_config: bool,
 }
 
-/// A running `stratad` on its own temporary directories.
+/// A running `stratad` on its own temporary directories and its own cgroup parent.
 pub struct Daemon {
     child: Option<Child>,
     dir: tempfile::TempDir,
     pub root: PathBuf,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// Pod cgroups go below this, one per daemon, so tests never share cgroups.
+    pub cgroup_parent: String,
     log: PathBuf,
 }
+
+static DAEMONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Daemon {
     /// Starts a daemon with an empty config and waits until it serves.
@@ -129,11 +133,13 @@ impl Daemon {
             .prefix("strata-e2e-")
             .tempdir()
             .expect("temp dir");
+        let n = DAEMONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Daemon {
             child: None,
             root: dir.path().join("root"),
             state_dir: dir.path().join("run"),
             socket: dir.path().join("run/strata.sock"),
+            cgroup_parent: format!("strata-e2e-{}-{n}", std::process::id()),
             log: dir.path().join("stratad.log"),
             dir,
         }
@@ -173,6 +179,9 @@ impl Daemon {
                     path.to_str().expect("utf-8 path")
                 ));
             }
+        }
+        if !options.config.contains("cgroup_parent") {
+            text.push_str(&format!("cgroup_parent = {:?}\n", self.cgroup_parent));
         }
         text.push_str(&options.config);
         std::fs::write(&config, text).expect("write config");
@@ -276,12 +285,59 @@ impl Drop for Daemon {
             let deadline = Instant::now() + STOP_TIMEOUT;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            let _ = child.kill();
-            let _ = child.wait();
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // Whatever a failed test left: mounts below the daemon's directory and its cgroups.
+        for mount_point in mounts_below(self.dir.path()).into_iter().rev() {
+            let _ = nix::mount::umount2(&mount_point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        remove_cgroup_tree(&self.cgroup_parent);
+    }
+}
+
+/// Mount points at or below `dir`, in mount order.
+pub fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// The directories of cgroup `rel` in every hierarchy mounted under /sys/fs/cgroup.
+pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(rel)];
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        dirs.push(entry.path().join(rel));
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+/// Removes cgroup `rel` and everything below it, deepest first, in every hierarchy.
+pub fn remove_cgroup_tree(rel: &str) {
+    for top in cgroup_dirs(rel) {
+        let mut stack = vec![top.clone()];
+        let mut order = Vec::new();
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+            order.push(dir);
+        }
+        for dir in order.into_iter().rev() {
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 }

@@ -23,6 +23,7 @@ const MAX_MESSAGE: usize = 16 << 20;
 pub struct Context {
     pub config: Config,
     pub images: Arc<crate::image::ImageStore>,
+    pub runtime: Arc<crate::runtime::Runtime>,
 }
 
 /// Builds the router with every service the agent offers on its socket.

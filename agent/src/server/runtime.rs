@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use strata_api::cri::{
-    CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigRequest,
+    self, CgroupDriver, LinuxRuntimeConfiguration, RuntimeCondition, RuntimeConfigRequest,
     RuntimeConfigResponse, RuntimeFeatures, RuntimeHandler, RuntimeHandlerFeatures, RuntimeStatus,
     StatusRequest, StatusResponse, VersionRequest, VersionResponse,
     runtime_service_server::RuntimeService,
@@ -12,6 +12,134 @@ use strata_api::cri::{
 use tonic::{Request, Response, Status};
 
 use super::Context;
+use crate::runtime::{
+    SandboxFilter,
+    sandbox::{Dns, NamespaceMode, PodSpec, Sandbox, SandboxState},
+};
+
+fn ns_mode(mode: i32) -> NamespaceMode {
+    match cri::NamespaceMode::try_from(mode) {
+        Ok(cri::NamespaceMode::Container) => NamespaceMode::Container,
+        Ok(cri::NamespaceMode::Node) => NamespaceMode::Node,
+        Ok(cri::NamespaceMode::Target) => NamespaceMode::Target,
+        _ => NamespaceMode::Pod,
+    }
+}
+
+fn cri_ns_mode(mode: NamespaceMode) -> i32 {
+    (match mode {
+        NamespaceMode::Pod => cri::NamespaceMode::Pod,
+        NamespaceMode::Container => cri::NamespaceMode::Container,
+        NamespaceMode::Node => cri::NamespaceMode::Node,
+        NamespaceMode::Target => cri::NamespaceMode::Target,
+    }) as i32
+}
+
+/// CRI's pod config → the runtime's pod spec.
+fn pod_spec(config: cri::PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Status> {
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("pod sandbox config has no metadata"))?;
+    let linux = config.linux.unwrap_or_default();
+    let ns = linux
+        .security_context
+        .and_then(|s| s.namespace_options)
+        .unwrap_or_default();
+    Ok(PodSpec {
+        name: metadata.name,
+        uid: metadata.uid,
+        namespace: metadata.namespace,
+        attempt: metadata.attempt,
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: config.dns_config.map(|d| Dns {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        cgroup_parent: linux.cgroup_parent,
+        network: ns_mode(ns.network),
+        ipc: ns_mode(ns.ipc),
+        pid: ns_mode(ns.pid),
+        runtime_handler,
+        resources: linux.resources.map(resources).unwrap_or_default(),
+    })
+}
+
+/// CRI's resources (0 or empty meaning "not set") → cgroup limits.
+pub fn resources(r: cri::LinuxContainerResources) -> crate::cgroup::Resources {
+    let positive = |v: i64| (v != 0).then_some(v);
+    crate::cgroup::Resources {
+        memory_limit: positive(r.memory_limit_in_bytes),
+        memory_swap_limit: positive(r.memory_swap_limit_in_bytes),
+        cpu_shares: (r.cpu_shares != 0).then_some(r.cpu_shares.max(0) as u64),
+        cpu_quota: positive(r.cpu_quota),
+        cpu_period: (r.cpu_period != 0).then_some(r.cpu_period.max(0) as u64),
+        cpuset_cpus: Some(r.cpuset_cpus).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems).filter(|s| !s.is_empty()),
+        pids_limit: None,
+        unified: r.unified.into_iter().collect(),
+    }
+}
+
+fn cri_state(state: SandboxState) -> i32 {
+    (match state {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+        SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
+    }) as i32
+}
+
+fn cri_metadata(spec: &PodSpec) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: spec.name.clone(),
+        uid: spec.uid.clone(),
+        namespace: spec.namespace.clone(),
+        attempt: spec.attempt,
+    }
+}
+
+fn cri_pod(s: &Sandbox) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: s.id.clone(),
+        metadata: Some(cri_metadata(&s.spec)),
+        state: cri_state(s.state),
+        created_at: s.created_at,
+        labels: s.spec.labels.clone().into_iter().collect(),
+        annotations: s.spec.annotations.clone().into_iter().collect(),
+        runtime_handler: s.spec.runtime_handler.clone(),
+    }
+}
+
+fn cri_pod_status(s: &Sandbox) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: s.id.clone(),
+        metadata: Some(cri_metadata(&s.spec)),
+        state: cri_state(s.state),
+        created_at: s.created_at,
+        // No pod network yet: a pod has loopback only (or the node's network).
+        network: Some(cri::PodSandboxNetworkStatus::default()),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: cri_ns_mode(s.spec.network),
+                    pid: cri_ns_mode(s.spec.pid),
+                    ipc: cri_ns_mode(s.spec.ipc),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: s.spec.labels.clone().into_iter().collect(),
+        annotations: s.spec.annotations.clone().into_iter().collect(),
+        runtime_handler: s.spec.runtime_handler.clone(),
+    }
+}
+
+/// Pods per message of a streamed list.
+const STREAM_CHUNK: usize = 500;
+
+type BoxStream<T> = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
 
 /// The CRI API version the kubelet asks about; the only one there is.
 const KUBE_API_VERSION: &str = "0.1.0";
@@ -25,6 +153,23 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(ctx: Arc<Context>) -> Self {
         Runtime { ctx }
+    }
+}
+
+fn sandbox_filter(filter: Option<cri::PodSandboxFilter>) -> SandboxFilter {
+    let Some(filter) = filter else {
+        return SandboxFilter::default();
+    };
+    SandboxFilter {
+        id: Some(filter.id).filter(|id| !id.is_empty()),
+        state: filter.state.map(|s| {
+            if s.state == cri::PodSandboxState::SandboxReady as i32 {
+                SandboxState::Ready
+            } else {
+                SandboxState::NotReady
+            }
+        }),
+        labels: filter.label_selector.into_iter().collect(),
     }
 }
 
@@ -92,6 +237,113 @@ impl RuntimeService for Runtime {
                 user_namespaces_host_network: false,
             }),
         }))
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        let request = request.into_inner();
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+        let spec = pod_spec(config, request.runtime_handler)?;
+        let sandbox = self.ctx.runtime.run_pod(spec).await?;
+        tracing::info!(pod = %sandbox.id, name = %sandbox.spec.full_name(), "pod sandbox running");
+        Ok(Response::new(cri::RunPodSandboxResponse {
+            pod_sandbox_id: sandbox.id,
+        }))
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        self.ctx
+            .runtime
+            .stop_pod(&request.into_inner().pod_sandbox_id)
+            .await?;
+        Ok(Response::new(cri::StopPodSandboxResponse {}))
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("pod sandbox id is empty"));
+        }
+        self.ctx.runtime.remove_pod(&id).await?;
+        Ok(Response::new(cri::RemovePodSandboxResponse {}))
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        let request = request.into_inner();
+        let sandbox = self.ctx.runtime.pod(&request.pod_sandbox_id).await?;
+        let mut info = HashMap::new();
+        if request.verbose {
+            let details = serde_json::json!({
+                "id": sandbox.id,
+                "name": sandbox.spec.full_name(),
+                "cgroup": sandbox.cgroup,
+                "cgroupExists": self.ctx.runtime.pod_cgroup_exists(&sandbox),
+                "cgroupVersion": self.ctx.runtime.cgroup_version(),
+                "namespaces": sandbox.namespaces,
+                "sandboxDir": self.ctx.runtime.sandbox_dir(&sandbox.id),
+                "spec": sandbox.spec,
+            });
+            info.insert("info".to_string(), details.to_string());
+        }
+        Ok(Response::new(cri::PodSandboxStatusResponse {
+            status: Some(cri_pod_status(&sandbox)),
+            info,
+            containers_statuses: vec![],
+            timestamp: crate::image::now_nanos(),
+        }))
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        let filter = sandbox_filter(request.into_inner().filter);
+        let items = self
+            .ctx
+            .runtime
+            .pods(&filter)
+            .await
+            .iter()
+            .map(cri_pod)
+            .collect();
+        Ok(Response::new(cri::ListPodSandboxResponse { items }))
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<BoxStream<cri::StreamPodSandboxesResponse>>, Status> {
+        let filter = sandbox_filter(request.into_inner().filter);
+        let pods: Vec<cri::PodSandbox> = self
+            .ctx
+            .runtime
+            .pods(&filter)
+            .await
+            .iter()
+            .map(cri_pod)
+            .collect();
+        let messages: Vec<Result<cri::StreamPodSandboxesResponse, Status>> = pods
+            .chunks(STREAM_CHUNK)
+            .map(|chunk| {
+                Ok(cri::StreamPodSandboxesResponse {
+                    pod_sandboxes: chunk.to_vec(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
     async fn runtime_config(

@@ -4,7 +4,11 @@ use std::io;
 
 use tonic::{Code, Status};
 
-use crate::image::{self, content, manifest, registry, unpack};
+use crate::{
+    cgroup,
+    image::{self, content, manifest, registry, unpack},
+    runtime,
+};
 
 /// An I/O failure: a full disk is the caller's to fix (ResourceExhausted), the rest is ours.
 fn io_code(e: &io::Error) -> Code {
@@ -68,6 +72,30 @@ fn code(e: &image::Error) -> Code {
 impl From<image::Error> for Status {
     fn from(e: image::Error) -> Status {
         let code = code(&e);
+        if code == Code::Internal {
+            tracing::error!(error = %e, "internal error");
+        }
+        Status::new(code, crate::report::error_line(&e))
+    }
+}
+
+fn runtime_code(e: &runtime::Error) -> Code {
+    use runtime::Error as E;
+    match e {
+        E::SandboxNotFound(_) => Code::NotFound,
+        E::SandboxExists { .. } => Code::AlreadyExists,
+        E::Invalid { .. } => Code::InvalidArgument,
+        E::Cgroup(cgroup::Error::Resource { .. } | cgroup::Error::Path(_)) => Code::InvalidArgument,
+        E::Cgroup(cgroup::Error::Io { source, .. }) | E::Io { source, .. } => io_code(source),
+        E::Cgroup(cgroup::Error::NoHierarchy(_)) | E::Namespaces(_) | E::Corrupt { .. } => {
+            Code::Internal
+        }
+    }
+}
+
+impl From<runtime::Error> for Status {
+    fn from(e: runtime::Error) -> Status {
+        let code = runtime_code(&e);
         if code == Code::Internal {
             tracing::error!(error = %e, "internal error");
         }

@@ -1,3 +1,4 @@
 //! Privileged and path-sensitive system calls, behind small safe types.
 
+pub mod net;
 pub mod rootdir;

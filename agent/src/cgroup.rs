@@ -1,0 +1,561 @@
+//! Control groups, v1 and v2, written directly through cgroupfs.
+//!
+//! A small module of our own rather than cgroups-rs: the agent needs create, limits,
+//! membership, stats and removal, and a plain filesystem interface that tests can point at
+//! a fake cgroupfs tree (this machine runs v1; new fleets run v2).
+
+use std::{
+    collections::BTreeMap,
+    io,
+    path::{Path, PathBuf},
+};
+
+/// v1 controllers the agent places cgroups in.
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio",
+];
+/// v2 controllers enabled for the agent's subtree (those the kernel has).
+const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cgroup {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup hierarchy found under {0}")]
+    NoHierarchy(PathBuf),
+    #[error("invalid cgroup path {0:?}: it must be relative and stay below the hierarchy's root")]
+    Path(String),
+    #[error("invalid resource {what} = {value}: {reason}")]
+    Resource {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Limits to apply; `None` leaves a setting alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub memory_limit: Option<i64>,
+    pub memory_swap_limit: Option<i64>,
+    pub cpu_shares: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub cpu_period: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    pub cpuset_mems: Option<String>,
+    pub pids_limit: Option<i64>,
+    /// Raw cgroup v2 files (`"memory.high" = "1G"`); ignored on v1.
+    pub unified: BTreeMap<String, String>,
+}
+
+impl Resources {
+    /// Refuses values the kernel would reject or misread, before anything is written.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what, value: String, reason| {
+            Err(Error::Resource {
+                what,
+                value,
+                reason,
+            })
+        };
+        if let Some(m) = self.memory_limit
+            && !(m == -1 || m >= 4096)
+        {
+            return bad("memory limit", m.to_string(), "must be at least 4096 bytes");
+        }
+        if let Some(s) = self.cpu_shares
+            && !(2..=262_144).contains(&s)
+        {
+            return bad("cpu shares", s.to_string(), "must be between 2 and 262144");
+        }
+        if let Some(q) = self.cpu_quota
+            && !(q == -1 || q >= 1000)
+        {
+            return bad("cpu quota", q.to_string(), "must be -1 or at least 1000 µs");
+        }
+        if let Some(p) = self.cpu_period
+            && !(1000..=1_000_000).contains(&p)
+        {
+            return bad(
+                "cpu period",
+                p.to_string(),
+                "must be between 1000 and 1000000 µs",
+            );
+        }
+        if let Some(p) = self.pids_limit
+            && !(p == -1 || p > 0)
+        {
+            return bad("pids limit", p.to_string(), "must be -1 or positive");
+        }
+        for set in [&self.cpuset_cpus, &self.cpuset_mems].into_iter().flatten() {
+            if !set
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
+            {
+                return bad("cpuset", set.clone(), "must be a list like 0-3,5");
+            }
+        }
+        for key in self.unified.keys() {
+            if key.contains('/') || key.starts_with('.') || !key.contains('.') {
+                return bad(
+                    "unified key",
+                    key.clone(),
+                    "must name a cgroup file like memory.high",
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The machine's cgroup hierarchy.
+#[derive(Debug, Clone)]
+pub enum Hierarchy {
+    V1 { root: PathBuf },
+    V2 { root: PathBuf },
+}
+
+impl Hierarchy {
+    /// Looks at `root` (normally `/sys/fs/cgroup`): v2 if its top has
+    /// `cgroup.controllers`, v1 if it has per-controller directories. A hybrid host
+    /// (v1 controllers, an empty v2 tree at `unified/`) is v1.
+    pub fn detect(root: &Path) -> Result<Hierarchy> {
+        if root.join("cgroup.controllers").is_file() {
+            return Ok(Hierarchy::V2 {
+                root: root.to_path_buf(),
+            });
+        }
+        if root.join("memory").is_dir() || root.join("cpu").is_dir() {
+            return Ok(Hierarchy::V1 {
+                root: root.to_path_buf(),
+            });
+        }
+        Err(Error::NoHierarchy(root.to_path_buf()))
+    }
+
+    pub fn version(&self) -> u8 {
+        match self {
+            Hierarchy::V1 { .. } => 1,
+            Hierarchy::V2 { .. } => 2,
+        }
+    }
+
+    fn check(path: &str) -> Result<PathBuf> {
+        let rel = PathBuf::from(path.trim_start_matches('/'));
+        let ok = !rel.as_os_str().is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if ok {
+            Ok(rel)
+        } else {
+            Err(Error::Path(path.to_string()))
+        }
+    }
+
+    /// The cgroup at `path` (relative to the hierarchy's root), whether or not it exists.
+    pub fn cgroup(&self, path: &str) -> Result<Cgroup> {
+        let rel = Self::check(path)?;
+        let dirs = match self {
+            Hierarchy::V1 { root } => V1_CONTROLLERS
+                .iter()
+                .filter(|c| root.join(c).is_dir())
+                .map(|c| (c.to_string(), root.join(c).join(&rel)))
+                .collect(),
+            Hierarchy::V2 { root } => vec![(String::new(), root.join(&rel))],
+        };
+        Ok(Cgroup {
+            hierarchy: self.clone(),
+            rel,
+            dirs,
+        })
+    }
+
+    /// Creates the cgroup at `path` and any missing parents.
+    pub fn create(&self, path: &str) -> Result<Cgroup> {
+        let cgroup = self.cgroup(path)?;
+        match self {
+            Hierarchy::V1 { root } => {
+                for (controller, dir) in &cgroup.dirs {
+                    create_v1(&root.join(controller), &cgroup.rel, controller == "cpuset")?;
+                    debug_assert!(dir.is_dir());
+                }
+            }
+            Hierarchy::V2 { root } => create_v2(root, &cgroup.rel)?,
+        }
+        Ok(cgroup)
+    }
+}
+
+/// Creates each missing directory from the top down; a new cpuset cgroup starts with empty
+/// `cpus` and `mems`, so it inherits its parent's.
+fn create_v1(controller_root: &Path, rel: &Path, cpuset: bool) -> Result<()> {
+    let mut dir = controller_root.to_path_buf();
+    for component in rel.components() {
+        let parent = dir.clone();
+        dir.push(component);
+        if dir.is_dir() {
+            continue;
+        }
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
+            _ => {}
+        }
+        if cpuset {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let value = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+                if !value.trim().is_empty() {
+                    write(&dir.join(file), value.trim())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates each missing directory, enabling the controllers the parent offers in its
+/// `cgroup.subtree_control` first (v2 needs that for the child to have them).
+fn create_v2(root: &Path, rel: &Path) -> Result<()> {
+    let mut dir = root.to_path_buf();
+    for component in rel.components() {
+        let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        let wanted: Vec<String> = available
+            .split_whitespace()
+            .filter(|c| V2_CONTROLLERS.contains(c))
+            .map(|c| format!("+{c}"))
+            .collect();
+        if !wanted.is_empty() {
+            let control = dir.join("cgroup.subtree_control");
+            let enabled = std::fs::read_to_string(&control).unwrap_or_default();
+            let missing: Vec<&String> = wanted
+                .iter()
+                .filter(|w| !enabled.split_whitespace().any(|e| e == &w[1..]))
+                .collect();
+            if !missing.is_empty() {
+                let line = missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                write(&control, &line)?;
+            }
+        }
+        dir.push(component);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    std::fs::write(path, value).map_err(io_err(path))
+}
+
+/// One cgroup: a directory per v1 controller, or one v2 directory.
+#[derive(Debug, Clone)]
+pub struct Cgroup {
+    hierarchy: Hierarchy,
+    rel: PathBuf,
+    dirs: Vec<(String, PathBuf)>,
+}
+
+impl Cgroup {
+    /// The path relative to the hierarchy's root, as `/a/b`.
+    #[allow(dead_code)] // reported for containers (the runtime's next step)
+    pub fn path(&self) -> String {
+        format!("/{}", self.rel.display())
+    }
+
+    fn dir(&self, controller: &str) -> Option<&Path> {
+        match self.hierarchy {
+            Hierarchy::V2 { .. } => self.dirs.first().map(|(_, d)| d.as_path()),
+            Hierarchy::V1 { .. } => self
+                .dirs
+                .iter()
+                .find(|(c, _)| c == controller)
+                .map(|(_, d)| d.as_path()),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dirs.iter().any(|(_, d)| d.is_dir())
+    }
+
+    /// Moves process `pid` into this cgroup (in every v1 controller).
+    #[allow(dead_code)] // containers join their cgroups this way (the runtime's next step)
+    pub fn add_pid(&self, pid: u32) -> Result<()> {
+        for (_, dir) in &self.dirs {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Applies `resources`, validated first so that nothing is half-applied for bad input.
+    pub fn set(&self, resources: &Resources) -> Result<()> {
+        resources.validate()?;
+        let put = |controller: &str, file: &str, value: String| -> Result<()> {
+            match self.dir(controller) {
+                Some(dir) => write(&dir.join(file), &value),
+                None => Ok(()),
+            }
+        };
+        match self.hierarchy {
+            Hierarchy::V1 { .. } => {
+                if let Some(m) = resources.memory_limit {
+                    put("memory", "memory.limit_in_bytes", m.to_string())?;
+                }
+                if let Some(s) = resources.memory_swap_limit
+                    && self
+                        .dir("memory")
+                        .is_some_and(|d| d.join("memory.memsw.limit_in_bytes").exists())
+                {
+                    put("memory", "memory.memsw.limit_in_bytes", s.to_string())?;
+                }
+                if let Some(s) = resources.cpu_shares {
+                    put("cpu", "cpu.shares", s.to_string())?;
+                }
+                if let Some(p) = resources.cpu_period {
+                    put("cpu", "cpu.cfs_period_us", p.to_string())?;
+                }
+                if let Some(q) = resources.cpu_quota {
+                    put("cpu", "cpu.cfs_quota_us", q.to_string())?;
+                }
+                if let Some(c) = &resources.cpuset_cpus {
+                    put("cpuset", "cpuset.cpus", c.clone())?;
+                }
+                if let Some(m) = &resources.cpuset_mems {
+                    put("cpuset", "cpuset.mems", m.clone())?;
+                }
+                if let Some(p) = resources.pids_limit {
+                    put(
+                        "pids",
+                        "pids.max",
+                        if p < 0 { "max".into() } else { p.to_string() },
+                    )?;
+                }
+            }
+            Hierarchy::V2 { .. } => {
+                if let Some(m) = resources.memory_limit {
+                    put(
+                        "memory",
+                        "memory.max",
+                        if m < 0 { "max".into() } else { m.to_string() },
+                    )?;
+                    // v1's memsw counts memory + swap; v2's swap.max counts swap alone.
+                    if let Some(s) = resources.memory_swap_limit
+                        && m >= 0
+                    {
+                        let swap = if s < 0 {
+                            "max".into()
+                        } else {
+                            (s - m).max(0).to_string()
+                        };
+                        put("memory", "memory.swap.max", swap)?;
+                    }
+                }
+                if let Some(s) = resources.cpu_shares {
+                    put("cpu", "cpu.weight", shares_to_weight(s).to_string())?;
+                }
+                if resources.cpu_quota.is_some() || resources.cpu_period.is_some() {
+                    let period = resources.cpu_period.unwrap_or(100_000);
+                    let quota = match resources.cpu_quota {
+                        Some(q) if q > 0 => q.to_string(),
+                        _ => "max".into(),
+                    };
+                    put("cpu", "cpu.max", format!("{quota} {period}"))?;
+                }
+                if let Some(c) = &resources.cpuset_cpus {
+                    put("cpuset", "cpuset.cpus", c.clone())?;
+                }
+                if let Some(m) = &resources.cpuset_mems {
+                    put("cpuset", "cpuset.mems", m.clone())?;
+                }
+                if let Some(p) = resources.pids_limit {
+                    put(
+                        "pids",
+                        "pids.max",
+                        if p < 0 { "max".into() } else { p.to_string() },
+                    )?;
+                }
+                for (file, value) in &resources.unified {
+                    put("", file, value.clone())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup's directories (deepest first is the caller's business: this
+    /// removes only this cgroup). A missing cgroup is fine.
+    pub fn remove(&self) -> Result<()> {
+        for (_, dir) in &self.dirs {
+            match std::fs::remove_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(dir)(e)),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Maps v1 `cpu.shares` (2..262144, default 1024) onto v2 `cpu.weight` (1..10000, default
+/// 100) the way the kernel's documentation and runc do.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(path: &Path) -> String {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// A fake v1 tree: one directory per controller, with cpuset values at the top.
+    fn fake_v1() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for c in ["cpu", "cpuacct", "cpuset", "memory", "pids"] {
+            std::fs::create_dir(dir.path().join(c)).unwrap();
+        }
+        std::fs::write(dir.path().join("cpuset/cpuset.cpus"), "0-1\n").unwrap();
+        std::fs::write(dir.path().join("cpuset/cpuset.mems"), "0\n").unwrap();
+        dir
+    }
+
+    /// A fake v2 tree: the top offers controllers.
+    fn fake_v2() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("cgroup.subtree_control"), "").unwrap();
+        dir
+    }
+
+    fn limits() -> Resources {
+        Resources {
+            memory_limit: Some(64 << 20),
+            cpu_shares: Some(512),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            cpuset_cpus: Some("0".into()),
+            pids_limit: Some(32),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn v1_creates_in_every_controller_inherits_cpusets_and_writes_limits() {
+        let tree = fake_v1();
+        let h = Hierarchy::detect(tree.path()).unwrap();
+        assert_eq!(h.version(), 1);
+        let cg = h.create("strata/pod-1").unwrap();
+        assert_eq!(cg.path(), "/strata/pod-1");
+        for c in ["cpu", "cpuacct", "cpuset", "memory", "pids"] {
+            assert!(tree.path().join(c).join("strata/pod-1").is_dir(), "{c}");
+        }
+        assert_eq!(read(&tree.path().join("cpuset/strata/cpuset.cpus")), "0-1");
+        assert_eq!(
+            read(&tree.path().join("cpuset/strata/pod-1/cpuset.mems")),
+            "0"
+        );
+        cg.set(&limits()).unwrap();
+        let p = |f: &str| read(&tree.path().join(f));
+        assert_eq!(
+            p("memory/strata/pod-1/memory.limit_in_bytes"),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(p("cpu/strata/pod-1/cpu.shares"), "512");
+        assert_eq!(p("cpu/strata/pod-1/cpu.cfs_quota_us"), "50000");
+        assert_eq!(p("cpu/strata/pod-1/cpu.cfs_period_us"), "100000");
+        assert_eq!(p("cpuset/strata/pod-1/cpuset.cpus"), "0");
+        assert_eq!(p("pids/strata/pod-1/pids.max"), "32");
+        cg.add_pid(42).unwrap();
+        assert_eq!(p("memory/strata/pod-1/cgroup.procs"), "42");
+    }
+
+    #[test]
+    fn v2_enables_controllers_and_translates_limits() {
+        let tree = fake_v2();
+        let h = Hierarchy::detect(tree.path()).unwrap();
+        assert_eq!(h.version(), 2);
+        // A fake tree has no kernel to fill in the child's files: give it its own.
+        let cg = h.create("strata/pod-2").unwrap();
+        let subtree = read(&tree.path().join("cgroup.subtree_control"));
+        for c in ["+cpu", "+cpuset", "+memory", "+pids", "+io"] {
+            assert!(subtree.contains(c), "{subtree}");
+        }
+        assert!(!subtree.contains("hugetlb"));
+        let mut r = limits();
+        r.unified.insert("memory.high".into(), "48M".into());
+        r.memory_swap_limit = Some(96 << 20);
+        cg.set(&r).unwrap();
+        let p = |f: &str| read(&tree.path().join("strata/pod-2").join(f));
+        assert_eq!(p("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(p("memory.swap.max"), (32u64 << 20).to_string());
+        assert_eq!(p("cpu.weight"), shares_to_weight(512).to_string());
+        assert_eq!(p("cpu.max"), "50000 100000");
+        assert_eq!(p("pids.max"), "32");
+        assert_eq!(p("memory.high"), "48M");
+    }
+
+    #[test]
+    fn weights_and_validation() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+        for bad in [
+            Resources {
+                memory_limit: Some(10),
+                ..Default::default()
+            },
+            Resources {
+                cpu_shares: Some(1),
+                ..Default::default()
+            },
+            Resources {
+                cpu_quota: Some(5),
+                ..Default::default()
+            },
+            Resources {
+                cpu_period: Some(5),
+                ..Default::default()
+            },
+            Resources {
+                pids_limit: Some(0),
+                ..Default::default()
+            },
+            Resources {
+                cpuset_cpus: Some("0;rm".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+        let tree = fake_v1();
+        let h = Hierarchy::detect(tree.path()).unwrap();
+        assert!(h.cgroup("../escape").is_err());
+        assert!(h.cgroup("/").is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! The agent's helper modes. The daemon is multi-threaded and never forks Rust code of its
+//! own: when it needs a process to enter namespaces, it execs its own binary in one of
+//! these modes (hidden from `--help`), like CRI-O's pinns.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use nix::{
+    mount::{MsFlags, mount},
+    sched::{CloneFlags, unshare},
+};
+
+/// The first argument that selects the namespace-pinning helper.
+pub const PINNS: &str = "__pinns";
+
+/// `stratad __pinns DIR HOSTNAME [net] [ipc] [uts]`: creates the named namespaces, sets the
+/// hostname (uts), brings loopback up (net), and bind-mounts each namespace onto `DIR/<ns>`
+/// so that it lives on with no process in it. Exits 0, or 1 with one line on stderr.
+pub fn pinns(args: &[String]) -> ExitCode {
+    match pin(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("stratad pinns: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn pin(args: &[String]) -> Result<(), String> {
+    let [dir, hostname, kinds @ ..] = args else {
+        return Err("usage: __pinns DIR HOSTNAME [net] [ipc] [uts]".into());
+    };
+    let dir = PathBuf::from(dir);
+    let mut flags = CloneFlags::empty();
+    for kind in kinds {
+        flags |= match kind.as_str() {
+            "net" => CloneFlags::CLONE_NEWNET,
+            "ipc" => CloneFlags::CLONE_NEWIPC,
+            "uts" => CloneFlags::CLONE_NEWUTS,
+            other => return Err(format!("unknown namespace {other:?}")),
+        };
+    }
+    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+    if flags.contains(CloneFlags::CLONE_NEWUTS) {
+        nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
+    }
+    if flags.contains(CloneFlags::CLONE_NEWNET) {
+        crate::sys::net::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for kind in kinds {
+        let target = dir.join(kind);
+        std::fs::File::create(&target).map_err(|e| format!("{}: {e}", target.display()))?;
+        let source = format!("/proc/self/ns/{kind}");
+        mount(
+            Some(source.as_str()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("pinning {source} on {}: {e}", target.display()))?;
+    }
+    Ok(())
+}

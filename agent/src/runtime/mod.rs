@@ -1,0 +1,457 @@
+//! Pods and containers: their records, their namespaces and cgroups. Nothing here knows
+//! about gRPC; the server converts CRI messages to and from these types.
+
+pub mod sandbox;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use sandbox::{NamespaceMode, PodSpec, Sandbox, SandboxState};
+
+use crate::{cgroup, state};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("pod sandbox {0:?} not found")]
+    SandboxNotFound(String),
+    #[error("a pod sandbox named {name:?} already exists ({id})")]
+    SandboxExists { name: String, id: String },
+    #[error("{what}: {reason}")]
+    Invalid { what: String, reason: String },
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error("pinning the pod's namespaces: {0}")]
+    Namespaces(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pod sandbox record {path} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Which pods a list asks for; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxFilter {
+    pub id: Option<String>,
+    pub state: Option<SandboxState>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct Runtime {
+    /// Records: `<root>/sandboxes/<id>/`.
+    records: PathBuf,
+    /// Pinned namespaces: `<state_dir>/sandboxes/<id>/ns/` (they do not outlive a reboot).
+    pins: PathBuf,
+    cgroups: cgroup::Hierarchy,
+    cgroup_parent: String,
+    sandboxes: tokio::sync::Mutex<BTreeMap<String, Sandbox>>,
+}
+
+impl Runtime {
+    /// Loads the records and reconciles them with the machine: a pod whose pinned
+    /// namespaces are gone (after a reboot) is NotReady; a half-created pod is removed.
+    pub fn open(
+        root: &Path,
+        state_dir: &Path,
+        cgroup_root: &Path,
+        cgroup_parent: &str,
+    ) -> Result<Runtime> {
+        let records = root.join("sandboxes");
+        let pins = state_dir.join("sandboxes");
+        for dir in [&records, &pins] {
+            std::fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+        }
+        let cgroups = cgroup::Hierarchy::detect(cgroup_root)?;
+        let mut sandboxes = BTreeMap::new();
+        for entry in std::fs::read_dir(&records).map_err(io_err("cannot read", &records))? {
+            let entry = entry.map_err(io_err("cannot read", &records))?;
+            let record = entry.path().join("state.json");
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let bytes = match std::fs::read(&record) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::info!(sandbox = %id, "removing a half-created pod sandbox");
+                    release_pins(&pins.join(&id));
+                    let _ = std::fs::remove_dir_all(entry.path());
+                    continue;
+                }
+                Err(e) => return Err(io_err("cannot read", &record)(e)),
+            };
+            let mut sandbox: Sandbox =
+                serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+                    path: record.clone(),
+                    source,
+                })?;
+            if sandbox.state == SandboxState::Ready
+                && !sandbox.namespaces.values().all(|p| is_mount_point(p))
+            {
+                tracing::info!(sandbox = %id, "its namespaces are gone; marking it NotReady");
+                sandbox.state = SandboxState::NotReady;
+            }
+            sandboxes.insert(id, sandbox);
+        }
+        Ok(Runtime {
+            records,
+            pins,
+            cgroups,
+            cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
+            sandboxes: tokio::sync::Mutex::new(sandboxes),
+        })
+    }
+
+    pub fn pod_cgroup_exists(&self, sandbox: &Sandbox) -> bool {
+        self.cgroups
+            .cgroup(&sandbox.cgroup)
+            .is_ok_and(|c| c.exists())
+    }
+
+    pub fn cgroup_version(&self) -> u8 {
+        self.cgroups.version()
+    }
+
+    fn save(&self, sandbox: &Sandbox) -> Result<()> {
+        let path = self.records.join(&sandbox.id).join("state.json");
+        let bytes = serde_json::to_vec_pretty(sandbox).map_err(|source| Error::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        state::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
+    }
+
+    /// The directory with the pod's hostname, hosts and resolv.conf.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.records.join(id)
+    }
+
+    pub async fn run_pod(&self, spec: PodSpec) -> Result<Sandbox> {
+        validate(&spec)?;
+        let mut sandboxes = self.sandboxes.lock().await;
+        if let Some(existing) = sandboxes
+            .values()
+            .find(|s| s.spec.full_name() == spec.full_name())
+        {
+            return Err(Error::SandboxExists {
+                name: spec.full_name(),
+                id: existing.id.clone(),
+            });
+        }
+        let id = new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;
+        let parent = if spec.cgroup_parent.is_empty() {
+            self.cgroup_parent.clone()
+        } else {
+            spec.cgroup_parent.trim_matches('/').to_string()
+        };
+        let sandbox = Sandbox {
+            cgroup: format!("{parent}/pod-{id}"),
+            id: id.clone(),
+            state: SandboxState::Ready,
+            created_at: crate::image::now_nanos(),
+            namespaces: BTreeMap::new(),
+            spec,
+        };
+        match self.create(sandbox).await {
+            Ok(sandbox) => {
+                sandboxes.insert(id, sandbox.clone());
+                Ok(sandbox)
+            }
+            Err((e, partial)) => {
+                // Undo whatever was made; the pod never existed.
+                self.destroy(&partial);
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds the pod on the machine. On failure, returns what was built so far.
+    async fn create(&self, mut sandbox: Sandbox) -> std::result::Result<Sandbox, (Error, Sandbox)> {
+        macro_rules! attempt {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(e) => return Err((e.into(), sandbox)),
+                }
+            };
+        }
+        let dir = self.sandbox_dir(&sandbox.id);
+        attempt!(std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir)));
+        let hostname =
+            if sandbox.spec.network == NamespaceMode::Node && sandbox.spec.hostname.is_empty() {
+                nix::unistd::gethostname()
+                    .map(|h| h.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            } else {
+                sandbox.spec.hostname.clone()
+            };
+        let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        for (name, content) in [
+            ("hostname", format!("{hostname}\n")),
+            ("hosts", sandbox::hosts_file(&hostname)),
+            (
+                "resolv.conf",
+                sandbox::resolv_conf(sandbox.spec.dns.as_ref(), &node_resolv),
+            ),
+        ] {
+            let path = dir.join(name);
+            attempt!(
+                state::write_atomic(&path, content.as_bytes())
+                    .map_err(io_err("cannot write", &path))
+            );
+        }
+        let cgroup = attempt!(self.cgroups.create(&sandbox.cgroup));
+        attempt!(cgroup.set(&sandbox.spec.resources));
+
+        // A host-network pod shares the node's network and UTS namespaces.
+        let mut kinds = Vec::new();
+        if sandbox.spec.network != NamespaceMode::Node {
+            kinds.extend(["net", "uts"]);
+        }
+        if sandbox.spec.ipc != NamespaceMode::Node {
+            kinds.push("ipc");
+        }
+        if !kinds.is_empty() {
+            let ns_dir = self.pins.join(&sandbox.id).join("ns");
+            sandbox.namespaces = kinds
+                .iter()
+                .map(|k| (k.to_string(), ns_dir.join(k)))
+                .collect();
+            attempt!(pin_namespaces(&ns_dir, &hostname, &kinds).await);
+        }
+        attempt!(self.save(&sandbox));
+        Ok(sandbox)
+    }
+
+    /// Removes everything a pod has on the machine; best effort, for failed creations.
+    fn destroy(&self, sandbox: &Sandbox) {
+        release_pins(&self.pins.join(&sandbox.id));
+        if let Ok(cg) = self.cgroups.cgroup(&sandbox.cgroup)
+            && let Err(e) = cg.remove()
+        {
+            tracing::warn!(error = %e, "cannot remove a pod cgroup");
+        }
+        let _ = std::fs::remove_dir_all(self.sandbox_dir(&sandbox.id));
+    }
+
+    /// Stops a pod: its namespaces are released. Idempotent.
+    pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let mut sandboxes = self.sandboxes.lock().await;
+        let sandbox = find_mut(&mut sandboxes, id)?;
+        release_pins(&self.pins.join(&sandbox.id));
+        if sandbox.state != SandboxState::NotReady {
+            let mut stopped = sandbox.clone();
+            stopped.state = SandboxState::NotReady;
+            self.save(&stopped)?;
+            *sandbox = stopped;
+        }
+        Ok(())
+    }
+
+    /// Removes a pod (stopping it first). Removing a missing pod is not an error.
+    pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let mut sandboxes = self.sandboxes.lock().await;
+        let Ok(sandbox) = find_mut(&mut sandboxes, id) else {
+            return Ok(());
+        };
+        let sandbox = sandbox.clone();
+        release_pins(&self.pins.join(&sandbox.id));
+        self.cgroups.cgroup(&sandbox.cgroup)?.remove()?;
+        let dir = self.sandbox_dir(&sandbox.id);
+        // The record goes first, so a crash part-way leaves a half-removed pod that
+        // start-up finishes removing, not a record of a pod that is half gone.
+        let record = dir.join("state.json");
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("cannot remove", &record)(e));
+            }
+            _ => {}
+        }
+        std::fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        let _ = std::fs::remove_dir_all(self.pins.join(&sandbox.id));
+        sandboxes.remove(&sandbox.id);
+        Ok(())
+    }
+
+    pub async fn pod(&self, id: &str) -> Result<Sandbox> {
+        let mut sandboxes = self.sandboxes.lock().await;
+        find_mut(&mut sandboxes, id).map(|s| s.clone())
+    }
+
+    pub async fn pods(&self, filter: &SandboxFilter) -> Vec<Sandbox> {
+        let sandboxes = self.sandboxes.lock().await;
+        sandboxes
+            .values()
+            .filter(|s| {
+                filter
+                    .id
+                    .as_ref()
+                    .is_none_or(|id| s.id.starts_with(id.as_str()))
+            })
+            .filter(|s| filter.state.is_none_or(|st| s.state == st))
+            .filter(|s| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| s.spec.labels.get(k) == Some(v))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+/// Finds a pod by its id or a unique prefix of it.
+fn find_mut<'a>(sandboxes: &'a mut BTreeMap<String, Sandbox>, id: &str) -> Result<&'a mut Sandbox> {
+    if id.is_empty() {
+        return Err(Error::Invalid {
+            what: "pod sandbox id".into(),
+            reason: "empty".into(),
+        });
+    }
+    let mut matches = sandboxes
+        .iter()
+        .filter(|(k, _)| k.starts_with(id))
+        .map(|(k, _)| k.clone());
+    match (matches.next(), matches.next()) {
+        (Some(key), None) => sandboxes
+            .get_mut(&key)
+            .ok_or_else(|| Error::SandboxNotFound(id.to_string())),
+        (Some(_), Some(_)) => Err(Error::Invalid {
+            what: format!("pod sandbox id {id:?}"),
+            reason: "matches more than one pod".into(),
+        }),
+        (None, _) => Err(Error::SandboxNotFound(id.to_string())),
+    }
+}
+
+fn validate(spec: &PodSpec) -> Result<()> {
+    let invalid = |what: &str, reason: &str| {
+        Err(Error::Invalid {
+            what: what.to_string(),
+            reason: reason.to_string(),
+        })
+    };
+    if spec.name.is_empty() || spec.namespace.is_empty() || spec.uid.is_empty() {
+        return invalid("pod metadata", "name, namespace and uid are required");
+    }
+    if !spec.runtime_handler.is_empty() {
+        return invalid(
+            &format!("runtime handler {:?}", spec.runtime_handler),
+            "unknown (strata has only the default handler)",
+        );
+    }
+    if spec.network != NamespaceMode::Node && !sandbox::valid_hostname(&spec.hostname) {
+        return invalid(
+            &format!("hostname {:?}", spec.hostname),
+            "must be 1-64 letters, digits, '-' or '.'",
+        );
+    }
+    for (what, mode) in [("network", spec.network), ("ipc", spec.ipc)] {
+        if matches!(mode, NamespaceMode::Container | NamespaceMode::Target) {
+            return invalid(
+                &format!("{what} namespace mode"),
+                "a pod's must be POD or NODE",
+            );
+        }
+    }
+    spec.resources.validate()?;
+    if !spec.cgroup_parent.is_empty() {
+        // Checked by the hierarchy's path rules.
+        let rel = spec.cgroup_parent.trim_matches('/');
+        if rel
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return invalid(
+                &format!("cgroup parent {:?}", spec.cgroup_parent),
+                "must be a plain path",
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs the pinning helper (`stratad __pinns`) for `kinds`.
+async fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[&str]) -> Result<()> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?;
+    let output = tokio::process::Command::new(exe)
+        .arg(crate::helper::PINNS)
+        .arg(dir)
+        .arg(hostname)
+        .args(kinds)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| Error::Namespaces(format!("running the helper: {e}")))?;
+    if !output.status.success() {
+        let text = String::from_utf8_lossy(&output.stderr).trim().to_string();
+        return Err(Error::Namespaces(if text.is_empty() {
+            output.status.to_string()
+        } else {
+            text
+        }));
+    }
+    Ok(())
+}
+
+/// Unmounts and removes a pod's pinned namespaces; missing ones are fine.
+fn release_pins(pod_pins: &Path) {
+    let ns_dir = pod_pins.join("ns");
+    for kind in ["net", "ipc", "uts"] {
+        let file = ns_dir.join(kind);
+        if is_mount_point(&file)
+            && let Err(e) = nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(path = %file.display(), error = %e, "cannot release a namespace");
+        }
+        let _ = std::fs::remove_file(&file);
+    }
+    let _ = std::fs::remove_dir(&ns_dir);
+    let _ = std::fs::remove_dir(pod_pins);
+}
+
+/// True if `path` is a mount point (a pinned namespace is an nsfs mount on a file).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let target = path.to_string_lossy();
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|mount_point| unescape_mount_path(mount_point) == target)
+}
+
+/// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
+fn unescape_mount_path(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+/// 64 random hex digits, like the ids other runtimes give.
+fn new_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

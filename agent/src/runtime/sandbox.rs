@@ -1,0 +1,145 @@
+//! Pod sandboxes: what a pod is to the agent, and the files that make its environment
+//! (hostname, hosts, resolv.conf).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How a pod or container gets a namespace (CRI's NamespaceMode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NamespaceMode {
+    #[default]
+    Pod,
+    Container,
+    Node,
+    Target,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// Everything the agent keeps of a pod's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PodSpec {
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+    pub hostname: String,
+    pub log_directory: String,
+    pub dns: Option<Dns>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub cgroup_parent: String,
+    pub network: NamespaceMode,
+    pub ipc: NamespaceMode,
+    pub pid: NamespaceMode,
+    pub runtime_handler: String,
+    /// Limits for the whole pod (CRI's pod-level resources plus overhead).
+    #[serde(skip)]
+    pub resources: crate::cgroup::Resources,
+}
+
+impl PodSpec {
+    /// Unique among the node's pods, as the kubelet expects.
+    pub fn full_name(&self) -> String {
+        format!(
+            "{}_{}_{}_{}",
+            self.name, self.namespace, self.uid, self.attempt
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+/// A pod sandbox as recorded in `sandboxes/<id>/state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub id: String,
+    pub spec: PodSpec,
+    pub state: SandboxState,
+    /// Nanoseconds since the epoch.
+    pub created_at: i64,
+    /// The pod's cgroup, relative to the hierarchy's root.
+    pub cgroup: String,
+    /// Namespaces pinned for the pod (`net`, `ipc`, `uts`), by kind → file.
+    pub namespaces: BTreeMap<String, std::path::PathBuf>,
+}
+
+/// `/etc/hosts` for the pod.
+pub fn hosts_file(hostname: &str) -> String {
+    let mut text = String::from(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
+    );
+    if !hostname.is_empty() {
+        text.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    text
+}
+
+/// `/etc/resolv.conf` for the pod: its DNS config, or the node's file when it has none.
+pub fn resolv_conf(dns: Option<&Dns>, node: &str) -> String {
+    let Some(dns) = dns else {
+        return node.to_string();
+    };
+    let mut text = String::new();
+    if !dns.searches.is_empty() {
+        text.push_str(&format!("search {}\n", dns.searches.join(" ")));
+    }
+    for server in &dns.servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !dns.options.is_empty() {
+        text.push_str(&format!("options {}\n", dns.options.join(" ")));
+    }
+    text
+}
+
+/// A hostname the kernel and resolvers accept: 1 to 64 characters of letters, digits,
+/// `-` and `.`, not starting or ending with `-` or `.`.
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !name.starts_with(['-', '.'])
+        && !name.ends_with(['-', '.'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_for_the_pod() {
+        let dns = Dns {
+            servers: vec!["10.0.0.10".into()],
+            searches: vec!["ns.svc.cluster.local".into(), "cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        };
+        assert_eq!(
+            resolv_conf(Some(&dns), "node"),
+            "search ns.svc.cluster.local cluster.local\nnameserver 10.0.0.10\noptions ndots:5\n"
+        );
+        assert_eq!(
+            resolv_conf(None, "nameserver 1.1.1.1\n"),
+            "nameserver 1.1.1.1\n"
+        );
+        assert!(hosts_file("web-0").ends_with("127.0.1.1\tweb-0\n"));
+        assert!(valid_hostname("web-0.example"));
+        for bad in ["", "-a", "a.", "has space", &"x".repeat(65)] {
+            assert!(!valid_hostname(bad), "{bad:?}");
+        }
+    }
+}
