@@ -162,18 +162,6 @@ async fn unimplemented_rpcs_say_so() {
 
     let codes = [
         (
-            "CreateContainer",
-            rt.create_container(cri::CreateContainerRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "ListContainers",
-            rt.list_containers(cri::ListContainersRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
             "ExecSync",
             rt.exec_sync(cri::ExecSyncRequest::default())
                 .await

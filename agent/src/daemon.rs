@@ -85,6 +85,13 @@ pub async fn run(config: Config) -> Result<()> {
         Path::new(CGROUP_ROOT),
         &config.cgroup_parent,
     )?;
+    // Layers that containers use are never garbage-collected, across restarts too.
+    for (container, layers) in runtime.layers_in_use().await {
+        images.pin_layers(
+            &container,
+            layers.iter().filter_map(|d| d.parse().ok()).collect(),
+        );
+    }
     let ctx = Arc::new(server::Context {
         config,
         images: Arc::new(images),

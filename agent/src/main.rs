@@ -49,8 +49,10 @@ struct Cli {
 fn main() -> ExitCode {
     // Helper modes run before anything else: no runtime, no threads, no logging set-up.
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some(helper::PINNS) {
-        return helper::pinns(&args[2..]);
+    match args.get(1).map(String::as_str) {
+        Some(helper::PINNS) => return helper::pinns(&args[2..]),
+        Some(helper::monitor::MONITOR) => return helper::monitor::main(&args[2..]),
+        _ => {}
     }
     let cli = Cli::parse();
     let config = match Config::load(Overrides {

@@ -97,6 +97,8 @@ pub struct ImageStore {
     /// Pulls hold it shared; garbage collection exclusively, so it never removes what a
     /// pull has fetched but not yet recorded.
     gc: tokio::sync::RwLock<()>,
+    /// Layers containers use, by container: never collected, whatever the records say.
+    pins: Mutex<HashMap<String, Vec<Digest>>>,
 }
 
 impl ImageStore {
@@ -114,6 +116,7 @@ impl ImageStore {
             config,
             in_flight: Mutex::new(HashMap::new()),
             gc: tokio::sync::RwLock::new(()),
+            pins: Mutex::new(HashMap::new()),
         })
     }
 
@@ -133,6 +136,26 @@ impl ImageStore {
 
     pub fn layer_path(&self, diff_id: &Digest) -> PathBuf {
         self.layers.fs_path(diff_id)
+    }
+
+    pub fn config(&self, image: &ImageRecord) -> Result<manifest::ImageConfig> {
+        let bytes = self.content.read(&image.id, manifest::MAX_DOCUMENT)?;
+        Ok(manifest::parse_config(&bytes)?)
+    }
+
+    /// Keeps `layers` from garbage collection while `owner` (a container) uses them.
+    pub fn pin_layers(&self, owner: &str, layers: Vec<Digest>) {
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(owner.to_string(), layers);
+    }
+
+    pub fn unpin_layers(&self, owner: &str) {
+        self.pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(owner);
     }
 
     pub fn layer_meta(&self, diff_id: &Digest) -> Option<layers::LayerMeta> {
@@ -177,6 +200,9 @@ impl ImageStore {
                     blobs.insert(layer.digest.clone());
                     layers.insert(layer.diff_id.clone());
                 }
+            }
+            for pinned in self.pins.lock().unwrap_or_else(|e| e.into_inner()).values() {
+                layers.extend(pinned.iter().cloned());
             }
             (blobs, layers)
         };

@@ -1,13 +1,19 @@
 //! Pods and containers: their records, their namespaces and cgroups. Nothing here knows
 //! about gRPC; the server converts CRI messages to and from these types.
 
+pub mod caps;
+pub mod container;
+mod containers;
 pub mod sandbox;
+pub mod spec;
 
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
 };
 
+use container::Container;
+pub use containers::ContainerFilter;
 use sandbox::{NamespaceMode, PodSpec, Sandbox, SandboxState};
 
 use crate::{cgroup, state};
@@ -18,6 +24,14 @@ pub enum Error {
     SandboxNotFound(String),
     #[error("a pod sandbox named {name:?} already exists ({id})")]
     SandboxExists { name: String, id: String },
+    #[error("container {0:?} not found")]
+    ContainerNotFound(String),
+    #[error("a container named {name:?} already exists in the pod ({id})")]
+    ContainerExists { name: String, id: String },
+    #[error("{0}")]
+    Precondition(String),
+    #[error("creating the container failed: {0}")]
+    CreateFailed(String),
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error(transparent)]
@@ -41,7 +55,10 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+pub(crate) fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
     move |source| Error::Io {
         what,
         path: path.to_path_buf(),
@@ -63,8 +80,12 @@ pub struct Runtime {
     /// Pinned namespaces: `<state_dir>/sandboxes/<id>/ns/` (they do not outlive a reboot).
     pins: PathBuf,
     cgroups: cgroup::Hierarchy,
+    cgroup_root: PathBuf,
     cgroup_parent: String,
     sandboxes: tokio::sync::Mutex<BTreeMap<String, Sandbox>>,
+    /// Container directories: `<root>/containers/<id>/`.
+    containers_dir: PathBuf,
+    containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
 }
 
 impl Runtime {
@@ -110,12 +131,40 @@ impl Runtime {
             }
             sandboxes.insert(id, sandbox);
         }
+        let containers_dir = root.join("containers");
+        std::fs::create_dir_all(&containers_dir)
+            .map_err(io_err("cannot create", &containers_dir))?;
+        let mut containers = BTreeMap::new();
+        for entry in
+            std::fs::read_dir(&containers_dir).map_err(io_err("cannot read", &containers_dir))?
+        {
+            let entry = entry.map_err(io_err("cannot read", &containers_dir))?;
+            let record = entry.path().join("state.json");
+            match std::fs::read(&record) {
+                Ok(bytes) => {
+                    let c: Container =
+                        serde_json::from_slice(&bytes).map_err(|source| Error::Corrupt {
+                            path: record.clone(),
+                            source,
+                        })?;
+                    containers.insert(c.id.clone(), c);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::info!(path = %entry.path().display(), "removing a half-created container");
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+                Err(e) => return Err(io_err("cannot read", &record)(e)),
+            }
+        }
         Ok(Runtime {
             records,
             pins,
             cgroups,
+            cgroup_root: cgroup_root.to_path_buf(),
             cgroup_parent: cgroup_parent.trim_matches('/').to_string(),
             sandboxes: tokio::sync::Mutex::new(sandboxes),
+            containers_dir,
+            containers: tokio::sync::Mutex::new(containers),
         })
     }
 
@@ -251,8 +300,21 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(self.sandbox_dir(&sandbox.id));
     }
 
-    /// Stops a pod: its namespaces are released. Idempotent.
+    /// Layers each container uses, to keep them from image garbage collection.
+    pub async fn layers_in_use(&self) -> Vec<(String, Vec<String>)> {
+        let containers = self.containers.lock().await;
+        containers
+            .values()
+            .map(|c| (c.id.clone(), c.diff_ids.clone()))
+            .collect()
+    }
+
+    /// Stops a pod: its containers are killed and its namespaces released. Idempotent.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
+        let pod_id = self.pod(id).await?.id;
+        for c in self.pod_containers(&pod_id).await {
+            self.stop_container(&c, std::time::Duration::ZERO).await?;
+        }
         let mut sandboxes = self.sandboxes.lock().await;
         let sandbox = find_mut(&mut sandboxes, id)?;
         release_pins(&self.pins.join(&sandbox.id));
@@ -267,6 +329,14 @@ impl Runtime {
 
     /// Removes a pod (stopping it first). Removing a missing pod is not an error.
     pub async fn remove_pod(&self, id: &str) -> Result<()> {
+        let pod_id = match self.pod(id).await {
+            Ok(p) => p.id,
+            Err(Error::SandboxNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for c in self.pod_containers(&pod_id).await {
+            self.remove_container(&c).await?;
+        }
         let mut sandboxes = self.sandboxes.lock().await;
         let Ok(sandbox) = find_mut(&mut sandboxes, id) else {
             return Ok(());
@@ -449,7 +519,7 @@ fn unescape_mount_path(s: &str) -> String {
 }
 
 /// 64 random hex digits, like the ids other runtimes give.
-fn new_id() -> std::io::Result<String> {
+pub(crate) fn new_id() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

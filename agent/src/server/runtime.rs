@@ -346,6 +346,113 @@ impl RuntimeService for Runtime {
         Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
     }
 
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        let request = request.into_inner();
+        let config = request
+            .config
+            .ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
+        let spec = super::container::container_spec(config)?;
+        let image = super::container::image_root(&self.ctx, &spec.image)?;
+        // Held from before the container exists, so image removal cannot race its creation.
+        let claim = format!(
+            "creating-{}",
+            crate::runtime::new_id().map_err(|e| Status::internal(e.to_string()))?
+        );
+        let diff_ids: Vec<crate::image::Digest> = image
+            .diff_ids
+            .iter()
+            .filter_map(|d| d.parse().ok())
+            .collect();
+        self.ctx.images.pin_layers(&claim, diff_ids.clone());
+        let created = self
+            .ctx
+            .runtime
+            .create_container(&request.pod_sandbox_id, spec, image)
+            .await;
+        self.ctx.images.unpin_layers(&claim);
+        let container = created?;
+        self.ctx.images.pin_layers(&container.id, diff_ids);
+        tracing::info!(container = %container.id, pod = %container.pod_id, name = %container.spec.name, "container created");
+        Ok(Response::new(cri::CreateContainerResponse {
+            container_id: container.id,
+        }))
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        self.ctx
+            .runtime
+            .start_container(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::StartContainerResponse {}))
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        let request = request.into_inner();
+        self.ctx
+            .runtime
+            .stop_container(
+                &request.container_id,
+                super::container::stop_timeout(request.timeout),
+            )
+            .await?;
+        Ok(Response::new(cri::StopContainerResponse {}))
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("container id is empty"));
+        }
+        let full = self.ctx.runtime.container(&id).await.map(|c| c.id);
+        self.ctx.runtime.remove_container(&id).await?;
+        if let Ok(full) = full {
+            self.ctx.images.unpin_layers(&full);
+        }
+        Ok(Response::new(cri::RemoveContainerResponse {}))
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        let request = request.into_inner();
+        let c = self.ctx.runtime.container(&request.container_id).await?;
+        Ok(Response::new(cri::ContainerStatusResponse {
+            status: Some(super::container::cri_status(&c)),
+            info: if request.verbose {
+                super::container::verbose_info(&c)
+            } else {
+                HashMap::new()
+            },
+        }))
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        let filter = super::container::filter(request.into_inner().filter);
+        let containers = self.ctx.runtime.containers(&filter).await;
+        Ok(Response::new(cri::ListContainersResponse {
+            containers: containers
+                .iter()
+                .map(super::container::cri_container)
+                .collect(),
+        }))
+    }
+
     async fn runtime_config(
         &self,
         _request: Request<RuntimeConfigRequest>,

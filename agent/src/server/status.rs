@@ -82,8 +82,10 @@ impl From<image::Error> for Status {
 fn runtime_code(e: &runtime::Error) -> Code {
     use runtime::Error as E;
     match e {
-        E::SandboxNotFound(_) => Code::NotFound,
-        E::SandboxExists { .. } => Code::AlreadyExists,
+        E::SandboxNotFound(_) | E::ContainerNotFound(_) => Code::NotFound,
+        E::SandboxExists { .. } | E::ContainerExists { .. } => Code::AlreadyExists,
+        E::Precondition(_) => Code::FailedPrecondition,
+        E::CreateFailed(_) => Code::Unknown,
         E::Invalid { .. } => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Resource { .. } | cgroup::Error::Path(_)) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Io { source, .. }) | E::Io { source, .. } => io_code(source),

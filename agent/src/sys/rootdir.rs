@@ -44,6 +44,8 @@ pub struct Attrs {
 /// A directory opened as a confinement root.
 pub struct RootDir {
     fd: OwnedFd,
+    /// Whether lookups may cross into other mounts below the root.
+    cross_mounts: bool,
 }
 
 /// Turns any path into components relative to the root: leading `/` dropped, `.` skipped,
@@ -63,8 +65,10 @@ pub fn confine(path: &Path) -> Option<(PathBuf, &OsStr)> {
     Some((parts.iter().collect(), name))
 }
 
-fn resolve_flags() -> ResolveFlags {
-    ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV
+impl AsFd for RootDir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
 }
 
 impl RootDir {
@@ -74,7 +78,27 @@ impl RootDir {
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
             Mode::empty(),
         )?;
-        Ok(RootDir { fd })
+        Ok(RootDir {
+            fd,
+            cross_mounts: false,
+        })
+    }
+
+    /// Like [`RootDir::open`], but lookups may cross mount points below the root (a
+    /// container's rootfs, with /dev and /proc mounted in it).
+    pub fn open_crossing_mounts(path: &Path) -> io::Result<RootDir> {
+        let mut root = Self::open(path)?;
+        root.cross_mounts = true;
+        Ok(root)
+    }
+
+    fn resolve_flags(&self) -> ResolveFlags {
+        let flags = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
+        if self.cross_mounts {
+            flags
+        } else {
+            flags | ResolveFlags::NO_XDEV
+        }
     }
 
     /// Opens directory `rel` inside the root, creating missing directories (mode 0755,
@@ -115,7 +139,7 @@ impl RootDir {
             rel,
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
-            resolve_flags(),
+            self.resolve_flags(),
         )?)
     }
 
@@ -264,6 +288,45 @@ impl RootDir {
             value,
             XattrFlags::empty(),
         )?)
+    }
+
+    /// Reads a regular file inside the root (at most 1 MiB), following symlinks only
+    /// within the root.
+    pub fn read_to_string(&self, path: &Path) -> io::Result<String> {
+        use std::io::Read;
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        let fd = rustix::fs::openat2(
+            &self.fd,
+            rel,
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK,
+            Mode::empty(),
+            self.resolve_flags(),
+        )?;
+        let file = File::from(fd);
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        let mut text = String::new();
+        file.take(1 << 20).read_to_string(&mut text)?;
+        Ok(text)
+    }
+
+    /// Makes sure a file exists at `path` (an empty one is created, its parents too), for
+    /// a file bind mount to land on. An existing entry is left as it is.
+    pub fn ensure_file(&self, path: &Path) -> io::Result<()> {
+        let (dir, name) = self.parent(path)?.ok_or_else(|| is_root_error(path))?;
+        match rustix::fs::openat(
+            &dir,
+            &name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o644),
+        ) {
+            Ok(_) | Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::LOOP) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Makes sure directory `path` exists (missing ones are created 0755, owned by root).

@@ -1,6 +1,4 @@
-//! The agent's helper modes. The daemon is multi-threaded and never forks Rust code of its
-//! own: when it needs a process to enter namespaces, it execs its own binary in one of
-//! these modes (hidden from `--help`), like CRI-O's pinns.
+//! Pinning a pod's namespaces to files, so they live on with no process in them.
 
 use std::{path::PathBuf, process::ExitCode};
 

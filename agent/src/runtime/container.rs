@@ -1,0 +1,562 @@
+//! Containers: what the CRI asks for, turned into a runtime spec and a container directory
+//! (init layer, read-write layer, rootfs mount point, config.json, start FIFO), and the
+//! record of where each container is in its life.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{
+    caps,
+    sandbox::{NamespaceMode, Sandbox},
+    spec::{self, Capabilities, Linux, Mount, Namespace, Process, Root, Spec, Strata, User},
+};
+use crate::cgroup;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Propagation {
+    #[default]
+    Private,
+    HostToContainer,
+    Bidirectional,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
+    pub propagation: Propagation,
+}
+
+/// Everything the agent keeps of a container's configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub attempt: u32,
+    /// The image as the request named it.
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: String,
+    pub envs: Vec<(String, String)>,
+    pub mounts: Vec<MountSpec>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub log_path: String,
+    pub privileged: bool,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub run_as_username: String,
+    pub supplemental_groups: Vec<i64>,
+    pub readonly_rootfs: bool,
+    pub no_new_privs: bool,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
+    pub masked_paths: Option<Vec<String>>,
+    pub readonly_paths: Option<Vec<String>>,
+    pub pid: NamespaceMode,
+    #[serde(skip)]
+    pub resources: cgroup::Resources,
+}
+
+/// The image as a container needs it.
+#[derive(Debug, Clone)]
+pub struct ImageRoot {
+    pub id: String,
+    /// Unpacked layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    pub diff_ids: Vec<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    pub stop_signal: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+}
+
+/// A container as recorded in `containers/<id>/state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub pod_id: String,
+    pub spec: ContainerSpec,
+    pub image_id: String,
+    pub diff_ids: Vec<String>,
+    pub state: ContainerState,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub reason: String,
+    pub message: String,
+    /// The init's pid on the host, while it runs.
+    pub pid: Option<u32>,
+    pub log_path: PathBuf,
+    pub cgroup: String,
+    pub stop_signal: String,
+    pub user: User,
+}
+
+/// `Entrypoint`/`Cmd` merged with the request the way Kubernetes does it: a command
+/// replaces both; args alone replace Cmd.
+pub fn command_line(spec: &ContainerSpec, image: &ImageRoot) -> Vec<String> {
+    match (spec.command.is_empty(), spec.args.is_empty()) {
+        (false, _) => spec.command.iter().chain(&spec.args).cloned().collect(),
+        (true, false) => image.entrypoint.iter().chain(&spec.args).cloned().collect(),
+        (true, true) => image.entrypoint.iter().chain(&image.cmd).cloned().collect(),
+    }
+}
+
+/// The image's environment with the request's variables on top (same key: the request wins).
+pub fn environment(spec: &ContainerSpec, image: &ImageRoot) -> Vec<String> {
+    let mut env: Vec<(String, String)> = image
+        .env
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (e.clone(), String::new()),
+        })
+        .collect();
+    for (k, v) in &spec.envs {
+        match env.iter_mut().find(|(key, _)| key == k) {
+            Some(entry) => entry.1 = v.clone(),
+            None => env.push((k.clone(), v.clone())),
+        }
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(
+            0,
+            (
+                "PATH".into(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            ),
+        );
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// One line of /etc/passwd or /etc/group.
+fn entries(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(':').collect::<Vec<_>>())
+}
+
+/// Resolves the user the container runs as: the request's uid or name, else the image's
+/// `User` (`name`, `uid`, `name:group`, `uid:gid`), looked up in the image's passwd and
+/// group files. Unknown names are an error; unknown numbers are used as they are.
+pub fn resolve_user(
+    spec: &ContainerSpec,
+    image_user: &str,
+    passwd: &str,
+    group: &str,
+) -> Result<User, String> {
+    let (user_part, group_part) = match image_user.split_once(':') {
+        Some((u, g)) => (u.to_string(), Some(g.to_string())),
+        None => (image_user.to_string(), None),
+    };
+    let user_part = if let Some(uid) = spec.run_as_user {
+        uid.to_string()
+    } else if !spec.run_as_username.is_empty() {
+        spec.run_as_username.clone()
+    } else if user_part.is_empty() {
+        "0".into()
+    } else {
+        user_part
+    };
+    let (uid, mut gid, name) = match user_part.parse::<u32>() {
+        Ok(uid) => {
+            let entry = entries(passwd).find(|e| e.len() >= 4 && e[2] == user_part);
+            let gid = entry.as_ref().and_then(|e| e[3].parse().ok()).unwrap_or(0);
+            (uid, gid, entry.map(|e| e[0].to_string()))
+        }
+        Err(_) => {
+            let entry = entries(passwd)
+                .find(|e| e.len() >= 4 && e[0] == user_part)
+                .ok_or_else(|| format!("user {user_part:?} is not in the image's /etc/passwd"))?;
+            let uid = entry[2]
+                .parse()
+                .map_err(|_| format!("bad uid for {user_part:?} in /etc/passwd"))?;
+            let gid = entry[3]
+                .parse()
+                .map_err(|_| format!("bad gid for {user_part:?} in /etc/passwd"))?;
+            (uid, gid, Some(user_part.clone()))
+        }
+    };
+    if spec.run_as_user.is_none()
+        && spec.run_as_username.is_empty()
+        && let Some(g) = group_part
+    {
+        gid = match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => entries(group)
+                .find(|e| e.len() >= 3 && e[0] == g)
+                .and_then(|e| e[2].parse().ok())
+                .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
+        };
+    }
+    if let Some(g) = spec.run_as_group {
+        gid = u32::try_from(g).map_err(|_| format!("run_as_group {g} is out of range"))?;
+    }
+    let mut additional: Vec<u32> = Vec::new();
+    if let Some(name) = &name {
+        for e in entries(group) {
+            if e.len() >= 4
+                && e[3].split(',').any(|m| m == name)
+                && let Ok(g) = e[2].parse::<u32>()
+            {
+                additional.push(g);
+            }
+        }
+    }
+    for g in &spec.supplemental_groups {
+        additional.push(
+            u32::try_from(*g).map_err(|_| format!("supplemental group {g} is out of range"))?,
+        );
+    }
+    additional.sort_unstable();
+    additional.dedup();
+    Ok(User {
+        uid,
+        gid,
+        additional_gids: additional,
+    })
+}
+
+/// The capabilities: a default set, or all when privileged; then the request's additions
+/// and drops ("ALL" allowed in both).
+pub fn capabilities(spec: &ContainerSpec) -> Result<Vec<String>, String> {
+    let mut set: Vec<String> = if spec.privileged {
+        caps::all()
+    } else {
+        spec::DEFAULT_CAPABILITIES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    if spec
+        .add_capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("ALL"))
+    {
+        set = caps::all();
+    }
+    for add in spec
+        .add_capabilities
+        .iter()
+        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
+    {
+        let name = caps::canonical(add).ok_or_else(|| format!("unknown capability {add:?}"))?;
+        if !set.contains(&name) {
+            set.push(name);
+        }
+    }
+    if spec
+        .drop_capabilities
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case("ALL"))
+    {
+        set.clear();
+    }
+    for drop in spec
+        .drop_capabilities
+        .iter()
+        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
+    {
+        let name = caps::canonical(drop).ok_or_else(|| format!("unknown capability {drop:?}"))?;
+        set.retain(|c| *c != name);
+    }
+    Ok(set)
+}
+
+/// Paths inside a container directory.
+pub struct Layout {
+    pub dir: PathBuf,
+}
+
+impl Layout {
+    pub fn init(&self) -> PathBuf {
+        self.dir.join("init")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.dir.join("work")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub fn fifo(&self) -> PathBuf {
+        self.dir.join("start")
+    }
+    pub fn exit_file(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    pub fn started(&self) -> PathBuf {
+        self.dir.join("started")
+    }
+}
+
+/// Builds the runtime spec for a container of `sandbox`.
+#[allow(clippy::too_many_arguments)]
+pub fn runtime_spec(
+    container: &Container,
+    sandbox: &Sandbox,
+    image: &ImageRoot,
+    layout: &Layout,
+    cgroup_root: &Path,
+    cgroup_version: u8,
+) -> Result<Spec, String> {
+    let spec = &container.spec;
+    let args = command_line(spec, image);
+    if args.is_empty() {
+        return Err("no command: neither the request nor the image names one".into());
+    }
+    let capabilities = capabilities(spec)?;
+    let mut namespaces = vec![Namespace {
+        kind: "mount".into(),
+        path: None,
+    }];
+    for (kind, pinned) in [("network", "net"), ("ipc", "ipc"), ("uts", "uts")] {
+        if let Some(path) = sandbox.namespaces.get(pinned) {
+            namespaces.push(Namespace {
+                kind: kind.into(),
+                path: Some(path.clone()),
+            });
+        }
+    }
+    // A PID namespace shared by the pod needs a process to hold it; until strata has
+    // one, POD gets a namespace per container, like CONTAINER. NODE shares the host's.
+    if spec.pid != NamespaceMode::Node {
+        namespaces.push(Namespace {
+            kind: "pid".into(),
+            path: None,
+        });
+    }
+    let sys_options = if spec.privileged { "rw" } else { "ro" };
+    let mut mounts = vec![
+        Mount {
+            destination: "/proc".into(),
+            kind: "proc".into(),
+            source: "proc".into(),
+            options: vec!["nosuid".into(), "noexec".into(), "nodev".into()],
+        },
+        Mount {
+            destination: "/dev".into(),
+            kind: "tmpfs".into(),
+            source: "tmpfs".into(),
+            options: vec![
+                "nosuid".into(),
+                "strictatime".into(),
+                "mode=755".into(),
+                "size=65536k".into(),
+            ],
+        },
+        Mount {
+            destination: "/dev/pts".into(),
+            kind: "devpts".into(),
+            source: "devpts".into(),
+            options: vec![
+                "nosuid".into(),
+                "noexec".into(),
+                "newinstance".into(),
+                "ptmxmode=0666".into(),
+                "mode=0620".into(),
+                "gid=5".into(),
+            ],
+        },
+        Mount {
+            destination: "/dev/shm".into(),
+            kind: "tmpfs".into(),
+            source: "shm".into(),
+            options: vec![
+                "nosuid".into(),
+                "noexec".into(),
+                "nodev".into(),
+                "mode=1777".into(),
+                "size=65536k".into(),
+            ],
+        },
+        Mount {
+            destination: "/dev/mqueue".into(),
+            kind: "mqueue".into(),
+            source: "mqueue".into(),
+            options: vec!["nosuid".into(), "noexec".into(), "nodev".into()],
+        },
+        Mount {
+            destination: "/sys".into(),
+            kind: "sysfs".into(),
+            source: "sysfs".into(),
+            options: vec![
+                "nosuid".into(),
+                "noexec".into(),
+                "nodev".into(),
+                sys_options.into(),
+            ],
+        },
+    ];
+    for m in &spec.mounts {
+        let mut options = vec!["rbind".to_string()];
+        if m.readonly {
+            options.push("ro".into());
+        }
+        options.push(match m.propagation {
+            Propagation::Private => "rprivate".into(),
+            Propagation::HostToContainer => "rslave".into(),
+            Propagation::Bidirectional => "rshared".into(),
+        });
+        mounts.push(Mount {
+            destination: m.container_path.clone(),
+            kind: "bind".into(),
+            source: m.host_path.clone(),
+            options,
+        });
+    }
+    let (masked, readonly) = if spec.privileged {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            spec.masked_paths
+                .clone()
+                .unwrap_or_else(|| spec::MASKED_PATHS.iter().map(|s| s.to_string()).collect()),
+            spec.readonly_paths
+                .clone()
+                .unwrap_or_else(|| spec::READONLY_PATHS.iter().map(|s| s.to_string()).collect()),
+        )
+    };
+    let mut lowers = vec![layout.init()];
+    lowers.extend(image.layers.iter().rev().cloned());
+    Ok(Spec {
+        oci_version: "1.2.0".into(),
+        process: Process {
+            args,
+            env: environment(spec, image),
+            cwd: if !spec.working_dir.is_empty() {
+                spec.working_dir.clone()
+            } else if !image.working_dir.is_empty() {
+                image.working_dir.clone()
+            } else {
+                "/".into()
+            },
+            user: container.user.clone(),
+            capabilities: Capabilities {
+                bounding: capabilities.clone(),
+                effective: capabilities.clone(),
+                permitted: capabilities,
+            },
+            no_new_privileges: spec.no_new_privs,
+        },
+        root: Root {
+            path: layout.rootfs(),
+            readonly: spec.readonly_rootfs,
+        },
+        mounts,
+        linux: Linux {
+            namespaces,
+            cgroups_path: container.cgroup.clone(),
+            masked_paths: masked,
+            readonly_paths: readonly,
+        },
+        strata: Strata {
+            lowers,
+            upper: layout.upper(),
+            work: layout.work(),
+            start_fifo: layout.fifo(),
+            log_path: container.log_path.clone(),
+            exit_file: layout.exit_file(),
+            cgroup_root: cgroup_root.to_path_buf(),
+            cgroup_version,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image() -> ImageRoot {
+        ImageRoot {
+            id: "sha256:x".into(),
+            layers: vec![],
+            diff_ids: vec![],
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["default".into()],
+            env: vec!["PATH=/bin".into(), "A=1".into()],
+            working_dir: String::new(),
+            user: String::new(),
+            stop_signal: String::new(),
+        }
+    }
+
+    #[test]
+    fn commands_merge_the_kubernetes_way() {
+        let i = image();
+        let mut s = ContainerSpec::default();
+        assert_eq!(command_line(&s, &i), ["/entry", "default"]);
+        s.args = vec!["x".into()];
+        assert_eq!(command_line(&s, &i), ["/entry", "x"]);
+        s.command = vec!["/bin/sh".into()];
+        assert_eq!(command_line(&s, &i), ["/bin/sh", "x"]);
+        s.envs = vec![("A".into(), "2".into()), ("B".into(), "3".into())];
+        assert_eq!(environment(&s, &i), ["PATH=/bin", "A=2", "B=3"]);
+    }
+
+    #[test]
+    fn users_resolve_in_the_image() {
+        let passwd = "root:x:0:0::/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n";
+        let group = "root:x:0:\napp:x:1001:\nextra:x:2000:app\n";
+        let mut s = ContainerSpec::default();
+        let u = resolve_user(&s, "", passwd, group).unwrap();
+        assert_eq!((u.uid, u.gid), (0, 0));
+        let u = resolve_user(&s, "app", passwd, group).unwrap();
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone()),
+            (1000, 1001, vec![2000])
+        );
+        let u = resolve_user(&s, "1000:extra", passwd, group).unwrap();
+        assert_eq!((u.uid, u.gid), (1000, 2000));
+        s.run_as_user = Some(4242);
+        s.run_as_group = Some(7);
+        s.supplemental_groups = vec![9];
+        let u = resolve_user(&s, "app", passwd, group).unwrap();
+        assert_eq!((u.uid, u.gid, u.additional_gids), (4242, 7, vec![9]));
+        let s = ContainerSpec {
+            run_as_username: "nobody".into(),
+            ..Default::default()
+        };
+        assert!(
+            resolve_user(&s, "", passwd, group)
+                .unwrap_err()
+                .contains("nobody")
+        );
+    }
+
+    #[test]
+    fn capability_sets() {
+        let mut s = ContainerSpec::default();
+        assert!(capabilities(&s).unwrap().contains(&"CAP_CHOWN".to_string()));
+        s.add_capabilities = vec!["net_admin".into()];
+        s.drop_capabilities = vec!["CAP_CHOWN".into()];
+        let c = capabilities(&s).unwrap();
+        assert!(c.contains(&"CAP_NET_ADMIN".to_string()) && !c.contains(&"CAP_CHOWN".to_string()));
+        s.drop_capabilities = vec!["ALL".into()];
+        s.add_capabilities = vec![];
+        assert!(capabilities(&s).unwrap().is_empty());
+        s.add_capabilities = vec!["CAP_BOGUS".into()];
+        assert!(capabilities(&s).is_err());
+    }
+}

@@ -1,0 +1,539 @@
+//! Container operations of the runtime: create, start, stop, remove, status, list.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use tokio::io::AsyncBufReadExt;
+
+use super::{
+    Error, Result, Runtime,
+    container::{self, Container, ContainerSpec, ContainerState, ImageRoot, Layout},
+    io_err,
+    sandbox::SandboxState,
+};
+use crate::{helper::monitor::Exit, state, sys::rootdir::RootDir};
+
+/// How long a container's init may take to set up before CreateContainer gives up.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long StartContainer waits for the exec to happen (or fail).
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGKILLed container may take to be reaped.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which containers a list asks for; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerFilter {
+    pub id: Option<String>,
+    pub pod_id: Option<String>,
+    pub state: Option<ContainerState>,
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Runtime {
+    pub(super) fn container_layout(&self, id: &str) -> Layout {
+        Layout {
+            dir: self.containers_dir.join(id),
+        }
+    }
+
+    fn save_container(&self, c: &Container) -> Result<()> {
+        let path = self.containers_dir.join(&c.id).join("state.json");
+        let bytes = serde_json::to_vec_pretty(c).map_err(|source| Error::Corrupt {
+            path: path.clone(),
+            source,
+        })?;
+        state::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
+    }
+
+    /// Brings a record up to date with what the monitor recorded.
+    fn refresh(&self, c: &mut Container) {
+        if c.state == ContainerState::Exited {
+            return;
+        }
+        let layout = self.container_layout(&c.id);
+        let Ok(bytes) = std::fs::read(layout.exit_file()) else {
+            if c.state == ContainerState::Created && layout.started().exists() {
+                c.state = ContainerState::Running;
+            }
+            return;
+        };
+        let Ok(exit) = serde_json::from_slice::<Exit>(&bytes) else {
+            return;
+        };
+        c.state = ContainerState::Exited;
+        c.finished_at = exit.finished_at;
+        c.exit_code = exit.exit_code;
+        c.pid = None;
+        (c.reason, c.message) = match (&exit.exec_error, exit.oom_killed, exit.exit_code) {
+            (Some(e), _, _) => ("StartError".into(), e.clone()),
+            (None, true, _) => ("OOMKilled".into(), String::new()),
+            (None, false, 0) => ("Completed".into(), String::new()),
+            (None, false, _) => ("Error".into(), String::new()),
+        };
+        if let Err(e) = self.save_container(c) {
+            tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
+        }
+    }
+
+    pub async fn create_container(
+        &self,
+        pod_id: &str,
+        spec: ContainerSpec,
+        image: ImageRoot,
+    ) -> Result<Container> {
+        let sandbox = self.pod(pod_id).await?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(Error::Precondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        spec.resources.validate()?;
+        let mut containers = self.containers.lock().await;
+        if let Some(other) = containers.values().find(|c| {
+            c.pod_id == sandbox.id && c.spec.name == spec.name && c.spec.attempt == spec.attempt
+        }) {
+            return Err(Error::ContainerExists {
+                name: format!("{}_{}", spec.name, spec.attempt),
+                id: other.id.clone(),
+            });
+        }
+        let id = super::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;
+        let layout = self.container_layout(&id);
+        let log_path = if !sandbox.spec.log_directory.is_empty() && !spec.log_path.is_empty() {
+            Path::new(&sandbox.spec.log_directory).join(&spec.log_path)
+        } else {
+            layout.dir.join("container.log")
+        };
+        let user = {
+            let passwd = read_image_file(&image.layers, "etc/passwd");
+            let group = read_image_file(&image.layers, "etc/group");
+            container::resolve_user(&spec, &image.user, &passwd, &group).map_err(|reason| {
+                Error::Invalid {
+                    what: "container user".into(),
+                    reason,
+                }
+            })?
+        };
+        let container = Container {
+            cgroup: format!("{}/{id}", sandbox.cgroup),
+            id: id.clone(),
+            pod_id: sandbox.id.clone(),
+            image_id: image.id.clone(),
+            diff_ids: image.diff_ids.clone(),
+            state: ContainerState::Created,
+            created_at: crate::image::now_nanos(),
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: None,
+            log_path,
+            stop_signal: image.stop_signal.clone(),
+            user,
+            spec,
+        };
+        match self
+            .build_container(container, &sandbox, &image, &layout)
+            .await
+        {
+            Ok(c) => {
+                containers.insert(id, c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.destroy_container(&id, &format!("{}/{id}", sandbox.cgroup));
+                Err(e)
+            }
+        }
+    }
+
+    async fn build_container(
+        &self,
+        mut c: Container,
+        sandbox: &super::Sandbox,
+        image: &ImageRoot,
+        layout: &Layout,
+    ) -> Result<Container> {
+        for m in &c.spec.mounts {
+            if !Path::new(&m.host_path).exists() {
+                return Err(Error::Invalid {
+                    what: format!("mount of {}", m.host_path),
+                    reason: "the host path does not exist".into(),
+                });
+            }
+        }
+        let spec = container::runtime_spec(
+            &c,
+            sandbox,
+            image,
+            layout,
+            &self.cgroup_root,
+            self.cgroups.version(),
+        )
+        .map_err(|reason| Error::Invalid {
+            what: "container config".into(),
+            reason,
+        })?;
+        for dir in [
+            layout.init(),
+            layout.upper(),
+            layout.work(),
+            layout.rootfs(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
+        }
+        self.write_init_layer(&layout.init(), &sandbox.id, &spec)?;
+        let cgroup = self.cgroups.create(&c.cgroup)?;
+        cgroup.set(&c.spec.resources)?;
+        let config = layout.dir.join("config.json");
+        let bytes = serde_json::to_vec_pretty(&spec).map_err(|source| Error::Corrupt {
+            path: config.clone(),
+            source,
+        })?;
+        state::write_atomic(&config, &bytes).map_err(io_err("cannot write", &config))?;
+        nix::unistd::mkfifo(
+            &layout.fifo(),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .map_err(|e| io_err("cannot create", &layout.fifo())(e.into()))?;
+        c.pid = Some(spawn_monitor(&layout.dir).await?);
+        self.save_container(&c)?;
+        Ok(c)
+    }
+
+    /// The init layer: the pod's hosts, hostname and resolv.conf, and every mount point, so
+    /// none of them is ever written to the container's read-write layer.
+    fn write_init_layer(&self, init: &Path, pod_id: &str, spec: &super::spec::Spec) -> Result<()> {
+        let root = RootDir::open(init).map_err(io_err("cannot open", init))?;
+        let pod_dir = self.sandbox_dir(pod_id);
+        std::fs::create_dir_all(init.join("etc")).map_err(io_err("cannot create", init))?;
+        for name in ["hosts", "hostname", "resolv.conf"] {
+            let target = init.join("etc").join(name);
+            std::fs::copy(pod_dir.join(name), &target).map_err(io_err("cannot write", &target))?;
+        }
+        for m in &spec.mounts {
+            let dest = Path::new(&m.destination);
+            let is_file =
+                m.kind == "bind" && Path::new(&m.source).metadata().is_ok_and(|md| !md.is_dir());
+            let made = if is_file {
+                root.ensure_file(dest)
+            } else {
+                root.ensure_dir(dest)
+            };
+            made.map_err(io_err(
+                "cannot create mount point",
+                &init.join(dest.strip_prefix("/").unwrap_or(dest)),
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Removes a container's directory and cgroup; best effort.
+    fn destroy_container(&self, id: &str, cgroup: &str) {
+        if let Ok(cg) = self.cgroups.cgroup(cgroup)
+            && let Err(e) = cg.remove()
+        {
+            tracing::warn!(container = %id, error = %e, "cannot remove a container cgroup");
+        }
+        let dir = self.containers_dir.join(id);
+        if dir.exists()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            tracing::warn!(container = %id, error = %e, "cannot remove a container directory");
+        }
+    }
+
+    pub async fn start_container(&self, id: &str) -> Result<Container> {
+        let mut c = self.container(id).await?;
+        if c.state != ContainerState::Created {
+            return Err(Error::Precondition(
+                format!("container {} is {:?}, not created", c.id, c.state).to_lowercase(),
+            ));
+        }
+        let layout = self.container_layout(&c.id);
+        let fifo = layout.fifo();
+        // Opening the FIFO releases the init; it answers with one byte, then execs.
+        let released = tokio::task::spawn_blocking(move || release_init(&fifo))
+            .await
+            .map_err(|e| Error::Precondition(format!("start task failed: {e}")))?;
+        if let Err(e) = released {
+            return Err(Error::Precondition(format!(
+                "container {} cannot start: {e}",
+                c.id
+            )));
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !layout.started().exists()
+            && !layout.exit_file().exists()
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        c.started_at = crate::image::now_nanos();
+        c.state = ContainerState::Running;
+        self.refresh(&mut c);
+        self.save_container(&c)?;
+        let mut containers = self.containers.lock().await;
+        containers.insert(c.id.clone(), c.clone());
+        if c.reason == "StartError" {
+            return Err(Error::Precondition(format!(
+                "container {} failed to start: {}",
+                c.id, c.message
+            )));
+        }
+        Ok(c)
+    }
+
+    /// Stops a container: its stop signal, then SIGKILL after `timeout`. Idempotent.
+    pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<Container> {
+        let mut c = self.container(id).await?;
+        if c.state == ContainerState::Exited {
+            return Ok(c);
+        }
+        let layout = self.container_layout(&c.id);
+        if let Some(pid) = c.pid {
+            if !timeout.is_zero() && c.state == ContainerState::Running {
+                let signal = stop_signal(&c.stop_signal);
+                signal_init(pid, &c.cgroup, signal, &layout);
+                wait_exit(&layout, timeout).await;
+            }
+            if !layout.exit_file().exists() {
+                signal_init(pid, &c.cgroup, rustix::process::Signal::KILL, &layout);
+                if !wait_exit(&layout, KILL_TIMEOUT).await {
+                    return Err(Error::Precondition(format!(
+                        "container {} did not die after SIGKILL",
+                        c.id
+                    )));
+                }
+            }
+        }
+        self.refresh(&mut c);
+        self.containers.lock().await.insert(c.id.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Removes a container, stopping it first. Removing a missing container is not an error.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let c = match self.container(id).await {
+            Ok(c) => c,
+            Err(Error::ContainerNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let c = self.stop_container(&c.id, Duration::ZERO).await?;
+        self.cgroups.cgroup(&c.cgroup)?.remove()?;
+        let dir = self.containers_dir.join(&c.id);
+        let record = dir.join("state.json");
+        match std::fs::remove_file(&record) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io_err("cannot remove", &record)(e));
+            }
+            _ => {}
+        }
+        std::fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        self.containers.lock().await.remove(&c.id);
+        Ok(())
+    }
+
+    /// A container by id or unique id prefix, up to date.
+    pub async fn container(&self, id: &str) -> Result<Container> {
+        let mut containers = self.containers.lock().await;
+        if id.is_empty() {
+            return Err(Error::Invalid {
+                what: "container id".into(),
+                reason: "empty".into(),
+            });
+        }
+        let keys: Vec<String> = containers
+            .keys()
+            .filter(|k| k.starts_with(id))
+            .cloned()
+            .collect();
+        let key = match keys.as_slice() {
+            [one] => one.clone(),
+            [] => return Err(Error::ContainerNotFound(id.to_string())),
+            _ => {
+                return Err(Error::Invalid {
+                    what: format!("container id {id:?}"),
+                    reason: "matches more than one container".into(),
+                });
+            }
+        };
+        let c = containers
+            .get_mut(&key)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        self.refresh(c);
+        Ok(c.clone())
+    }
+
+    pub async fn containers(&self, filter: &ContainerFilter) -> Vec<Container> {
+        let mut containers = self.containers.lock().await;
+        let mut out = Vec::new();
+        for c in containers.values_mut() {
+            self.refresh(c);
+            let keep = filter
+                .id
+                .as_ref()
+                .is_none_or(|id| c.id.starts_with(id.as_str()))
+                && filter
+                    .pod_id
+                    .as_ref()
+                    .is_none_or(|p| c.pod_id.starts_with(p.as_str()))
+                && filter.state.is_none_or(|s| c.state == s)
+                && filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| c.spec.labels.get(k) == Some(v));
+            if keep {
+                out.push(c.clone());
+            }
+        }
+        out
+    }
+
+    /// Ids of the containers of a pod.
+    pub(super) async fn pod_containers(&self, pod_id: &str) -> Vec<String> {
+        let containers = self.containers.lock().await;
+        containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .map(|c| c.id.clone())
+            .collect()
+    }
+}
+
+/// Reads a file of the image (the top-most layer that has it), for /etc/passwd and
+/// /etc/group. Missing: empty.
+fn read_image_file(layers: &[PathBuf], rel: &str) -> String {
+    for layer in layers.iter().rev() {
+        let root = match RootDir::open(layer) {
+            Ok(r) => r,
+            Err(_) => continue,
+        };
+        if let Ok(text) = root.read_to_string(Path::new(rel)) {
+            return text;
+        }
+    }
+    String::new()
+}
+
+/// Starts `stratad __monitor DIR` and waits for its "ready <pid>" line.
+async fn spawn_monitor(dir: &Path) -> Result<u32> {
+    let exe =
+        std::env::current_exe().map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg(crate::helper::monitor::MONITOR)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        // Its own process group: signals to the daemon's group do not reach containers.
+        .process_group(0)
+        .spawn()
+        .map_err(io_err("cannot start the monitor for", dir))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| Error::Precondition("monitor has no stdout".into()))?;
+    let mut line = String::new();
+    let read = tokio::time::timeout(
+        CREATE_TIMEOUT,
+        tokio::io::BufReader::new(stdout).read_line(&mut line),
+    )
+    .await;
+    // The monitor lives on after the daemon; reap it whenever it ends.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    match read {
+        Err(_) => Err(Error::Precondition(format!(
+            "the container's init did not get ready within {CREATE_TIMEOUT:?}"
+        ))),
+        Ok(Err(e)) => Err(io_err("cannot read from the monitor of", dir)(e)),
+        Ok(Ok(_)) => {
+            let line = line.trim();
+            if let Some(pid) = line.strip_prefix("ready ").and_then(|p| p.parse().ok()) {
+                Ok(pid)
+            } else {
+                Err(Error::CreateFailed(
+                    line.strip_prefix("error: ").unwrap_or(line).to_string(),
+                ))
+            }
+        }
+    }
+}
+
+/// Opens the start FIFO (the init is blocked opening its other end) and reads its byte.
+fn release_init(fifo: &Path) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(fifo)?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let mut byte = [0u8; 1];
+    loop {
+        match file.read(&mut byte) {
+            Ok(1) => return Ok(()),
+            Ok(_) | Err(_) if Instant::now() > deadline => {
+                return Err(std::io::Error::other(
+                    "the container's init is not waiting to start",
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+use std::os::unix::fs::OpenOptionsExt as _;
+
+fn stop_signal(name: &str) -> rustix::process::Signal {
+    use rustix::process::Signal;
+    match name.trim_start_matches("SIG").to_ascii_uppercase().as_str() {
+        "INT" | "2" => Signal::INT,
+        "QUIT" | "3" => Signal::QUIT,
+        "KILL" | "9" => Signal::KILL,
+        "HUP" | "1" => Signal::HUP,
+        "USR1" | "10" => Signal::USR1,
+        "USR2" | "12" => Signal::USR2,
+        "WINCH" | "28" => Signal::WINCH,
+        _ => Signal::TERM,
+    }
+}
+
+/// Signals the container's init through a pidfd, so a recycled pid is never hit: the
+/// exit file is checked after the pidfd is opened.
+fn signal_init(pid: u32, cgroup: &str, signal: rustix::process::Signal, layout: &Layout) {
+    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    // The pidfd pins this process: if it is not in the container's cgroup, the init is
+    // gone and the pid belongs to someone else.
+    let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+        text.lines()
+            .any(|l| l.ends_with(&format!("/{}", cgroup.trim_start_matches('/'))))
+    });
+    if !ours || layout.exit_file().exists() {
+        return;
+    }
+    let _ = rustix::process::pidfd_send_signal(&pidfd, signal);
+}
+
+async fn wait_exit(layout: &Layout, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if layout.exit_file().exists() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,246 @@
+//! The container RPCs of `runtime.v1.RuntimeService`: CRI messages to and from the
+//! runtime's domain types.
+
+use std::{collections::HashMap, time::Duration};
+
+use strata_api::cri;
+use tonic::Status;
+
+use super::Context;
+use crate::runtime::{
+    ContainerFilter,
+    container::{Container, ContainerSpec, ContainerState, ImageRoot, MountSpec, Propagation},
+    sandbox::NamespaceMode,
+};
+
+fn ns_mode(mode: i32) -> NamespaceMode {
+    match cri::NamespaceMode::try_from(mode) {
+        Ok(cri::NamespaceMode::Container) => NamespaceMode::Container,
+        Ok(cri::NamespaceMode::Node) => NamespaceMode::Node,
+        Ok(cri::NamespaceMode::Target) => NamespaceMode::Target,
+        _ => NamespaceMode::Pod,
+    }
+}
+
+pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Status> {
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("container config has no metadata"))?;
+    if metadata.name.is_empty() {
+        return Err(Status::invalid_argument("container metadata has no name"));
+    }
+    let image = config.image.map(|i| i.image).unwrap_or_default();
+    if image.is_empty() {
+        return Err(Status::invalid_argument("container config names no image"));
+    }
+    let linux = config.linux.unwrap_or_default();
+    let security = linux.security_context.unwrap_or_default();
+    let caps = security.capabilities.unwrap_or_default();
+    let ns = security.namespace_options.unwrap_or_default();
+    if ns_mode(ns.pid) == NamespaceMode::Target {
+        return Err(Status::invalid_argument(
+            "PID namespace mode TARGET is not supported yet",
+        ));
+    }
+    Ok(ContainerSpec {
+        name: metadata.name,
+        attempt: metadata.attempt,
+        image,
+        command: config.command,
+        args: config.args,
+        working_dir: config.working_dir,
+        envs: config
+            .envs
+            .into_iter()
+            .map(|kv| (kv.key, kv.value))
+            .collect(),
+        mounts: config
+            .mounts
+            .into_iter()
+            .map(|m| MountSpec {
+                container_path: m.container_path,
+                host_path: m.host_path,
+                readonly: m.readonly,
+                propagation: match cri::MountPropagation::try_from(m.propagation) {
+                    Ok(cri::MountPropagation::PropagationHostToContainer) => {
+                        Propagation::HostToContainer
+                    }
+                    Ok(cri::MountPropagation::PropagationBidirectional) => {
+                        Propagation::Bidirectional
+                    }
+                    _ => Propagation::Private,
+                },
+            })
+            .collect(),
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        log_path: config.log_path,
+        privileged: security.privileged,
+        run_as_user: security.run_as_user.map(|v| v.value),
+        run_as_group: security.run_as_group.map(|v| v.value),
+        run_as_username: security.run_as_username,
+        supplemental_groups: security.supplemental_groups,
+        readonly_rootfs: security.readonly_rootfs,
+        no_new_privs: security.no_new_privs,
+        add_capabilities: caps.add_capabilities,
+        drop_capabilities: caps.drop_capabilities,
+        masked_paths: (!security.masked_paths.is_empty()).then_some(security.masked_paths),
+        readonly_paths: (!security.readonly_paths.is_empty()).then_some(security.readonly_paths),
+        pid: ns_mode(ns.pid),
+        resources: linux
+            .resources
+            .map(super::runtime::resources)
+            .unwrap_or_default(),
+    })
+}
+
+/// The image a container runs, resolved in the image store.
+pub fn image_root(ctx: &Context, name: &str) -> Result<ImageRoot, Status> {
+    let image = ctx
+        .images
+        .find(name)
+        .ok_or_else(|| Status::not_found(format!("image {name:?} not found: pull it first")))?;
+    let config = ctx.images.config(&image)?;
+    let run = config.config.unwrap_or_default();
+    Ok(ImageRoot {
+        id: image.id.to_string(),
+        layers: image
+            .layers
+            .iter()
+            .map(|l| ctx.images.layer_path(&l.diff_id))
+            .collect(),
+        diff_ids: image.layers.iter().map(|l| l.diff_id.to_string()).collect(),
+        entrypoint: run.entrypoint.unwrap_or_default(),
+        cmd: run.cmd.unwrap_or_default(),
+        env: run.env.unwrap_or_default(),
+        working_dir: run.working_dir.unwrap_or_default(),
+        user: run.user.unwrap_or_default(),
+        stop_signal: run.stop_signal.unwrap_or_default(),
+    })
+}
+
+pub fn cri_state(state: ContainerState) -> i32 {
+    (match state {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+    }) as i32
+}
+
+fn metadata(c: &Container) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: c.spec.name.clone(),
+        attempt: c.spec.attempt,
+    }
+}
+
+fn image_spec(c: &Container) -> cri::ImageSpec {
+    cri::ImageSpec {
+        image: c.spec.image.clone(),
+        user_specified_image: c.spec.image.clone(),
+        ..Default::default()
+    }
+}
+
+pub fn cri_container(c: &Container) -> cri::Container {
+    cri::Container {
+        id: c.id.clone(),
+        pod_sandbox_id: c.pod_id.clone(),
+        metadata: Some(metadata(c)),
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        state: cri_state(c.state),
+        created_at: c.created_at,
+        labels: c.spec.labels.clone().into_iter().collect(),
+        annotations: c.spec.annotations.clone().into_iter().collect(),
+        image_id: c.image_id.clone(),
+    }
+}
+
+pub fn cri_status(c: &Container) -> cri::ContainerStatus {
+    cri::ContainerStatus {
+        id: c.id.clone(),
+        metadata: Some(metadata(c)),
+        state: cri_state(c.state),
+        created_at: c.created_at,
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        exit_code: c.exit_code,
+        image: Some(image_spec(c)),
+        image_ref: c.image_id.clone(),
+        reason: c.reason.clone(),
+        message: c.message.clone(),
+        labels: c.spec.labels.clone().into_iter().collect(),
+        annotations: c.spec.annotations.clone().into_iter().collect(),
+        mounts: c
+            .spec
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: match m.propagation {
+                    Propagation::Private => cri::MountPropagation::PropagationPrivate,
+                    Propagation::HostToContainer => {
+                        cri::MountPropagation::PropagationHostToContainer
+                    }
+                    Propagation::Bidirectional => cri::MountPropagation::PropagationBidirectional,
+                } as i32,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: c.log_path.display().to_string(),
+        resources: None,
+        image_id: c.image_id.clone(),
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: i64::from(c.user.uid),
+                gid: i64::from(c.user.gid),
+                supplemental_groups: c
+                    .user
+                    .additional_gids
+                    .iter()
+                    .map(|g| i64::from(*g))
+                    .collect(),
+            }),
+        }),
+        stop_signal: 0,
+    }
+}
+
+pub fn verbose_info(c: &Container) -> HashMap<String, String> {
+    let info = serde_json::json!({
+        "sandboxID": c.pod_id,
+        "pid": c.pid,
+        "cgroup": c.cgroup,
+        "user": c.user,
+        "spec": c.spec,
+    });
+    [("info".to_string(), info.to_string())]
+        .into_iter()
+        .collect()
+}
+
+pub fn filter(f: Option<cri::ContainerFilter>) -> ContainerFilter {
+    let Some(f) = f else {
+        return ContainerFilter::default();
+    };
+    ContainerFilter {
+        id: Some(f.id).filter(|s| !s.is_empty()),
+        pod_id: Some(f.pod_sandbox_id).filter(|s| !s.is_empty()),
+        state: f
+            .state
+            .map(|s| match cri::ContainerState::try_from(s.state) {
+                Ok(cri::ContainerState::ContainerCreated) => ContainerState::Created,
+                Ok(cri::ContainerState::ContainerRunning) => ContainerState::Running,
+                _ => ContainerState::Exited,
+            }),
+        labels: f.label_selector.into_iter().collect(),
+    }
+}
+
+/// StopContainer's timeout: seconds, negative treated as zero.
+pub fn stop_timeout(seconds: i64) -> Duration {
+    Duration::from_secs(seconds.max(0) as u64)
+}
