@@ -421,3 +421,268 @@ async fn bad_container_requests() {
         0
     );
 }
+
+fn ns_inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_of_a_pod_share_loopback_and_namespaces() {
+    let mut env = env().await;
+    let pod = env.pod("shared").await;
+    let image = env.image.clone();
+    let listener = env
+        .create(
+            &pod,
+            container_config(
+                "server",
+                &image,
+                "for ns in net ipc uts; do readlink /proc/self/ns/$ns; done; nc -l -p 9090",
+            ),
+        )
+        .await
+        .unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: listener.clone(),
+        })
+        .await
+        .unwrap();
+    let (lines, st) = env
+        .run(&pod, "client", "for i in $(seq 1 100); do echo over-loopback | nc 127.0.0.1 9090 && exit 0; sleep 0.05; done; exit 1")
+        .await;
+    assert_eq!(st.exit_code, 0, "the client never connected: {lines:?}");
+    let server = env.wait_exit(&listener).await;
+    let log = std::fs::read_to_string(&server.log_path).unwrap();
+    assert!(log.contains(" stdout F over-loopback"), "{log}");
+    // The containers' namespaces are the pod's pinned ones.
+    let pins = env.daemon.state_dir.join("sandboxes").join(&pod).join("ns");
+    for (kind, pin) in [("net", "net"), ("ipc", "ipc"), ("uts", "uts")] {
+        let expected = format!("{kind}:[{}]", ns_inode(&pins.join(pin)));
+        assert!(log.contains(&expected), "{kind}: {expected} not in {log}");
+    }
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_groups_and_a_memory_limit() {
+    let mut env = env().await;
+    let pod = env.pod("limits").await;
+    let image = env.image.clone();
+
+    let mut as_user = container_config("user", &image, "id -u; id -g; id -G");
+    as_user.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 1000 }),
+            supplemental_groups: vec![2000, 3000],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env.create(&pod, as_user).await.unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&id).await;
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    let out: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(out, ["1000", "1000", "1000 2000 3000"], "{log}");
+
+    // 32 MiB of memory; `tail /dev/zero` buffers without end until the OOM killer comes.
+    let mut hungry = container_config("hungry", &image, "tail /dev/zero; exit $?");
+    hungry.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env.create(&pod, hungry).await.unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&id).await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (137, "OOMKilled"),
+        "{st:?}"
+    );
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_sync_stats_update_and_logs() {
+    let mut env = env().await;
+    let pod = env.pod("ops").await;
+    let image = env.image.clone();
+    let id = env
+        .create(&pod, container_config("main", &image, "i=0; while [ $i -lt 500 ]; do echo line-$i; i=$((i+1)); done; printf no-newline; echo > /written; exec sleep 1000"))
+        .await
+        .unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+
+    let exec = |cmd: &[&str], timeout: i64| {
+        // Each stream may carry 16 MiB; the default client limit is 4 MiB.
+        let mut rt = env.rt.clone().max_decoding_message_size(64 << 20);
+        let request = cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout,
+        };
+        async move { rt.exec_sync(request).await }
+    };
+    let out = exec(
+        &[
+            "sh",
+            "-c",
+            "echo $GREETING; hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ls /written",
+        ],
+        10,
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        out.exit_code,
+        0,
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines[0], "hello");
+    assert_eq!(lines[1], "ops-host");
+    assert_eq!(lines[2].trim(), "sleep 1000", "PID 1 is the container's");
+    assert_eq!(lines[3], "/written", "the container's own rootfs");
+    assert_eq!(
+        exec(&["sh", "-c", "echo oops >&2; exit 5"], 10)
+            .await
+            .unwrap()
+            .into_inner()
+            .exit_code,
+        5
+    );
+    let err = exec(&["sh", "-c", "sleep 30"], 1).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    let big = exec(&["sh", "-c", "head -c 20000000 /dev/zero"], 30)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(big.stdout.len(), 16 << 20, "output capped at 16 MiB");
+
+    // Stats from the cgroups and the writable layer.
+    let stats = env
+        .rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    assert!(stats.memory.unwrap().working_set_bytes.unwrap().value > 0);
+    assert!(stats.cpu.unwrap().usage_core_nano_seconds.unwrap().value > 0);
+    assert!(stats.writable_layer.unwrap().inodes_used.unwrap().value >= 1);
+    let pod_stats = env
+        .rt
+        .pod_sandbox_stats(cri::PodSandboxStatsRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap();
+    let linux = pod_stats.linux.unwrap();
+    assert_eq!(linux.containers.len(), 1);
+    assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
+    let listed = env
+        .rt
+        .list_container_stats(cri::ListContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .stats;
+    assert_eq!(listed.len(), 1);
+
+    // New limits land in the cgroup.
+    env.rt
+        .update_container_resources(cri::UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(cri::LinuxContainerResources {
+                memory_limit_in_bytes: 64 << 20,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let cgroup = format!("{}/pod-{pod}/{id}", env.daemon.cgroup_parent);
+    let limit = common::cgroup_dirs(&cgroup)
+        .iter()
+        .find_map(|d| {
+            std::fs::read_to_string(d.join("memory.limit_in_bytes"))
+                .or_else(|_| std::fs::read_to_string(d.join("memory.max")))
+                .ok()
+        })
+        .unwrap();
+    assert_eq!(limit.trim(), (64u64 << 20).to_string());
+
+    // The log is complete, in order, and the last partial line is marked.
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let st = env.status(&id).await;
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    let out: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" stdout ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(out.len(), 501, "{}", &log[log.len().saturating_sub(300)..]);
+    for (i, line) in out.iter().take(500).enumerate() {
+        assert_eq!(*line, format!("F line-{i}"));
+    }
+    assert_eq!(out[500], "F no-newline");
+    let first = log.lines().next().unwrap();
+    assert!(
+        first.len() > 31 && first.as_bytes()[10] == b'T' && first.contains("Z stdout F "),
+        "{first}"
+    );
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -162,18 +162,6 @@ async fn unimplemented_rpcs_say_so() {
 
     let codes = [
         (
-            "ExecSync",
-            rt.exec_sync(cri::ExecSyncRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
-            "ContainerStats",
-            rt.container_stats(cri::ContainerStatsRequest::default())
-                .await
-                .map(drop),
-        ),
-        (
             "StreamContainers",
             rt.stream_containers(cri::StreamContainersRequest::default())
                 .await

@@ -121,6 +121,19 @@ impl Resources {
     }
 }
 
+/// A cgroup's usage counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub cpu_usage_ns: u64,
+    pub memory_usage: u64,
+    /// Usage less inactive file cache: what the kubelet evicts on.
+    pub memory_working_set: u64,
+    pub memory_rss: u64,
+    pub page_faults: u64,
+    pub major_page_faults: u64,
+    pub pids: u64,
+}
+
 /// The machine's cgroup hierarchy.
 #[derive(Debug, Clone)]
 pub enum Hierarchy {
@@ -400,6 +413,50 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Usage counters for CRI's stats.
+    pub fn stats(&self) -> Stats {
+        let read = |controller: &str, file: &str| -> String {
+            self.dir(controller)
+                .and_then(|d| std::fs::read_to_string(d.join(file)).ok())
+                .unwrap_or_default()
+        };
+        let number = |text: String| text.trim().parse::<u64>().unwrap_or(0);
+        let field = |text: &str, key: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(' ')))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        match self.hierarchy {
+            Hierarchy::V1 { .. } => {
+                let stat = read("memory", "memory.stat");
+                let usage = number(read("memory", "memory.usage_in_bytes"));
+                Stats {
+                    cpu_usage_ns: number(read("cpuacct", "cpuacct.usage")),
+                    memory_usage: usage,
+                    memory_working_set: usage.saturating_sub(field(&stat, "total_inactive_file")),
+                    memory_rss: field(&stat, "total_rss"),
+                    page_faults: field(&stat, "total_pgfault"),
+                    major_page_faults: field(&stat, "total_pgmajfault"),
+                    pids: number(read("pids", "pids.current")),
+                }
+            }
+            Hierarchy::V2 { .. } => {
+                let stat = read("memory", "memory.stat");
+                let usage = number(read("memory", "memory.current"));
+                Stats {
+                    cpu_usage_ns: field(&read("cpu", "cpu.stat"), "usage_usec") * 1000,
+                    memory_usage: usage,
+                    memory_working_set: usage.saturating_sub(field(&stat, "inactive_file")),
+                    memory_rss: field(&stat, "anon"),
+                    page_faults: field(&stat, "pgfault"),
+                    major_page_faults: field(&stat, "pgmajfault"),
+                    pids: number(read("pids", "pids.current")),
+                }
+            }
+        }
+    }
+
     /// Removes the cgroup's directories (deepest first is the caller's business: this
     /// removes only this cgroup). A missing cgroup is fine.
     pub fn remove(&self) -> Result<()> {
@@ -518,6 +575,53 @@ mod tests {
         assert_eq!(p("cpu.max"), "50000 100000");
         assert_eq!(p("pids.max"), "32");
         assert_eq!(p("memory.high"), "48M");
+    }
+
+    #[test]
+    fn stats_from_v1_and_v2_files() {
+        let tree = fake_v1();
+        let cg = Hierarchy::detect(tree.path()).unwrap().create("s").unwrap();
+        let w = |f: &str, v: &str| std::fs::write(tree.path().join(f), v).unwrap();
+        w("cpuacct/s/cpuacct.usage", "5000\n");
+        w("memory/s/memory.usage_in_bytes", "1000\n");
+        w(
+            "memory/s/memory.stat",
+            "cache 1\ntotal_inactive_file 300\ntotal_rss 600\ntotal_pgfault 7\ntotal_pgmajfault 2\n",
+        );
+        w("pids/s/pids.current", "3\n");
+        let st = cg.stats();
+        assert_eq!(
+            (
+                st.cpu_usage_ns,
+                st.memory_usage,
+                st.memory_working_set,
+                st.memory_rss,
+                st.pids
+            ),
+            (5000, 1000, 700, 600, 3)
+        );
+        assert_eq!((st.page_faults, st.major_page_faults), (7, 2));
+
+        let tree = fake_v2();
+        let cg = Hierarchy::detect(tree.path()).unwrap().create("s").unwrap();
+        let w = |f: &str, v: &str| std::fs::write(tree.path().join("s").join(f), v).unwrap();
+        w("cpu.stat", "usage_usec 42\nuser_usec 40\n");
+        w("memory.current", "2000\n");
+        w(
+            "memory.stat",
+            "anon 900\ninactive_file 500\npgfault 11\npgmajfault 1\n",
+        );
+        w("pids.current", "4\n");
+        let st = cg.stats();
+        assert_eq!(
+            (
+                st.cpu_usage_ns,
+                st.memory_working_set,
+                st.memory_rss,
+                st.pids
+            ),
+            (42_000, 1500, 900, 4)
+        );
     }
 
     #[test]

@@ -52,6 +52,7 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some(helper::PINNS) => return helper::pinns(&args[2..]),
         Some(helper::monitor::MONITOR) => return helper::monitor::main(&args[2..]),
+        Some(helper::exec::EXEC) => return helper::exec::main(&args[2..]),
         _ => {}
     }
     let cli = Cli::parse();

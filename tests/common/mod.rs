@@ -294,11 +294,57 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
-        // Whatever a failed test left: mounts below the daemon's directory and its cgroups.
+        // Whatever a failed test left: container processes and their monitors (they outlive
+        // the daemon by design), mounts below the daemon's directory, and its cgroups.
+        kill_leftovers(self.dir.path(), &self.cgroup_parent);
         for mount_point in mounts_below(self.dir.path()).into_iter().rev() {
             let _ = nix::mount::umount2(&mount_point, nix::mount::MntFlags::MNT_DETACH);
         }
         remove_cgroup_tree(&self.cgroup_parent);
+    }
+}
+
+/// SIGKILLs every process in the cgroups below `cgroup_parent` and every process whose
+/// command line names `dir` (the monitors), then waits for the cgroups to empty.
+fn kill_leftovers(dir: &Path, cgroup_parent: &str) {
+    let dir_text = dir.to_string_lossy().into_owned();
+    let cgroup_pids = || -> Vec<i32> {
+        let mut pids = Vec::new();
+        for top in cgroup_dirs(cgroup_parent) {
+            let mut stack = vec![top];
+            while let Some(d) = stack.pop() {
+                if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+                    pids.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+                }
+                for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
+        pids
+    };
+    let mut victims = cgroup_pids();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&dir_text) {
+            victims.push(pid);
+        }
+    }
+    for pid in &victims {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cgroup_pids().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

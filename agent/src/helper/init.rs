@@ -133,15 +133,10 @@ fn setup_and_exec(
     let exe = resolve_executable(spec)?;
     let args = cstrings(&spec.process.args)?;
     let env = cstrings(&spec.process.env)?;
-    drop_privileges(spec)?;
-    if spec.process.no_new_privileges {
-        rustix::thread::set_no_new_privs(true).map_err(ctx(|| "no_new_privs".into()))?;
-    }
-    close_other_fds(&[sync.as_raw_fd(), fifo.as_raw_fd()])?;
-
     sync.write_all(b"ready\n")
         .map_err(ctx(|| "reporting ready".into()))?;
-    // Blocks until StartContainer opens the FIFO's other end.
+    // Blocks until StartContainer opens the FIFO's other end. Still root here: the FIFO is
+    // reached through this (non-dumpable, so root-owned) process's /proc entry.
     let mut start = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/self/fd/{}", fifo.as_raw_fd()))
@@ -151,7 +146,30 @@ fn setup_and_exec(
         .map_err(ctx(|| "acknowledging start".into()))?;
     drop(start);
     drop(fifo);
+    become_container_user(spec)?;
+    close_other_fds(&[sync.as_raw_fd()])?;
 
+    let err = nix::unistd::execve(&exe, &args, &env).unwrap_err();
+    Err(format!("exec {}: {err}", spec.process.args[0]))
+}
+
+/// The container's user, groups, capabilities and no_new_privs.
+fn become_container_user(spec: &Spec) -> Result<()> {
+    drop_privileges(spec)?;
+    if spec.process.no_new_privileges {
+        rustix::thread::set_no_new_privs(true).map_err(ctx(|| "no_new_privs".into()))?;
+    }
+    Ok(())
+}
+
+/// Becomes the container's user and execs `spec.process.args` with its environment, for
+/// a process joining a running container. Returns only on failure.
+pub fn exec_as_container(spec: &Spec) -> Result<std::convert::Infallible> {
+    let exe = resolve_executable(spec)?;
+    let args = cstrings(&spec.process.args)?;
+    let env = cstrings(&spec.process.env)?;
+    become_container_user(spec)?;
+    close_other_fds(&[])?;
     let err = nix::unistd::execve(&exe, &args, &env).unwrap_err();
     Err(format!("exec {}: {err}", spec.process.args[0]))
 }

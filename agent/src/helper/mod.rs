@@ -3,9 +3,11 @@
 //! binary in one of these modes (hidden from `--help`).
 //!
 //! - `__pinns`: pins a pod's namespaces (like CRI-O's pinns).
+//! - `__exec`: runs a command inside a running container (ExecSync).
 //! - `__monitor`: one per container, single-threaded: forks the container's init, holds
 //!   its stdio, writes the CRI log, waits for the exit and records it.
 
+pub mod exec;
 pub mod init;
 pub mod monitor;
 mod pinns;

@@ -224,7 +224,9 @@ impl ImageStore {
     pub fn usage(&self) -> Usage {
         let mut usage = Usage::default();
         for dir in [self.content.blobs_dir(), self.layers.dir()] {
-            walk_usage(dir, &mut usage);
+            let (bytes, inodes) = crate::sys::disk_usage(dir);
+            usage.bytes += bytes;
+            usage.inodes += inodes;
         }
         usage
     }
@@ -232,30 +234,5 @@ impl ImageStore {
     /// The directory image data lives in (reported as the image filesystem).
     pub fn root(&self) -> &Path {
         &self.root
-    }
-}
-
-/// Adds up allocated bytes and inodes below `dir`, counting hardlinked files once.
-fn walk_usage(dir: &Path, usage: &mut Usage) {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
-                continue;
-            }
-            usage.inodes += 1;
-            usage.bytes += meta.blocks() * 512;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-        }
     }
 }

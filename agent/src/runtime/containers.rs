@@ -255,9 +255,9 @@ impl Runtime {
             ));
         }
         let layout = self.container_layout(&c.id);
-        let fifo = layout.fifo();
+        let (fifo, exit_file) = (layout.fifo(), layout.exit_file());
         // Opening the FIFO releases the init; it answers with one byte, then execs.
-        let released = tokio::task::spawn_blocking(move || release_init(&fifo))
+        let released = tokio::task::spawn_blocking(move || release_init(&fifo, &exit_file))
             .await
             .map_err(|e| Error::Precondition(format!("start task failed: {e}")))?;
         if let Err(e) = released {
@@ -467,7 +467,7 @@ async fn spawn_monitor(dir: &Path) -> Result<u32> {
 }
 
 /// Opens the start FIFO (the init is blocked opening its other end) and reads its byte.
-fn release_init(fifo: &Path) -> std::io::Result<()> {
+fn release_init(fifo: &Path, exit_file: &Path) -> std::io::Result<()> {
     use std::io::Read;
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -478,6 +478,9 @@ fn release_init(fifo: &Path) -> std::io::Result<()> {
     loop {
         match file.read(&mut byte) {
             Ok(1) => return Ok(()),
+            Ok(_) | Err(_) if exit_file.exists() => {
+                return Err(std::io::Error::other("the container's init has exited"));
+            }
             Ok(_) | Err(_) if Instant::now() > deadline => {
                 return Err(std::io::Error::other(
                     "the container's init is not waiting to start",
@@ -535,5 +538,148 @@ async fn wait_exit(layout: &Layout, timeout: Duration) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// What an ExecSync produced.
+#[derive(Debug, Default)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
+}
+
+/// Each stream of an ExecSync is cut at this size; the rest is read and dropped.
+pub const EXEC_OUTPUT_CAP: usize = 16 << 20;
+
+async fn read_capped(mut reader: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                let room = EXEC_OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}
+
+impl Runtime {
+    /// Runs `cmd` in a running container and collects its output (see [`EXEC_OUTPUT_CAP`]).
+    /// A zero timeout waits for ever.
+    pub async fn exec_sync(
+        &self,
+        id: &str,
+        cmd: Vec<String>,
+        timeout: Duration,
+    ) -> Result<ExecOutput> {
+        let c = self.container(id).await?;
+        if cmd.is_empty() {
+            return Err(Error::Invalid {
+                what: "exec".into(),
+                reason: "no command".into(),
+            });
+        }
+        let (ContainerState::Running, Some(pid)) = (c.state, c.pid) else {
+            return Err(Error::Precondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        };
+        let exe =
+            std::env::current_exe().map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
+        let dir = self.containers_dir.join(&c.id);
+        let mut child = tokio::process::Command::new(exe)
+            .arg(crate::helper::exec::EXEC)
+            .arg(&dir)
+            .arg(pid.to_string())
+            .arg("--")
+            .args(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(io_err("cannot exec in", &dir))?;
+        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let (out, err) = tokio::join!(
+                async {
+                    match stdout {
+                        Some(s) => read_capped(s).await,
+                        None => Vec::new(),
+                    }
+                },
+                async {
+                    match stderr {
+                        Some(s) => read_capped(s).await,
+                        None => Vec::new(),
+                    }
+                },
+            );
+            let status = child.wait().await;
+            (out, err, status)
+        };
+        let (stdout, stderr, status) = if timeout.is_zero() {
+            run.await
+        } else {
+            match tokio::time::timeout(timeout, run).await {
+                Ok(done) => done,
+                Err(_) => {
+                    // The helper's process group: the helper, and the command that dies with it.
+                    return Err(Error::Timeout(format!(
+                        "command {cmd:?} timed out after {timeout:?}"
+                    )));
+                }
+            }
+        };
+        let status = status.map_err(io_err("cannot wait for exec in", &dir))?;
+        Ok(ExecOutput {
+            stdout,
+            stderr,
+            exit_code: status.code().unwrap_or(137),
+        })
+    }
+}
+
+impl Runtime {
+    /// A container's cgroup counters and its writable layer's bytes and inodes.
+    pub fn container_stats(&self, c: &Container) -> (crate::cgroup::Stats, (u64, u64), PathBuf) {
+        let stats = self
+            .cgroups
+            .cgroup(&c.cgroup)
+            .map(|cg| cg.stats())
+            .unwrap_or_default();
+        let upper = self.container_layout(&c.id).upper();
+        (stats, crate::sys::disk_usage(&upper), upper)
+    }
+
+    /// A pod's cgroup counters (its containers' together).
+    pub fn pod_stats(&self, sandbox: &super::Sandbox) -> crate::cgroup::Stats {
+        self.cgroups
+            .cgroup(&sandbox.cgroup)
+            .map(|cg| cg.stats())
+            .unwrap_or_default()
+    }
+
+    /// Applies new limits to a container's cgroup.
+    pub async fn update_resources(
+        &self,
+        id: &str,
+        resources: &crate::cgroup::Resources,
+    ) -> Result<()> {
+        let c = self.container(id).await?;
+        if c.state == ContainerState::Exited {
+            return Err(Error::Precondition(format!(
+                "container {} has exited",
+                c.id
+            )));
+        }
+        self.cgroups.cgroup(&c.cgroup)?.set(resources)?;
+        Ok(())
     }
 }

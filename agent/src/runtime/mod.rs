@@ -32,6 +32,8 @@ pub enum Error {
     Precondition(String),
     #[error("creating the container failed: {0}")]
     CreateFailed(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("{what}: {reason}")]
     Invalid { what: String, reason: String },
     #[error(transparent)]

@@ -244,3 +244,88 @@ pub fn filter(f: Option<cri::ContainerFilter>) -> ContainerFilter {
 pub fn stop_timeout(seconds: i64) -> Duration {
     Duration::from_secs(seconds.max(0) as u64)
 }
+
+fn u64_value(value: u64) -> Option<cri::UInt64Value> {
+    Some(cri::UInt64Value { value })
+}
+
+fn cpu(stats: &crate::cgroup::Stats, now: i64) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp: now,
+        usage_core_nano_seconds: u64_value(stats.cpu_usage_ns),
+        usage_nano_cores: None,
+        psi: None,
+    }
+}
+
+fn memory(stats: &crate::cgroup::Stats, now: i64) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: now,
+        working_set_bytes: u64_value(stats.memory_working_set),
+        available_bytes: None,
+        usage_bytes: u64_value(stats.memory_usage),
+        rss_bytes: u64_value(stats.memory_rss),
+        page_faults: u64_value(stats.page_faults),
+        major_page_faults: u64_value(stats.major_page_faults),
+        psi: None,
+    }
+}
+
+pub fn container_stats(ctx: &Context, c: &Container) -> cri::ContainerStats {
+    let now = crate::image::now_nanos();
+    let (stats, (bytes, inodes), upper) = ctx.runtime.container_stats(c);
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: c.id.clone(),
+            metadata: Some(metadata(c)),
+            labels: c.spec.labels.clone().into_iter().collect(),
+            annotations: c.spec.annotations.clone().into_iter().collect(),
+        }),
+        cpu: Some(cpu(&stats, now)),
+        memory: Some(memory(&stats, now)),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: now,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: upper.display().to_string(),
+            }),
+            used_bytes: u64_value(bytes),
+            inodes_used: u64_value(inodes),
+        }),
+        swap: None,
+        io: None,
+    }
+}
+
+pub fn pod_stats(
+    ctx: &Context,
+    sandbox: &crate::runtime::sandbox::Sandbox,
+    containers: &[Container],
+) -> cri::PodSandboxStats {
+    let now = crate::image::now_nanos();
+    let stats = ctx.runtime.pod_stats(sandbox);
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: sandbox.id.clone(),
+            metadata: Some(cri::PodSandboxMetadata {
+                name: sandbox.spec.name.clone(),
+                uid: sandbox.spec.uid.clone(),
+                namespace: sandbox.spec.namespace.clone(),
+                attempt: sandbox.spec.attempt,
+            }),
+            labels: sandbox.spec.labels.clone().into_iter().collect(),
+            annotations: sandbox.spec.annotations.clone().into_iter().collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cpu(&stats, now)),
+            memory: Some(memory(&stats, now)),
+            network: None,
+            process: Some(cri::ProcessUsage {
+                timestamp: now,
+                process_count: u64_value(stats.pids),
+            }),
+            containers: containers.iter().map(|c| container_stats(ctx, c)).collect(),
+            io: None,
+        }),
+        windows: None,
+    }
+}

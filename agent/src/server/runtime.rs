@@ -154,6 +154,18 @@ impl Runtime {
     pub fn new(ctx: Arc<Context>) -> Self {
         Runtime { ctx }
     }
+
+    async fn pod_running_containers(
+        &self,
+        pod_id: &str,
+    ) -> Vec<crate::runtime::container::Container> {
+        let filter = crate::runtime::ContainerFilter {
+            pod_id: Some(pod_id.to_string()),
+            state: Some(crate::runtime::container::ContainerState::Running),
+            ..Default::default()
+        };
+        self.ctx.runtime.containers(&filter).await
+    }
 }
 
 fn sandbox_filter(filter: Option<cri::PodSandboxFilter>) -> SandboxFilter {
@@ -451,6 +463,115 @@ impl RuntimeService for Runtime {
                 .map(super::container::cri_container)
                 .collect(),
         }))
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        let request = request.into_inner();
+        let out = self
+            .ctx
+            .runtime
+            .exec_sync(
+                &request.container_id,
+                request.cmd,
+                super::container::stop_timeout(request.timeout),
+            )
+            .await?;
+        Ok(Response::new(cri::ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        let c = self
+            .ctx
+            .runtime
+            .container(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ContainerStatsResponse {
+            stats: Some(super::container::container_stats(&self.ctx, &c)),
+        }))
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = crate::runtime::ContainerFilter {
+            id: Some(f.id).filter(|s| !s.is_empty()),
+            pod_id: Some(f.pod_sandbox_id).filter(|s| !s.is_empty()),
+            state: Some(crate::runtime::container::ContainerState::Running),
+            labels: f.label_selector.into_iter().collect(),
+        };
+        let containers = self.ctx.runtime.containers(&filter).await;
+        Ok(Response::new(cri::ListContainerStatsResponse {
+            stats: containers
+                .iter()
+                .map(|c| super::container::container_stats(&self.ctx, c))
+                .collect(),
+        }))
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        let sandbox = self
+            .ctx
+            .runtime
+            .pod(&request.into_inner().pod_sandbox_id)
+            .await?;
+        let containers = self.pod_running_containers(&sandbox.id).await;
+        Ok(Response::new(cri::PodSandboxStatsResponse {
+            stats: Some(super::container::pod_stats(
+                &self.ctx,
+                &sandbox,
+                &containers,
+            )),
+        }))
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        let f = request.into_inner().filter.unwrap_or_default();
+        let filter = SandboxFilter {
+            id: Some(f.id).filter(|s| !s.is_empty()),
+            state: Some(SandboxState::Ready),
+            labels: f.label_selector.into_iter().collect(),
+        };
+        let mut stats = Vec::new();
+        for sandbox in self.ctx.runtime.pods(&filter).await {
+            let containers = self.pod_running_containers(&sandbox.id).await;
+            stats.push(super::container::pod_stats(
+                &self.ctx,
+                &sandbox,
+                &containers,
+            ));
+        }
+        Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        let request = request.into_inner();
+        let resources = request.linux.map(resources).unwrap_or_default();
+        self.ctx
+            .runtime
+            .update_resources(&request.container_id, &resources)
+            .await?;
+        Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
     }
 
     async fn runtime_config(

@@ -86,6 +86,7 @@ fn runtime_code(e: &runtime::Error) -> Code {
         E::SandboxExists { .. } | E::ContainerExists { .. } => Code::AlreadyExists,
         E::Precondition(_) => Code::FailedPrecondition,
         E::CreateFailed(_) => Code::Unknown,
+        E::Timeout(_) => Code::DeadlineExceeded,
         E::Invalid { .. } => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Resource { .. } | cgroup::Error::Path(_)) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Io { source, .. }) | E::Io { source, .. } => io_code(source),
