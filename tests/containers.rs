@@ -26,8 +26,16 @@ struct Env {
 
 /// A daemon with a busybox image pulled (and a file the top layer deletes).
 async fn env() -> Env {
+    env_with("").await
+}
+
+async fn env_with(config: &str) -> Env {
     let registry = Registry::start().await;
-    let daemon = Daemon::start().await;
+    let daemon = Daemon::start_with(common::Options {
+        config: config.into(),
+        ..Default::default()
+    })
+    .await;
     let image = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
         .layer(
@@ -679,6 +687,125 @@ async fn exec_sync_stats_update_and_logs() {
         first.len() > 31 && first.as_bytes()[10] == b'T' && first.contains("Z stdout F "),
         "{first}"
     );
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_outlive_a_daemon_restart_and_exits_are_recorded_meanwhile() {
+    let mut env = env().await;
+    let pod = env.pod("survivor").await;
+    let image = env.image.clone();
+    let long = env
+        .create(&pod, container_config("long", &image, "exec sleep 1000"))
+        .await
+        .unwrap();
+    let short = env
+        .create(
+            &pod,
+            container_config("short", &image, "sleep 1; echo done; exit 7"),
+        )
+        .await
+        .unwrap();
+    for id in [&long, &short] {
+        env.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let pid = {
+        let st = env
+            .rt
+            .container_status(ContainerStatusRequest {
+                container_id: long.clone(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let info: serde_json::Value = serde_json::from_str(&st.info["info"]).unwrap();
+        info["pid"].as_u64().unwrap() as i32
+    };
+
+    // The daemon goes away; the containers do not; the short one exits meanwhile.
+    assert!(env.daemon.stop().await.success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the container died with the daemon"
+    );
+    env.daemon.launch(common::Options::default()).await;
+    env.rt = env.daemon.runtime().await;
+
+    assert_eq!(
+        env.status(&long).await.state,
+        cri::ContainerState::ContainerRunning as i32
+    );
+    let st = env.status(&short).await;
+    assert_eq!(
+        (st.state, st.exit_code),
+        (cri::ContainerState::ContainerExited as i32, 7),
+        "{st:?}"
+    );
+    assert!(
+        std::fs::read_to_string(&st.log_path)
+            .unwrap()
+            .contains(" stdout F done")
+    );
+    // And the restarted daemon still controls the running one.
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: long.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    assert_eq!(env.status(&long).await.exit_code, 137);
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pids_limit_stops_a_fork_bomb() {
+    let mut env = env_with("pids_limit = 16\n").await;
+    let pod = env.pod("bomb").await;
+    // Bounded, so that even a missing limit cannot hurt the machine: 100 sleepers. `echo` is
+    // a builtin, so the shell can still report once forks are refused.
+    let (lines, st) = env
+        .run(
+            &pod,
+            "bomb",
+            "(for i in $(seq 1 100); do sleep 30 & done) 2>/dev/null; echo survived",
+        )
+        .await;
+    assert_eq!(lines, ["survived"], "{st:?}");
+    let cgroup = format!("{}/pod-{pod}/{}", env.daemon.cgroup_parent, st.id);
+    let dirs = common::cgroup_dirs(&cgroup);
+    let events = dirs
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("pids.events")).ok())
+        .expect("a pids controller");
+    let refused: u64 = events
+        .lines()
+        .find_map(|l| l.strip_prefix("max "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refused > 0, "no fork was refused: {events}");
+    let max = dirs
+        .iter()
+        .find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok())
+        .unwrap();
+    assert_eq!(max.trim(), "16");
     env.rt
         .remove_pod_sandbox(RemovePodSandboxRequest {
             pod_sandbox_id: pod,

@@ -53,6 +53,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     cgroup_parent: Option<String>,
+    pids_limit: Option<i64>,
     #[serde(default)]
     images: ImagesConfig,
     #[serde(default)]
@@ -118,6 +119,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Where pod cgroups go when a pod names no parent of its own.
     pub cgroup_parent: String,
+    /// Most processes a container may have (0: no limit), as CRI-O's `pids_limit`: CRI
+    /// itself has no field for it.
+    pub pids_limit: i64,
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -159,6 +163,7 @@ impl Config {
                 .unwrap_or_else(|| "info".to_string()),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             cgroup_parent: file.cgroup_parent.unwrap_or_else(|| "strata".to_string()),
+            pids_limit: file.pids_limit.unwrap_or(0),
             images: file.images,
             registries: file.registries,
         };
@@ -197,6 +202,13 @@ impl Config {
                 what: "cgroup_parent",
                 value: self.cgroup_parent.clone(),
                 reason: "must be a plain relative path like \"strata\"".into(),
+            });
+        }
+        if self.pids_limit < 0 {
+            return Err(Error::Invalid {
+                what: "pids_limit",
+                value: self.pids_limit.to_string(),
+                reason: "must be 0 (no limit) or positive".into(),
             });
         }
         if self.images.max_concurrent_downloads == 0 {

@@ -79,12 +79,13 @@ pub async fn run(config: Config) -> Result<()> {
             .await
             .map_err(|e| Error::Startup(e.to_string()))??
     };
-    let runtime = Runtime::open(
+    let mut runtime = Runtime::open(
         &config.root,
         &config.state_dir,
         Path::new(CGROUP_ROOT),
         &config.cgroup_parent,
     )?;
+    runtime.set_pids_limit(config.pids_limit);
     // Layers that containers use are never garbage-collected, across restarts too.
     for (container, layers) in runtime.layers_in_use().await {
         images.pin_layers(

@@ -188,7 +188,14 @@ impl Runtime {
         }
         self.write_init_layer(&layout.init(), &sandbox.id, &spec)?;
         let cgroup = self.cgroups.create(&c.cgroup)?;
-        cgroup.set(&c.spec.resources)?;
+        let mut resources = c.spec.resources.clone();
+        if resources.pids_limit.is_none()
+            && self.pids_limit > 0
+            && !resources.unified.contains_key("pids.max")
+        {
+            resources.pids_limit = Some(self.pids_limit);
+        }
+        cgroup.set(&resources)?;
         let config = layout.dir.join("config.json");
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|source| Error::Corrupt {
             path: config.clone(),

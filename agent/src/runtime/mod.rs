@@ -88,6 +88,8 @@ pub struct Runtime {
     /// Container directories: `<root>/containers/<id>/`.
     containers_dir: PathBuf,
     containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
+    /// Applied to every container that brings no pids limit of its own (0: none).
+    pids_limit: i64,
 }
 
 impl Runtime {
@@ -167,7 +169,12 @@ impl Runtime {
             sandboxes: tokio::sync::Mutex::new(sandboxes),
             containers_dir,
             containers: tokio::sync::Mutex::new(containers),
+            pids_limit: 0,
         })
+    }
+
+    pub fn set_pids_limit(&mut self, limit: i64) {
+        self.pids_limit = limit;
     }
 
     pub fn pod_cgroup_exists(&self, sandbox: &Sandbox) -> bool {
