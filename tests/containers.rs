@@ -813,3 +813,95 @@ async fn a_pids_limit_stops_a_fork_bomb() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stratactl_drives_containers_like_crictl() {
+    let env = env().await;
+    let d = &env.daemon;
+    let pod_json = d.path("pod.json");
+    let log_dir = d.path("pod-logs");
+    let pod_config = serde_json::json!({
+        "metadata": {"name": "cli", "namespace": "default", "uid": "cli-uid"},
+        "hostname": "cli-host",
+        "log_directory": log_dir,
+    });
+    std::fs::write(&pod_json, pod_config.to_string()).unwrap();
+    let ctr_yaml = d.path("container.yaml");
+    std::fs::write(
+        &ctr_yaml,
+        format!(
+            "metadata:\n  name: app\nimage:\n  image: {}\ncommand: [/bin/sh, -c, 'echo one; echo two; echo three; exec sleep 1000']\nlog_path: app.log\n",
+            env.image
+        ),
+    )
+    .unwrap();
+    let pod = d
+        .ctl(["runp", pod_json.to_str().unwrap()])
+        .ok()
+        .trim()
+        .to_string();
+    let id = d
+        .ctl([
+            "create",
+            &pod,
+            ctr_yaml.to_str().unwrap(),
+            pod_json.to_str().unwrap(),
+        ])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(d.ctl(["ps", "-q"]).ok().trim(), "", "created, not running");
+    assert_eq!(d.ctl(["ps", "-a", "-q"]).ok().trim(), id);
+    d.ctl(["start", &id]).ok();
+    let table = d.ctl(["ps"]);
+    let row = table.ok().lines().nth(1).unwrap_or_default().to_string();
+    assert!(
+        row.starts_with(&id[..13]) && row.contains("Running") && row.contains("app"),
+        "{row}"
+    );
+
+    // Logs appear (the log file is in the pod's log directory), with --tail and timestamps.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.ctl(["logs", &id]).ok().contains("three") {
+        assert!(Instant::now() < deadline, "no logs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(d.ctl(["logs", &id]).ok(), "one\ntwo\nthree\n");
+    assert_eq!(d.ctl(["logs", "--tail", "1", &id]).ok(), "three\n");
+    let stamped = d.ctl(["logs", "--timestamps", &id]).ok().to_string();
+    assert!(stamped.lines().all(|l| l.contains("Z ")), "{stamped}");
+
+    // exec passes output and status through.
+    let out = d.ctl(["exec", &id, "sh", "-c", "echo from-exec; hostname"]);
+    assert_eq!(out.ok(), "from-exec\ncli-host\n");
+    let out = d.ctl(["exec", &id, "sh", "-c", "exit 4"]);
+    assert_eq!(out.status.code(), Some(4));
+
+    let inspected: serde_json::Value = serde_json::from_str(d.ctl(["inspect", &id]).ok()).unwrap();
+    assert_eq!(inspected["status"]["state"], "CONTAINER_RUNNING");
+    assert_eq!(
+        inspected["status"]["logPath"],
+        log_dir.join("app.log").to_str().unwrap()
+    );
+    assert!(d.ctl(["stats"]).ok().contains(&id[..13]));
+    assert!(d.ctl(["statsp"]).ok().contains(&pod[..13]));
+    d.ctl(["update", "--memory", "67108864", &id]).ok();
+
+    let line = d.ctl(["rm", &id]).failed().to_string();
+    assert!(line.contains("running"), "{line}");
+    d.ctl(["stop", "-s", "0", &id]).ok();
+    assert!(d.ctl(["ps", "-a"]).ok().contains("Exited"));
+    d.ctl(["rm", &id]).ok();
+    d.ctl(["rmp", "-f", &pod]).ok();
+
+    // `run`: pod, container and start in one go (the image is already here).
+    let out = d.ctl([
+        "run",
+        ctr_yaml.to_str().unwrap(),
+        pod_json.to_str().unwrap(),
+    ]);
+    let run_id = out.ok().trim().to_string();
+    assert!(d.ctl(["ps", "-q"]).ok().contains(&run_id));
+    d.ctl(["rmp", "--all", "--force"]).ok();
+    assert!(d.ctl(["ps", "-a", "-q"]).ok().trim().is_empty());
+}

@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod containers;
 mod images;
 mod output;
 mod pods;
@@ -122,6 +123,116 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Create a container in a pod: create POD_ID CONTAINER.json POD.json
+    Create {
+        pod: String,
+        container_config: std::path::PathBuf,
+        pod_config: std::path::PathBuf,
+    },
+    /// Start created containers
+    Start {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Pull if needed, run a pod, create and start a container: run CONTAINER.json POD.json
+    Run {
+        container_config: std::path::PathBuf,
+        pod_config: std::path::PathBuf,
+        /// Do not pull a missing image
+        #[arg(long)]
+        no_pull: bool,
+    },
+    /// List containers (running ones unless --all)
+    Ps {
+        /// Show every container
+        #[arg(long, short)]
+        all: bool,
+        /// Print container ids only
+        #[arg(long, short)]
+        quiet: bool,
+        /// Only containers whose id starts with this
+        #[arg(long)]
+        id: Option<String>,
+        /// Only containers of this pod
+        #[arg(long, short)]
+        pod: Option<String>,
+        /// created, running or exited
+        #[arg(long)]
+        state: Option<String>,
+        /// KEY=VALUE; repeat for several
+        #[arg(long)]
+        label: Vec<String>,
+        /// Only containers whose name contains this
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Show containers' status
+    Inspect {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Stop running containers
+    Stop {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Seconds to wait after the stop signal before SIGKILL
+        #[arg(long = "timeout-seconds", short = 's', default_value = "10")]
+        grace: i64,
+    },
+    /// Remove containers
+    Rm {
+        ids: Vec<String>,
+        /// Remove running containers too
+        #[arg(long, short)]
+        force: bool,
+        /// Remove every container
+        #[arg(long, short)]
+        all: bool,
+    },
+    /// Print a container's log
+    Logs {
+        id: String,
+        /// Keep printing until the container exits
+        #[arg(long, short)]
+        follow: bool,
+        /// Only the last N lines
+        #[arg(long)]
+        tail: Option<usize>,
+        /// Prefix each line with its time
+        #[arg(long)]
+        timestamps: bool,
+    },
+    /// Run a command in a running container and wait for it (ExecSync)
+    Exec {
+        /// Seconds before the command is killed (0: no limit)
+        #[arg(long = "exec-timeout", short = 's', default_value = "0")]
+        exec_timeout: i64,
+        id: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Show containers' resource usage
+    Stats { id: Option<String> },
+    /// Show pods' resource usage
+    Statsp { id: Option<String> },
+    /// Change running containers' limits
+    Update {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Memory limit in bytes
+        #[arg(long)]
+        memory: Option<i64>,
+        #[arg(long)]
+        cpu_shares: Option<i64>,
+        #[arg(long)]
+        cpu_quota: Option<i64>,
+        #[arg(long)]
+        cpu_period: Option<i64>,
+        #[arg(long)]
+        cpuset_cpus: Option<String>,
+        #[arg(long)]
+        cpuset_mems: Option<String>,
+    },
     /// Remove pod sandboxes
     Rmp {
         ids: Vec<String>,
@@ -148,12 +259,29 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `exec` passes the command's own status through, quietly.
+        Err(e) if e.downcast_ref::<ExitWith>().is_some() => {
+            let code = e.downcast_ref::<ExitWith>().map_or(1, |c| c.0);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Err(e) => {
             eprintln!("stratactl: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
 }
+
+/// A command's exit status that stratactl exits with (for `exec`).
+#[derive(Debug)]
+struct ExitWith(i32);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
 
 /// The whole error chain on one line, without repeating a cause already in its parent.
 fn one_line(error: &anyhow::Error) -> String {
@@ -281,6 +409,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inspectp { ids } => pods::inspect(&client, cli.output, &ids).await,
         Command::Stopp { ids } => pods::stop(&client, &ids).await,
         Command::Rmp { ids, force, all } => pods::remove(&client, &ids, force, all).await,
+        Command::Create {
+            pod,
+            container_config,
+            pod_config,
+        } => containers::create(&client, &pod, &container_config, &pod_config).await,
+        Command::Start { ids } => containers::start(&client, &ids).await,
+        Command::Run {
+            container_config,
+            pod_config,
+            no_pull,
+        } => containers::run(&client, &container_config, &pod_config, no_pull).await,
+        Command::Ps {
+            all,
+            quiet,
+            id,
+            pod,
+            state,
+            label,
+            name,
+        } => {
+            let options = containers::PsOptions {
+                all,
+                quiet,
+                id,
+                pod,
+                state,
+                labels: label,
+                name,
+            };
+            containers::ps(&client, cli.output, options).await
+        }
+        Command::Inspect { ids } => containers::inspect(&client, cli.output, &ids).await,
+        Command::Stop { ids, grace } => containers::stop(&client, &ids, grace).await,
+        Command::Rm { ids, force, all } => containers::remove(&client, &ids, force, all).await,
+        Command::Logs {
+            id,
+            follow,
+            tail,
+            timestamps,
+        } => containers::logs(&client, &id, follow, tail, timestamps).await,
+        Command::Exec {
+            exec_timeout,
+            id,
+            cmd,
+        } => {
+            let code = containers::exec(&client, &id, &cmd, exec_timeout).await?;
+            if code != 0 {
+                return Err(ExitWith(code).into());
+            }
+            Ok(())
+        }
+        Command::Stats { id } => containers::stats(&client, cli.output, id).await,
+        Command::Statsp { id } => containers::stats_pods(&client, cli.output, id).await,
+        Command::Update {
+            ids,
+            memory,
+            cpu_shares,
+            cpu_quota,
+            cpu_period,
+            cpuset_cpus,
+            cpuset_mems,
+        } => {
+            let options = containers::UpdateOptions {
+                memory,
+                cpu_shares,
+                cpu_quota,
+                cpu_period,
+                cpuset_cpus,
+                cpuset_mems,
+            };
+            containers::update(&client, &ids, options).await
+        }
     }
 }
 
