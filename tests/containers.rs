@@ -458,7 +458,7 @@ async fn containers_of_a_pod_share_loopback_and_namespaces() {
         .await
         .unwrap();
     let (lines, st) = env
-        .run(&pod, "client", "for i in $(seq 1 100); do echo over-loopback | nc 127.0.0.1 9090 && exit 0; sleep 0.05; done; exit 1")
+        .run(&pod, "client", "echo via-shm > /dev/shm/note; for i in $(seq 1 100); do echo over-loopback | nc 127.0.0.1 9090 && exit 0; sleep 0.05; done; exit 1")
         .await;
     assert_eq!(st.exit_code, 0, "the client never connected: {lines:?}");
     let server = env.wait_exit(&listener).await;
@@ -470,6 +470,9 @@ async fn containers_of_a_pod_share_loopback_and_namespaces() {
         let expected = format!("{kind}:[{}]", ns_inode(&pins.join(pin)));
         assert!(log.contains(&expected), "{kind}: {expected} not in {log}");
     }
+    // /dev/shm is the pod's: what one container wrote, another reads.
+    let (shm, _) = env.run(&pod, "reader", "cat /dev/shm/note").await;
+    assert_eq!(shm, ["via-shm"]);
     env.rt
         .remove_pod_sandbox(RemovePodSandboxRequest {
             pod_sandbox_id: pod,
@@ -904,4 +907,197 @@ async fn stratactl_drives_containers_like_crictl() {
     assert!(d.ctl(["ps", "-q"]).ok().contains(&run_id));
     d.ctl(["rmp", "--all", "--force"]).ok();
     assert!(d.ctl(["ps", "-a", "-q"]).ok().trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_container_log_after_rotation() {
+    let mut env = env().await;
+    let pod = env.pod("rotate").await;
+    let image = env.image.clone();
+    let id = env
+        .create(
+            &pod,
+            container_config(
+                "ticker",
+                &image,
+                "while true; do echo tick; sleep 0.05; done",
+            ),
+        )
+        .await
+        .unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let log = std::path::PathBuf::from(env.status(&id).await.log_path);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotated = log.with_extension("1");
+    std::fs::rename(&log, &rotated).unwrap();
+    env.rt
+        .reopen_container_log(cri::ReopenContainerLogRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old_len = std::fs::metadata(&rotated).unwrap().len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        std::fs::metadata(&rotated).unwrap().len(),
+        old_len,
+        "the rotated file still grows"
+    );
+    let fresh = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        fresh.lines().count() >= 3 && fresh.lines().all(|l| l.ends_with(" stdout F tick")),
+        "{fresh}"
+    );
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let err = env
+        .rt
+        .reopen_container_log(cri::ReopenContainerLogRequest { container_id: id })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_context_mounts_and_hostile_mount_points() {
+    let mut env = env().await;
+    let pod = env.pod("secure").await;
+    let image = env.image.clone();
+    let host_dir = env.daemon.path("shared-ro");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    std::fs::write(host_dir.join("data"), "from-host\n").unwrap();
+
+    let mut config = container_config(
+        "locked",
+        &image,
+        "grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; cat /data/data; \
+         touch /data/x 2>/dev/null && echo data-writable || echo data-ro; \
+         touch /rootfile 2>/dev/null && echo root-writable || echo root-ro; \
+         head -c 1 /proc/kcore 2>/dev/null | wc -c; \
+         echo 1 > /proc/sys/kernel/hostname 2>/dev/null && echo sys-writable || echo sys-ro; pwd",
+    );
+    config.working_dir = "/work/dir".into();
+    config.mounts = vec![cri::Mount {
+        container_path: "/data".into(),
+        host_path: host_dir.to_str().unwrap().into(),
+        readonly: true,
+        ..Default::default()
+    }];
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            no_new_privs: true,
+            capabilities: Some(cri::Capability {
+                drop_capabilities: vec!["ALL".into()],
+                add_capabilities: vec!["CAP_CHOWN".into()],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    // A read-only rootfs cannot create the working directory: the image must have it.
+    config.working_dir = "/tmp".into();
+    let id = env.create(&pod, config).await.unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&id).await;
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    let out: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(
+        out[0].split_whitespace().collect::<Vec<_>>(),
+        ["CapEff:", "0000000000000001"],
+        "only CAP_CHOWN: {out:?}"
+    );
+    assert_eq!(
+        out[1].split_whitespace().collect::<Vec<_>>(),
+        ["NoNewPrivs:", "1"]
+    );
+    assert_eq!(
+        &out[2..],
+        ["from-host", "data-ro", "root-ro", "0", "sys-ro", "/tmp"],
+        "{log}"
+    );
+    assert!(!host_dir.join("x").exists());
+
+    // An image whose /proc and /dev/shm are symlinks out of the rootfs: mounts land inside.
+    let outside = env.daemon.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let hostile = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new()
+                .symlink("proc", outside.to_str().unwrap())
+                .finish(),
+            Compression::Gzip,
+        )
+        .build();
+    env._registry.push("ctr/hostile", "v1", &hostile).await;
+    let reference = env._registry.reference("ctr/hostile", "v1");
+    ImageServiceClient::new(env.daemon.channel().await)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let id = env
+        .create(
+            &pod,
+            container_config(
+                "hostile-img",
+                &reference,
+                "ls /proc/self/status >/dev/null && echo proc-ok",
+            ),
+        )
+        .await;
+    if let Ok(id) = id {
+        env.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .ok();
+        env.wait_exit(&id).await;
+    }
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "a mount escaped the rootfs"
+    );
+    let mounts = common::mounts_below(&outside);
+    assert!(mounts.is_empty(), "{mounts:?}");
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
 }

@@ -437,7 +437,8 @@ async fn bad_requests_are_refused_and_leave_nothing() {
             .count(),
         1
     );
-    assert_eq!(mounts_below(&daemon.state_dir).len(), 3);
+    // Its three namespaces and its /dev/shm.
+    assert_eq!(mounts_below(&daemon.state_dir).len(), 4);
     client
         .remove_pod_sandbox(RemovePodSandboxRequest {
             pod_sandbox_id: id.clone(),

@@ -328,6 +328,17 @@ fn mount_all(spec: &Spec, root: &Path) -> Result<()> {
             data_opt,
         )
         .map_err(ctx(|| format!("mounting {} on {}", source, m.destination)))?;
+        // `target` still names the directory under the new mount; what follows acts on the
+        // mount itself, so resolve the path again.
+        let mounted = rustix::fs::openat2(
+            rootdir_fd(&rootdir),
+            dest.strip_prefix("/").unwrap_or(dest),
+            OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        )
+        .map_err(ctx(|| format!("resolving mount {}", m.destination)))?;
+        let target_path = PathBuf::from(format!("/proc/self/fd/{}", mounted.as_raw_fd()));
         // A bind mount takes its read-only flag (and nosuid…) only on a remount.
         if is_bind
             && flags.intersects(
@@ -361,7 +372,7 @@ fn mount_all(spec: &Spec, root: &Path) -> Result<()> {
             .map_err(ctx(|| format!("setting propagation of {}", m.destination)))?;
         }
         if m.destination == "/dev" {
-            populate_dev(&root.join("dev"))?;
+            populate_dev(&target_path)?;
         }
     }
     Ok(())

@@ -9,6 +9,7 @@ use std::{
     fs::File,
     io::{Read, Write},
     os::fd::{AsFd, OwnedFd},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     process::ExitCode,
 };
@@ -173,6 +174,13 @@ fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> O
         Some((err, "stderr", Vec::new())),
     ];
     let mut sync = Some(sync);
+    // ReopenContainerLog writes to this FIFO; opened read-write so it never reads EOF.
+    let control = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(dir.join("control"))
+        .ok();
     let mut exec_error = None;
     let mut buf = vec![0u8; 64 << 10];
     while streams.iter().any(Option::is_some) || sync.is_some() {
@@ -188,6 +196,10 @@ fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> O
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             which.push(2);
         }
+        if let Some(file) = &control {
+            fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
+            which.push(3);
+        }
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
         }
@@ -199,8 +211,19 @@ fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> O
             .collect();
         drop(fds);
         for i in ready {
+            if i == 3 {
+                let mut requests = [0u8; 64];
+                let n = control
+                    .as_ref()
+                    .and_then(|mut f| f.read(&mut requests).ok())
+                    .unwrap_or(0);
+                if requests[..n].contains(&b'r') {
+                    log = CriLog::open(&spec.strata.log_path);
+                }
+                continue;
+            }
             if i == 2 {
-                let fd = sync.take().expect("polled");
+                let Some(fd) = sync.take() else { continue };
                 let mut text = String::new();
                 let _ = File::from(fd).read_to_string(&mut text);
                 if let Some(e) = text.lines().find_map(|l| l.strip_prefix("error: ")) {

@@ -236,9 +236,11 @@ pub fn resolve_user(
     })
 }
 
-/// The capabilities: a default set, or all when privileged; then the request's additions
-/// and drops ("ALL" allowed in both).
+/// The capabilities: a default set, or all when privileged; then "ALL" in drop empties it
+/// and "ALL" in add fills it, and the named additions and drops apply last (so the usual
+/// `drop: [ALL], add: [NET_BIND_SERVICE]` leaves exactly that one).
 pub fn capabilities(spec: &ContainerSpec) -> Result<Vec<String>, String> {
+    let is_all = |c: &String| c.eq_ignore_ascii_case("ALL") || c.eq_ignore_ascii_case("CAP_ALL");
     let mut set: Vec<String> = if spec.privileged {
         caps::all()
     } else {
@@ -247,35 +249,19 @@ pub fn capabilities(spec: &ContainerSpec) -> Result<Vec<String>, String> {
             .map(|s| s.to_string())
             .collect()
     };
-    if spec
-        .add_capabilities
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case("ALL"))
-    {
+    if spec.drop_capabilities.iter().any(is_all) {
+        set.clear();
+    }
+    if spec.add_capabilities.iter().any(is_all) {
         set = caps::all();
     }
-    for add in spec
-        .add_capabilities
-        .iter()
-        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
-    {
+    for add in spec.add_capabilities.iter().filter(|c| !is_all(c)) {
         let name = caps::canonical(add).ok_or_else(|| format!("unknown capability {add:?}"))?;
         if !set.contains(&name) {
             set.push(name);
         }
     }
-    if spec
-        .drop_capabilities
-        .iter()
-        .any(|c| c.eq_ignore_ascii_case("ALL"))
-    {
-        set.clear();
-    }
-    for drop in spec
-        .drop_capabilities
-        .iter()
-        .filter(|c| !c.eq_ignore_ascii_case("ALL"))
-    {
+    for drop in spec.drop_capabilities.iter().filter(|c| !is_all(c)) {
         let name = caps::canonical(drop).ok_or_else(|| format!("unknown capability {drop:?}"))?;
         set.retain(|c| *c != name);
     }
@@ -308,6 +294,30 @@ impl Layout {
     }
     pub fn started(&self) -> PathBuf {
         self.dir.join("started")
+    }
+    /// The monitor's control FIFO ("r": reopen the log).
+    pub fn control(&self) -> PathBuf {
+        self.dir.join("control")
+    }
+}
+
+/// /dev/shm: the pod's shared tmpfs, or the node's for a pod in the node's IPC namespace.
+fn shm_mount(sandbox: &Sandbox) -> Mount {
+    let source = sandbox
+        .shm
+        .as_ref()
+        .map_or_else(|| "/dev/shm".to_string(), |p| p.display().to_string());
+    Mount {
+        destination: "/dev/shm".into(),
+        kind: "bind".into(),
+        source,
+        options: vec![
+            "rbind".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            "noexec".into(),
+            "rprivate".into(),
+        ],
     }
 }
 
@@ -379,18 +389,7 @@ pub fn runtime_spec(
                 "gid=5".into(),
             ],
         },
-        Mount {
-            destination: "/dev/shm".into(),
-            kind: "tmpfs".into(),
-            source: "shm".into(),
-            options: vec![
-                "nosuid".into(),
-                "noexec".into(),
-                "nodev".into(),
-                "mode=1777".into(),
-                "size=65536k".into(),
-            ],
-        },
+        shm_mount(sandbox),
         Mount {
             destination: "/dev/mqueue".into(),
             kind: "mqueue".into(),
@@ -556,6 +555,9 @@ mod tests {
         s.drop_capabilities = vec!["ALL".into()];
         s.add_capabilities = vec![];
         assert!(capabilities(&s).unwrap().is_empty());
+        s.add_capabilities = vec!["NET_BIND_SERVICE".into()];
+        assert_eq!(capabilities(&s).unwrap(), ["CAP_NET_BIND_SERVICE"]);
+        s.add_capabilities = vec![];
         s.add_capabilities = vec!["CAP_BOGUS".into()];
         assert!(capabilities(&s).is_err());
     }

@@ -202,11 +202,10 @@ impl Runtime {
             source,
         })?;
         state::write_atomic(&config, &bytes).map_err(io_err("cannot write", &config))?;
-        nix::unistd::mkfifo(
-            &layout.fifo(),
-            nix::sys::stat::Mode::from_bits_truncate(0o600),
-        )
-        .map_err(|e| io_err("cannot create", &layout.fifo())(e.into()))?;
+        for fifo in [layout.fifo(), layout.control()] {
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|e| io_err("cannot create", &fifo)(e.into()))?;
+        }
         c.pid = Some(spawn_monitor(&layout.dir).await?);
         self.save_container(&c)?;
         Ok(c)
@@ -671,6 +670,24 @@ impl Runtime {
             .cgroup(&sandbox.cgroup)
             .map(|cg| cg.stats())
             .unwrap_or_default()
+    }
+
+    /// Asks the container's monitor to reopen the log file (after the kubelet rotated it).
+    pub async fn reopen_log(&self, id: &str) -> Result<()> {
+        let c = self.container(id).await?;
+        if c.state != ContainerState::Running {
+            return Err(Error::Precondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        }
+        let control = self.container_layout(&c.id).control();
+        let sent = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&control)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b"r"));
+        sent.map_err(|e| Error::Precondition(format!("container {}'s monitor is gone: {e}", c.id)))
     }
 
     /// Applies new limits to a container's cgroup.

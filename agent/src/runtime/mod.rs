@@ -225,6 +225,7 @@ impl Runtime {
             state: SandboxState::Ready,
             created_at: crate::image::now_nanos(),
             namespaces: BTreeMap::new(),
+            shm: None,
             spec,
         };
         match self.create(sandbox).await {
@@ -293,6 +294,11 @@ impl Runtime {
                 .map(|k| (k.to_string(), ns_dir.join(k)))
                 .collect();
             attempt!(pin_namespaces(&ns_dir, &hostname, &kinds).await);
+        }
+        if sandbox.spec.ipc != NamespaceMode::Node {
+            let shm = self.pins.join(&sandbox.id).join("shm");
+            sandbox.shm = Some(shm.clone());
+            attempt!(mount_shm(&shm));
         }
         attempt!(self.save(&sandbox));
         Ok(sandbox)
@@ -491,8 +497,29 @@ async fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[&str]) -> Result<()
     Ok(())
 }
 
-/// Unmounts and removes a pod's pinned namespaces; missing ones are fine.
+/// The pod's /dev/shm: a tmpfs of 64 MiB, like the default of other runtimes.
+fn mount_shm(path: &Path) -> Result<()> {
+    use nix::mount::{MsFlags, mount};
+    std::fs::create_dir_all(path).map_err(io_err("cannot create", path))?;
+    mount(
+        Some("shm"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(|e| io_err("cannot mount a tmpfs on", path)(e.into()))
+}
+
+/// Unmounts and removes a pod's pinned namespaces and /dev/shm; missing ones are fine.
 fn release_pins(pod_pins: &Path) {
+    let shm = pod_pins.join("shm");
+    if is_mount_point(&shm)
+        && let Err(e) = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH)
+    {
+        tracing::warn!(path = %shm.display(), error = %e, "cannot release the pod's /dev/shm");
+    }
+    let _ = std::fs::remove_dir(&shm);
     let ns_dir = pod_pins.join("ns");
     for kind in ["net", "ipc", "uts"] {
         let file = ns_dir.join(kind);

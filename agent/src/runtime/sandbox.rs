@@ -74,6 +74,9 @@ pub struct Sandbox {
     pub cgroup: String,
     /// Namespaces pinned for the pod (`net`, `ipc`, `uts`), by kind → file.
     pub namespaces: BTreeMap<String, std::path::PathBuf>,
+    /// The pod's /dev/shm (a tmpfs its containers share), unless it uses the node's IPC.
+    #[serde(default)]
+    pub shm: Option<std::path::PathBuf>,
 }
 
 /// `/etc/hosts` for the pod.

@@ -561,6 +561,17 @@ impl RuntimeService for Runtime {
         Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
     }
 
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        self.ctx
+            .runtime
+            .reopen_log(&request.into_inner().container_id)
+            .await?;
+        Ok(Response::new(cri::ReopenContainerLogResponse {}))
+    }
+
     async fn update_container_resources(
         &self,
         request: Request<cri::UpdateContainerResourcesRequest>,
