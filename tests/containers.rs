@@ -1101,3 +1101,67 @@ async fn security_context_mounts_and_hostile_mount_points() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_score_adj_is_applied_or_left_when_the_host_refuses() {
+    let mut env = env().await;
+    let pod = env.pod("oomadj").await;
+    let image = env.image.clone();
+    let inherited = std::fs::read_to_string("/proc/self/oom_score_adj")
+        .unwrap()
+        .trim()
+        .parse::<i64>()
+        .unwrap();
+    for (name, adj) in [("raise", (inherited + 100).min(1000)), ("lower", -999)] {
+        let mut config = container_config(name, &image, "cat /proc/self/oom_score_adj");
+        config.linux = Some(cri::LinuxContainerConfig {
+            resources: Some(cri::LinuxContainerResources {
+                oom_score_adj: adj,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let id = env.create(&pod, config).await.unwrap();
+        env.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        let st = env.wait_exit(&id).await;
+        assert_eq!(st.exit_code, 0, "{st:?}");
+        let log = std::fs::read_to_string(&st.log_path).unwrap();
+        let seen: i64 = log
+            .lines()
+            .find_map(|l| {
+                l.split_once(" stdout F ")
+                    .map(|(_, t)| t.trim().parse().unwrap())
+            })
+            .unwrap();
+        // Raising always works; lowering only where root has CAP_SYS_RESOURCE, and where it
+        // has not, the container still runs with the inherited value.
+        if name == "raise" {
+            assert_eq!(seen, adj);
+        } else {
+            assert!(seen == adj || seen == inherited, "{seen}");
+        }
+    }
+    let mut bad = container_config("badadj", &image, "true");
+    bad.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            oom_score_adj: 5000,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(
+        env.create(&pod, bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

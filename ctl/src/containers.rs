@@ -244,25 +244,9 @@ pub async fn inspect(client: &Client, format: Format, ids: &[String]) -> anyhow:
                 }),
             )
             .await?;
-        let mut doc = serde_json::Map::new();
-        doc.insert("status".into(), serde_json::to_value(&status.status)?);
-        for (key, value) in status.info {
-            let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
-            doc.insert(key, value);
-        }
-        docs.push(serde_json::Value::Object(doc));
+        docs.push(output::inspection(&status.status, status.info)?);
     }
-    let value = if docs.len() == 1 {
-        docs.remove(0)
-    } else {
-        serde_json::Value::Array(docs)
-    };
-    let format = if format == Format::Yaml {
-        Format::Yaml
-    } else {
-        Format::Json
-    };
-    output::print_structured(format, &value)
+    output::print_inspections(format, docs)
 }
 
 pub async fn stop(client: &Client, ids: &[String], timeout: i64) -> anyhow::Result<()> {

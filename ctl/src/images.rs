@@ -234,26 +234,9 @@ pub async fn inspect(client: &Client, format: Format, images: &[String]) -> anyh
         let Some(found) = status.image else {
             anyhow::bail!("inspecti: no such image {image:?}");
         };
-        let mut doc = serde_json::Map::new();
-        doc.insert("status".into(), serde_json::to_value(found)?);
-        for (key, value) in status.info {
-            let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
-            doc.insert(key, value);
-        }
-        docs.push(serde_json::Value::Object(doc));
+        docs.push(output::inspection(&found, status.info)?);
     }
-    let value = if docs.len() == 1 {
-        docs.remove(0)
-    } else {
-        serde_json::Value::Array(docs)
-    };
-    // Like crictl, an inspection is a document: JSON unless YAML is asked for.
-    let format = if format == Format::Yaml {
-        Format::Yaml
-    } else {
-        Format::Json
-    };
-    output::print_structured(format, &value)
+    output::print_inspections(format, docs)
 }
 
 pub async fn remove(

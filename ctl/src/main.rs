@@ -2,6 +2,7 @@
 
 #![deny(unsafe_code)]
 
+mod bench;
 mod containers;
 mod images;
 mod output;
@@ -233,6 +234,24 @@ enum Command {
         #[arg(long)]
         cpuset_mems: Option<String>,
     },
+    /// Benchmark the endpoint's pod and container lifecycle (any CRI runtime)
+    Bench {
+        /// Image for the containers (must already be on the node)
+        #[arg(long)]
+        image: String,
+        /// Rounds of run/create/start/stop/remove for the latency figures
+        #[arg(long, default_value = "20")]
+        iterations: usize,
+        /// Pods (one container each) started back to back
+        #[arg(long, default_value = "50")]
+        pods: usize,
+        /// The daemon's pid, to report its memory
+        #[arg(long)]
+        daemon_pid: Option<u32>,
+        /// A string in the command line of the runtime's per-container helpers
+        #[arg(long)]
+        helper_match: Option<String>,
+    },
     /// Remove pod sandboxes
     Rmp {
         ids: Vec<String>,
@@ -415,6 +434,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pod_config,
         } => containers::create(&client, &pod, &container_config, &pod_config).await,
         Command::Start { ids } => containers::start(&client, &ids).await,
+        Command::Bench {
+            image,
+            iterations,
+            pods,
+            daemon_pid,
+            helper_match,
+        } => {
+            let options = bench::Options {
+                image,
+                iterations,
+                pods,
+                daemon_pid,
+                helper_match,
+            };
+            bench::run(&client, options).await
+        }
         Command::Run {
             container_config,
             pod_config,

@@ -20,6 +20,37 @@ pub fn print_structured<T: Serialize>(format: Format, value: &T) -> anyhow::Resu
     Ok(())
 }
 
+/// An inspection document like crictl's: `status`, then each verbose info entry as the
+/// JSON it holds (or as a string when it holds none).
+pub fn inspection<T: Serialize>(
+    status: &T,
+    info: std::collections::HashMap<String, String>,
+) -> anyhow::Result<serde_json::Value> {
+    let mut doc = serde_json::Map::new();
+    doc.insert("status".into(), serde_json::to_value(status)?);
+    for (key, value) in info {
+        let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
+        doc.insert(key, value);
+    }
+    Ok(serde_json::Value::Object(doc))
+}
+
+/// Prints inspection documents: one as itself, several as an array; YAML if asked, else
+/// JSON (an inspection has no table form).
+pub fn print_inspections(format: Format, mut docs: Vec<serde_json::Value>) -> anyhow::Result<()> {
+    let value = if docs.len() == 1 {
+        docs.remove(0)
+    } else {
+        serde_json::Value::Array(docs)
+    };
+    let format = if format == Format::Yaml {
+        Format::Yaml
+    } else {
+        Format::Json
+    };
+    print_structured(format, &value)
+}
+
 /// Columns padded to their widest cell, separated by three spaces, like crictl's tables.
 #[derive(Debug, Default)]
 pub struct Table {

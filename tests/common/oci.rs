@@ -276,6 +276,7 @@ pub struct ImageBuilder {
     architecture: Option<String>,
     diff_ids: Option<Vec<String>>,
     label: Option<String>,
+    cmd: Option<Vec<String>>,
 }
 
 impl ImageBuilder {
@@ -310,6 +311,12 @@ impl ImageBuilder {
         self
     }
 
+    /// The config's Cmd (default `/bin/sh`).
+    pub fn cmd(mut self, cmd: &[&str]) -> Self {
+        self.cmd = Some(cmd.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
     /// Lies about the layers' diff_ids in the config.
     pub fn diff_ids(mut self, diff_ids: Vec<String>) -> Self {
         self.diff_ids = Some(diff_ids);
@@ -332,7 +339,7 @@ impl ImageBuilder {
             "config": {
                 "User": self.user.unwrap_or_default(),
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": ["/bin/sh"],
+                "Cmd": self.cmd.clone().unwrap_or_else(|| vec!["/bin/sh".to_string()]),
                 "Labels": {"test": self.label.unwrap_or_default()},
             },
             "rootfs": {"type": "layers", "diff_ids": diff_ids},

@@ -146,11 +146,23 @@ fn setup_and_exec(
         .map_err(ctx(|| "acknowledging start".into()))?;
     drop(start);
     drop(fifo);
+    set_oom_score_adj(spec, &mut *sync);
     become_container_user(spec)?;
     close_other_fds(&[sync.as_raw_fd()])?;
 
     let err = nix::unistd::execve(&exe, &args, &env).unwrap_err();
     Err(format!("exec {}: {err}", spec.process.args[0]))
+}
+
+/// Applies the OOM score adjustment. Lowering it needs CAP_SYS_RESOURCE, which some hosts'
+/// root lacks: then the inherited value stays and the monitor is told; the start goes on.
+fn set_oom_score_adj(spec: &Spec, sync: &mut File) {
+    let Some(adj) = spec.process.oom_score_adj else {
+        return;
+    };
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
+        let _ = writeln!(sync, "warning: oom_score_adj {adj} not applied: {e}");
+    }
 }
 
 /// The container's user, groups, capabilities and no_new_privs.

@@ -226,6 +226,9 @@ fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> O
                 let Some(fd) = sync.take() else { continue };
                 let mut text = String::new();
                 let _ = File::from(fd).read_to_string(&mut text);
+                for warning in text.lines().filter_map(|l| l.strip_prefix("warning: ")) {
+                    eprintln!("stratad monitor: {warning}");
+                }
                 if let Some(e) = text.lines().find_map(|l| l.strip_prefix("error: ")) {
                     exec_error = Some(e.to_string());
                 } else {

@@ -60,6 +60,9 @@ pub struct ContainerSpec {
     pub masked_paths: Option<Vec<String>>,
     pub readonly_paths: Option<Vec<String>>,
     pub pid: NamespaceMode,
+    /// CRI's oom_score_adj (0 means "not set").
+    #[serde(default)]
+    pub oom_score_adj: i64,
     #[serde(skip)]
     pub resources: cgroup::Resources,
 }
@@ -458,6 +461,7 @@ pub fn runtime_spec(
                 permitted: capabilities,
             },
             no_new_privileges: spec.no_new_privs,
+            oom_score_adj: (spec.oom_score_adj != 0).then_some(spec.oom_score_adj),
         },
         root: Root {
             path: layout.rootfs(),

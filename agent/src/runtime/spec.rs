@@ -28,6 +28,9 @@ pub struct Process {
     pub user: User,
     pub capabilities: Capabilities,
     pub no_new_privileges: bool,
+    /// Written to /proc/self/oom_score_adj before exec, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

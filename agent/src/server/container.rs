@@ -30,6 +30,17 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         return Err(Status::invalid_argument("container metadata has no name"));
     }
     let image = config.image.map(|i| i.image).unwrap_or_default();
+    if let Some(adj) = config
+        .linux
+        .as_ref()
+        .and_then(|l| l.resources.as_ref())
+        .map(|r| r.oom_score_adj)
+        && !(-1000..=1000).contains(&adj)
+    {
+        return Err(Status::invalid_argument(format!(
+            "oom_score_adj {adj} is outside -1000..1000"
+        )));
+    }
     if image.is_empty() {
         return Err(Status::invalid_argument("container config names no image"));
     }
@@ -87,6 +98,7 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         masked_paths: (!security.masked_paths.is_empty()).then_some(security.masked_paths),
         readonly_paths: (!security.readonly_paths.is_empty()).then_some(security.readonly_paths),
         pid: ns_mode(ns.pid),
+        oom_score_adj: linux.resources.as_ref().map_or(0, |r| r.oom_score_adj),
         resources: linux
             .resources
             .map(super::runtime::resources)
