@@ -1165,3 +1165,55 @@ async fn oom_score_adj_is_applied_or_left_when_the_host_refuses() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_pid_namespace_sees_the_target() {
+    let mut env = env().await;
+    let pod = env.pod("debug").await;
+    let image = env.image.clone();
+    let target = env
+        .create(&pod, container_config("app", &image, "exec sleep 1000"))
+        .await
+        .unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: target.clone(),
+        })
+        .await
+        .unwrap();
+    let mut debug = container_config(
+        "debugger",
+        &image,
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo",
+    );
+    debug.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Target as i32,
+                target_id: target.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env.create(&pod, debug).await.unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&id).await;
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    assert!(
+        log.contains(" stdout F sleep 1000"),
+        "the target's init is PID 1: {log}"
+    );
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

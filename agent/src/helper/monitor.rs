@@ -79,13 +79,18 @@ fn monitor(dir: &Path) -> Result<(), String> {
     let (err_r, err_w) = pipe()?;
     let (sync_r, sync_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    if spec
-        .linux
-        .namespaces
-        .iter()
-        .any(|n| n.kind == "pid" && n.path.is_none())
-    {
-        unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(pid): {e}"))?;
+    // The PID namespace applies to the children forked after this: the init.
+    match spec.linux.namespaces.iter().find(|n| n.kind == "pid") {
+        Some(ns) => match &ns.path {
+            None => unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(pid): {e}"))?,
+            Some(path) => {
+                let file =
+                    File::open(path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+                nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWPID)
+                    .map_err(|e| format!("joining the PID namespace {}: {e}", path.display()))?;
+            }
+        },
+        None => {}
     }
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {

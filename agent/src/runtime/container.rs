@@ -60,6 +60,9 @@ pub struct ContainerSpec {
     pub masked_paths: Option<Vec<String>>,
     pub readonly_paths: Option<Vec<String>>,
     pub pid: NamespaceMode,
+    /// The container whose PID namespace a TARGET-mode container joins.
+    #[serde(default)]
+    pub target_id: String,
     /// CRI's oom_score_adj (0 means "not set").
     #[serde(default)]
     pub oom_score_adj: i64,
@@ -333,6 +336,7 @@ pub fn runtime_spec(
     layout: &Layout,
     cgroup_root: &Path,
     cgroup_version: u8,
+    pid_target: Option<u32>,
 ) -> Result<Spec, String> {
     let spec = &container.spec;
     let args = command_line(spec, image);
@@ -353,12 +357,21 @@ pub fn runtime_spec(
         }
     }
     // A PID namespace shared by the pod needs a process to hold it; until strata has
-    // one, POD gets a namespace per container, like CONTAINER. NODE shares the host's.
-    if spec.pid != NamespaceMode::Node {
-        namespaces.push(Namespace {
+    // one, POD gets a namespace per container, like CONTAINER. NODE shares the host's;
+    // TARGET joins another container's (resolved by the runtime into `pid_target`).
+    match (spec.pid, pid_target) {
+        (NamespaceMode::Node, _) => {}
+        (NamespaceMode::Target, Some(pid)) => namespaces.push(Namespace {
+            kind: "pid".into(),
+            path: Some(PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+        }),
+        (NamespaceMode::Target, None) => {
+            return Err("PID namespace TARGET without a running target".into());
+        }
+        _ => namespaces.push(Namespace {
             kind: "pid".into(),
             path: None,
-        });
+        }),
     }
     let sys_options = if spec.privileged { "rw" } else { "ro" };
     let mut mounts = vec![

@@ -91,6 +91,7 @@ impl Runtime {
             )));
         }
         spec.resources.validate()?;
+        let pid_target = self.pid_target(&spec, &sandbox.id).await?;
         let mut containers = self.containers.lock().await;
         if let Some(other) = containers.values().find(|c| {
             c.pod_id == sandbox.id && c.spec.name == spec.name && c.spec.attempt == spec.attempt
@@ -137,7 +138,7 @@ impl Runtime {
             spec,
         };
         match self
-            .build_container(container, &sandbox, &image, &layout)
+            .build_container(container, &sandbox, &image, &layout, pid_target)
             .await
         {
             Ok(c) => {
@@ -157,6 +158,7 @@ impl Runtime {
         sandbox: &super::Sandbox,
         image: &ImageRoot,
         layout: &Layout,
+        pid_target: Option<u32>,
     ) -> Result<Container> {
         for m in &c.spec.mounts {
             if !Path::new(&m.host_path).exists() {
@@ -173,6 +175,7 @@ impl Runtime {
             layout,
             &self.cgroup_root,
             self.cgroups.version(),
+            pid_target,
         )
         .map_err(|reason| Error::Invalid {
             what: "container config".into(),
@@ -670,6 +673,28 @@ impl Runtime {
             .cgroup(&sandbox.cgroup)
             .map(|cg| cg.stats())
             .unwrap_or_default()
+    }
+
+    /// For a TARGET-mode container: the pid of its target's init, which must be a running
+    /// container of the same pod.
+    async fn pid_target(&self, spec: &ContainerSpec, pod_id: &str) -> Result<Option<u32>> {
+        if spec.pid != super::sandbox::NamespaceMode::Target {
+            return Ok(None);
+        }
+        let target = self
+            .container(&spec.target_id)
+            .await
+            .map_err(|_| Error::Invalid {
+                what: "PID namespace target".into(),
+                reason: format!("no container {:?}", spec.target_id),
+            })?;
+        match (target.pod_id == pod_id, target.state, target.pid) {
+            (true, ContainerState::Running, Some(pid)) => Ok(Some(pid)),
+            _ => Err(Error::Precondition(format!(
+                "PID namespace target {} must be a running container of the same pod",
+                target.id
+            ))),
+        }
     }
 
     /// Asks the container's monitor to reopen the log file (after the kubelet rotated it).

@@ -48,9 +48,9 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
     let security = linux.security_context.unwrap_or_default();
     let caps = security.capabilities.unwrap_or_default();
     let ns = security.namespace_options.unwrap_or_default();
-    if ns_mode(ns.pid) == NamespaceMode::Target {
+    if ns_mode(ns.pid) == NamespaceMode::Target && ns.target_id.is_empty() {
         return Err(Status::invalid_argument(
-            "PID namespace mode TARGET is not supported yet",
+            "PID namespace mode TARGET needs a target_id",
         ));
     }
     Ok(ContainerSpec {
@@ -98,6 +98,7 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         masked_paths: (!security.masked_paths.is_empty()).then_some(security.masked_paths),
         readonly_paths: (!security.readonly_paths.is_empty()).then_some(security.readonly_paths),
         pid: ns_mode(ns.pid),
+        target_id: ns.target_id.clone(),
         oom_score_adj: linux.resources.as_ref().map_or(0, |r| r.oom_score_adj),
         resources: linux
             .resources
