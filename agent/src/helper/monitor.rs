@@ -80,8 +80,8 @@ fn monitor(dir: &Path) -> Result<(), String> {
     let (sync_r, sync_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
     // The PID namespace applies to the children forked after this: the init.
-    match spec.linux.namespaces.iter().find(|n| n.kind == "pid") {
-        Some(ns) => match &ns.path {
+    if let Some(ns) = spec.linux.namespaces.iter().find(|n| n.kind == "pid") {
+        match &ns.path {
             None => unshare(CloneFlags::CLONE_NEWPID).map_err(|e| format!("unshare(pid): {e}"))?,
             Some(path) => {
                 let file =
@@ -89,8 +89,7 @@ fn monitor(dir: &Path) -> Result<(), String> {
                 nix::sched::setns(file.as_fd(), CloneFlags::CLONE_NEWPID)
                     .map_err(|e| format!("joining the PID namespace {}: {e}", path.display()))?;
             }
-        },
-        None => {}
+        }
     }
     // SAFETY: the monitor is single-threaded, so the child may run arbitrary code.
     let child = match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
