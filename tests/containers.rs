@@ -94,6 +94,21 @@ fn container_config(name: &str, image: &str, script: &str) -> ContainerConfig {
             key: "GREETING".into(),
             value: "hello".into(),
         }],
+        // As the kubelet asks for every container of a pod that does not share processes.
+        linux: Some(pid_mode(cri::NamespaceMode::Container)),
+        ..Default::default()
+    }
+}
+
+fn pid_mode(mode: cri::NamespaceMode) -> cri::LinuxContainerConfig {
+    cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: mode as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -1209,6 +1224,78 @@ async fn a_target_pid_namespace_sees_the_target() {
     assert!(
         log.contains(" stdout F sleep 1000"),
         "the target's init is PID 1: {log}"
+    );
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_shares_one_pid_namespace_when_asked() {
+    let mut env = env().await;
+    // The pod's PID mode is POD (CRI's default): its containers in POD mode share one.
+    let pod = env.pod("sharing").await;
+    let image = env.image.clone();
+    let mut first = container_config("first", &image, "exec sleep 1000");
+    first.linux = Some(pid_mode(cri::NamespaceMode::Pod));
+    let first = env.create(&pod, first).await.unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: first.clone(),
+        })
+        .await
+        .unwrap();
+    let mut second = container_config(
+        "second",
+        &image,
+        "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo",
+    );
+    second.linux = Some(pid_mode(cri::NamespaceMode::Pod));
+    let second = env.create(&pod, second).await.unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: second.clone(),
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&second).await;
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    let out: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
+        .collect();
+    assert!(
+        out[0].contains("__pidns"),
+        "PID 1 is the pod's holder: {out:?}"
+    );
+    assert!(
+        out[1].contains("sleep 1000"),
+        "the other container's process is visible: {out:?}"
+    );
+
+    // Stopping the pod ends the namespace: the holder and the sleeper are gone.
+    env.rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    let pins = env.daemon.state_dir.join("sandboxes").join(&pod);
+    let holders = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*pins.to_string_lossy()))
+        })
+        .count();
+    assert_eq!(holders, 0, "the PID namespace holder outlived the pod");
+    assert_eq!(
+        env.status(&first).await.state,
+        cri::ContainerState::ContainerExited as i32
     );
     env.rt
         .remove_pod_sandbox(RemovePodSandboxRequest {

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         Some(helper::PINNS) => return helper::pinns(&args[2..]),
         Some(helper::monitor::MONITOR) => return helper::monitor::main(&args[2..]),
         Some(helper::exec::EXEC) => return helper::exec::main(&args[2..]),
+        Some(helper::pidns::PIDNS) => return helper::pidns::main(&args[2..]),
         _ => {}
     }
     let cli = Cli::parse();

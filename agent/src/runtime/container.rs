@@ -356,9 +356,9 @@ pub fn runtime_spec(
             });
         }
     }
-    // A PID namespace shared by the pod needs a process to hold it; until strata has
-    // one, POD gets a namespace per container, like CONTAINER. NODE shares the host's;
-    // TARGET joins another container's (resolved by the runtime into `pid_target`).
+    // POD joins the pod's shared PID namespace (held by `stratad __pidns`) when the pod
+    // has one, CONTAINER gets its own, NODE shares the host's, TARGET joins another
+    // container's (resolved by the runtime into `pid_target`).
     match (spec.pid, pid_target) {
         (NamespaceMode::Node, _) => {}
         (NamespaceMode::Target, Some(pid)) => namespaces.push(Namespace {
@@ -368,6 +368,12 @@ pub fn runtime_spec(
         (NamespaceMode::Target, None) => {
             return Err("PID namespace TARGET without a running target".into());
         }
+        (NamespaceMode::Pod, _) if sandbox.pid_holder.is_some() => namespaces.push(Namespace {
+            kind: "pid".into(),
+            path: sandbox
+                .pid_holder
+                .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/pid"))),
+        }),
         _ => namespaces.push(Namespace {
             kind: "pid".into(),
             path: None,

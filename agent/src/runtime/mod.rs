@@ -226,6 +226,7 @@ impl Runtime {
             created_at: crate::image::now_nanos(),
             namespaces: BTreeMap::new(),
             shm: None,
+            pid_holder: None,
             spec,
         };
         match self.create(sandbox).await {
@@ -295,6 +296,11 @@ impl Runtime {
                 .collect();
             attempt!(pin_namespaces(&ns_dir, &hostname, &kinds).await);
         }
+        if sandbox.spec.pid == NamespaceMode::Pod {
+            let dir = self.pins.join(&sandbox.id);
+            attempt!(std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir)));
+            sandbox.pid_holder = Some(attempt!(spawn_pid_holder(&dir).await));
+        }
         if sandbox.spec.ipc != NamespaceMode::Node {
             let shm = self.pins.join(&sandbox.id).join("shm");
             sandbox.shm = Some(shm.clone());
@@ -306,6 +312,7 @@ impl Runtime {
 
     /// Removes everything a pod has on the machine; best effort, for failed creations.
     fn destroy(&self, sandbox: &Sandbox) {
+        stop_pid_holder(sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
         if let Ok(cg) = self.cgroups.cgroup(&sandbox.cgroup)
             && let Err(e) = cg.remove()
@@ -332,6 +339,7 @@ impl Runtime {
         }
         let mut sandboxes = self.sandboxes.lock().await;
         let sandbox = find_mut(&mut sandboxes, id)?;
+        stop_pid_holder(sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
         if sandbox.state != SandboxState::NotReady {
             let mut stopped = sandbox.clone();
@@ -357,6 +365,7 @@ impl Runtime {
             return Ok(());
         };
         let sandbox = sandbox.clone();
+        stop_pid_holder(&sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
         self.cgroups.cgroup(&sandbox.cgroup)?.remove()?;
         let dir = self.sandbox_dir(&sandbox.id);
@@ -495,6 +504,46 @@ async fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[&str]) -> Result<()
         }));
     }
     Ok(())
+}
+
+/// Starts `stratad __pidns DIR` and returns the holder's pid.
+async fn spawn_pid_holder(dir: &Path) -> Result<u32> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?;
+    let output = tokio::process::Command::new(exe)
+        .arg(crate::helper::pidns::PIDNS)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .output()
+        .await
+        .map_err(|e| Error::Namespaces(format!("running the PID namespace holder: {e}")))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.trim().parse().map_err(|_| {
+        Error::Namespaces(format!(
+            "the PID namespace holder failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    })
+}
+
+/// Ends a pod's shared PID namespace (and whatever is left in it) by killing its holder,
+/// after checking through a pidfd that the pid is still that holder.
+fn stop_pid_holder(sandbox: &Sandbox, dir: &Path) {
+    let Some(pid) = sandbox.pid_holder else {
+        return;
+    };
+    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
+    if ours {
+        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
+    }
 }
 
 /// The pod's /dev/shm: a tmpfs of 64 MiB, like the default of other runtimes.

@@ -77,6 +77,9 @@ pub struct Sandbox {
     /// The pod's /dev/shm (a tmpfs its containers share), unless it uses the node's IPC.
     #[serde(default)]
     pub shm: Option<std::path::PathBuf>,
+    /// The process holding the pod's shared PID namespace, for a pod in PID mode POD.
+    #[serde(default)]
+    pub pid_holder: Option<u32>,
 }
 
 /// `/etc/hosts` for the pod.
