@@ -1304,3 +1304,172 @@ async fn a_pod_shares_one_pid_namespace_when_asked() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_of_a_120_layer_image_and_the_init_layer_files() {
+    let mut env = env().await;
+    let mut builder = ImageBuilder::new().layer(busybox_layer(), Compression::Gzip);
+    for i in 1..120 {
+        builder = builder.layer(
+            LayerBuilder::new()
+                .file(
+                    &format!("layers/{i:03}"),
+                    format!("{i}\n").as_bytes(),
+                    0o644,
+                )
+                .finish(),
+            Compression::Gzip,
+        );
+    }
+    let tall = builder.build();
+    env._registry.push("ctr/tall", "v1", &tall).await;
+    let reference = env._registry.reference("ctr/tall", "v1");
+    ImageServiceClient::new(env.daemon.channel().await)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pod = env.pod("tall").await;
+    let id = env
+        .create(
+            &pod,
+            container_config(
+                "tall",
+                &reference,
+                "cat /layers/001 /layers/119; ls /layers | wc -l; cat /etc/resolv.conf /etc/hosts",
+            ),
+        )
+        .await
+        .unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&id).await;
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    let out: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
+        .collect();
+    assert_eq!(&out[..3], ["1", "119", "119"], "{log}");
+    let pod_dir = env.daemon.root.join("sandboxes").join(&pod);
+    let expected_resolv = std::fs::read_to_string(pod_dir.join("resolv.conf")).unwrap();
+    let expected_hosts = std::fs::read_to_string(pod_dir.join("hosts")).unwrap();
+    let rest = out[3..].join("\n") + "\n";
+    assert_eq!(
+        rest,
+        expected_resolv + &expected_hosts,
+        "/etc files come from the pod, through the init layer"
+    );
+
+    // Unknown ids and bad limits are refused, leaving nothing behind.
+    let err = env
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: "feedface".into(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = env
+        .rt
+        .stop_container(StopContainerRequest {
+            container_id: "feedface".into(),
+            timeout: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    env.rt
+        .remove_container(RemoveContainerRequest {
+            container_id: "feedface".into(),
+        })
+        .await
+        .unwrap();
+    let mut bad = container_config("bad-limits", &reference, "true");
+    bad.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: 1,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    assert_eq!(
+        env.create(&pod, bad).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        std::fs::read_dir(env.daemon.root.join("containers"))
+            .unwrap()
+            .count(),
+        1
+    );
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_privileged_container_has_every_capability_and_the_hosts_devices() {
+    let mut env = env().await;
+    let pod = env.pod("priv").await;
+    let image = env.image.clone();
+    let mut config = container_config(
+        "priv",
+        &image,
+        "grep CapEff /proc/self/status; test -e /dev/kmsg && echo host-devices; touch /sys/x 2>/dev/null; echo > /proc/sys/kernel/ns_last_pid 2>/dev/null; grep -c kcore /proc/mounts",
+    );
+    config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            privileged: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = env.create(&pod, config).await.unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&id).await;
+    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    let out: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
+        .collect();
+    let host_caps = std::fs::read_to_string("/proc/self/status").unwrap();
+    let host_eff = host_caps
+        .lines()
+        .find(|l| l.starts_with("CapEff"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        out[0].split_whitespace().nth(1),
+        Some(host_eff.as_str()),
+        "all of root's capabilities: {out:?}"
+    );
+    assert_eq!(out[1], "host-devices");
+    assert_eq!(out[2], "0", "nothing masked: {out:?}");
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -383,7 +383,7 @@ fn mount_all(spec: &Spec, root: &Path) -> Result<()> {
             )
             .map_err(ctx(|| format!("setting propagation of {}", m.destination)))?;
         }
-        if m.destination == "/dev" {
+        if m.destination == "/dev" && !is_bind {
             populate_dev(&target_path)?;
         }
     }
@@ -545,8 +545,13 @@ fn drop_privileges(spec: &Spec) -> Result<()> {
         Uid::from_raw(user.uid),
     )
     .map_err(ctx(|| format!("setuid {}", user.uid)))?;
-    let effective = capability_set(&spec.process.capabilities.effective)?;
-    let permitted = capability_set(&spec.process.capabilities.permitted)?;
+    // A process can only keep capabilities it has: on a host whose root lacks some (say
+    // CAP_SYS_RESOURCE), "all" means all of root's.
+    let held = rustix::thread::capabilities(None)
+        .map_err(ctx(|| "reading capabilities".into()))?
+        .permitted;
+    let effective = capability_set(&spec.process.capabilities.effective)? & held;
+    let permitted = capability_set(&spec.process.capabilities.permitted)? & held;
     if user.uid == 0 {
         rustix::thread::set_capabilities(
             None,

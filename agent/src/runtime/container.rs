@@ -307,6 +307,29 @@ impl Layout {
     }
 }
 
+/// /dev: a tmpfs with the standard nodes; a privileged container sees the host's devices.
+fn dev_mount(privileged: bool) -> Mount {
+    if privileged {
+        return Mount {
+            destination: "/dev".into(),
+            kind: "bind".into(),
+            source: "/dev".into(),
+            options: vec!["rbind".into(), "nosuid".into(), "rslave".into()],
+        };
+    }
+    Mount {
+        destination: "/dev".into(),
+        kind: "tmpfs".into(),
+        source: "tmpfs".into(),
+        options: vec![
+            "nosuid".into(),
+            "strictatime".into(),
+            "mode=755".into(),
+            "size=65536k".into(),
+        ],
+    }
+}
+
 /// /dev/shm: the pod's shared tmpfs, or the node's for a pod in the node's IPC namespace.
 fn shm_mount(sandbox: &Sandbox) -> Mount {
     let source = sandbox
@@ -387,17 +410,7 @@ pub fn runtime_spec(
             source: "proc".into(),
             options: vec!["nosuid".into(), "noexec".into(), "nodev".into()],
         },
-        Mount {
-            destination: "/dev".into(),
-            kind: "tmpfs".into(),
-            source: "tmpfs".into(),
-            options: vec![
-                "nosuid".into(),
-                "strictatime".into(),
-                "mode=755".into(),
-                "size=65536k".into(),
-            ],
-        },
+        dev_mount(spec.privileged),
         Mount {
             destination: "/dev/pts".into(),
             kind: "devpts".into(),
