@@ -795,7 +795,7 @@ async fn containers_outlive_a_daemon_restart_and_exits_are_recorded_meanwhile() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pids_limit_stops_a_fork_bomb() {
-    let mut env = env_with("pids_limit = 16\n").await;
+    let mut env = env_with("pids_limit = 16\n[rlimits]\nnofile = 4096\n").await;
     let pod = env.pod("bomb").await;
     // Bounded, so that even a missing limit cannot hurt the machine: 100 sleepers. `echo` is
     // a builtin, so the shell can still report once forks are refused.
@@ -803,10 +803,11 @@ async fn a_pids_limit_stops_a_fork_bomb() {
         .run(
             &pod,
             "bomb",
-            "(for i in $(seq 1 100); do sleep 30 & done) 2>/dev/null; echo survived",
+            "ulimit -n; (for i in $(seq 1 100); do sleep 30 & done) 2>/dev/null; echo survived",
         )
         .await;
-    assert_eq!(lines, ["survived"], "{st:?}");
+    // The configured rlimit, then the shell still standing after the refused forks.
+    assert_eq!(lines, ["4096", "survived"], "{st:?}");
     let cgroup = format!("{}/pod-{pod}/{}", env.daemon.cgroup_parent, st.id);
     let dirs = common::cgroup_dirs(&cgroup);
     let events = dirs

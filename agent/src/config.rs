@@ -15,6 +15,26 @@ pub const DEFAULT_CONFIG: &str = "/etc/strata/config.toml";
 pub const DEFAULT_ROOT: &str = "/var/lib/strata";
 pub const DEFAULT_STATE_DIR: &str = "/run/strata";
 
+/// The resource limits `[rlimits]` may set, as `RLIMIT_<NAME>` without the prefix.
+pub const RLIMIT_NAMES: &[&str] = &[
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("config file {path}: {source}")]
@@ -54,6 +74,8 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     cgroup_parent: Option<String>,
     pids_limit: Option<i64>,
+    #[serde(default)]
+    rlimits: BTreeMap<String, u64>,
     #[serde(default)]
     images: ImagesConfig,
     #[serde(default)]
@@ -122,6 +144,9 @@ pub struct Config {
     /// Most processes a container may have (0: no limit), as CRI-O's `pids_limit`: CRI
     /// itself has no field for it.
     pub pids_limit: i64,
+    /// Resource limits every container starts with (soft = hard), by lowercase name
+    /// (`nofile`, `nproc`, …). CRI has no field for them.
+    pub rlimits: BTreeMap<String, u64>,
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
 }
@@ -164,6 +189,7 @@ impl Config {
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             cgroup_parent: file.cgroup_parent.unwrap_or_else(|| "strata".to_string()),
             pids_limit: file.pids_limit.unwrap_or(0),
+            rlimits: file.rlimits,
             images: file.images,
             registries: file.registries,
         };
@@ -203,6 +229,15 @@ impl Config {
                 value: self.cgroup_parent.clone(),
                 reason: "must be a plain relative path like \"strata\"".into(),
             });
+        }
+        for name in self.rlimits.keys() {
+            if !RLIMIT_NAMES.contains(&name.as_str()) {
+                return Err(Error::Invalid {
+                    what: "rlimits",
+                    value: name.clone(),
+                    reason: format!("unknown limit (one of {})", RLIMIT_NAMES.join(", ")),
+                });
+            }
         }
         if self.pids_limit < 0 {
             return Err(Error::Invalid {
@@ -361,6 +396,10 @@ mod tests {
         assert!(err.to_string().contains("ftp://m"), "{err}");
         let err = load_text("[images]\nparallel = 2\n", Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("parallel"), "{err}");
+        let c = load_text("[rlimits]\nnofile = 4096\n", Overrides::default()).unwrap();
+        assert_eq!(c.rlimits["nofile"], 4096);
+        let err = load_text("[rlimits]\nfiles = 1\n", Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains("files"), "{err}");
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub async fn run(config: Config) -> Result<()> {
         &config.cgroup_parent,
     )?;
     runtime.set_pids_limit(config.pids_limit);
+    runtime.set_rlimits(&config.rlimits);
     // Layers that containers use are never garbage-collected, across restarts too.
     for (container, layers) in runtime.layers_in_use().await {
         images.pin_layers(

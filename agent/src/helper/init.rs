@@ -147,6 +147,7 @@ fn setup_and_exec(
     drop(start);
     drop(fifo);
     set_oom_score_adj(spec, &mut *sync);
+    set_rlimits(spec)?;
     become_container_user(spec)?;
     close_other_fds(&[sync.as_raw_fd()])?;
 
@@ -163,6 +164,41 @@ fn set_oom_score_adj(spec: &Spec, sync: &mut File) {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", adj.to_string()) {
         let _ = writeln!(sync, "warning: oom_score_adj {adj} not applied: {e}");
     }
+}
+
+/// The spec's resource limits, as root (raising a hard limit needs it).
+fn set_rlimits(spec: &Spec) -> Result<()> {
+    use rustix::process::{Resource, Rlimit};
+    for limit in &spec.process.rlimits {
+        let resource = match limit.kind.as_str() {
+            "RLIMIT_AS" => Resource::As,
+            "RLIMIT_CORE" => Resource::Core,
+            "RLIMIT_CPU" => Resource::Cpu,
+            "RLIMIT_DATA" => Resource::Data,
+            "RLIMIT_FSIZE" => Resource::Fsize,
+            "RLIMIT_LOCKS" => Resource::Locks,
+            "RLIMIT_MEMLOCK" => Resource::Memlock,
+            "RLIMIT_MSGQUEUE" => Resource::Msgqueue,
+            "RLIMIT_NICE" => Resource::Nice,
+            "RLIMIT_NOFILE" => Resource::Nofile,
+            "RLIMIT_NPROC" => Resource::Nproc,
+            "RLIMIT_RSS" => Resource::Rss,
+            "RLIMIT_RTPRIO" => Resource::Rtprio,
+            "RLIMIT_RTTIME" => Resource::Rttime,
+            "RLIMIT_SIGPENDING" => Resource::Sigpending,
+            "RLIMIT_STACK" => Resource::Stack,
+            other => return Err(format!("unknown resource limit {other}")),
+        };
+        rustix::process::setrlimit(
+            resource,
+            Rlimit {
+                current: Some(limit.soft),
+                maximum: Some(limit.hard),
+            },
+        )
+        .map_err(ctx(|| format!("setting {} to {}", limit.kind, limit.hard)))?;
+    }
+    Ok(())
 }
 
 /// The container's user, groups, capabilities and no_new_privs.

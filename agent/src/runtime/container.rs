@@ -493,6 +493,7 @@ pub fn runtime_spec(
                 permitted: capabilities,
             },
             no_new_privileges: spec.no_new_privs,
+            rlimits: Vec::new(),
             oom_score_adj: (spec.oom_score_adj != 0).then_some(spec.oom_score_adj),
         },
         root: Root {

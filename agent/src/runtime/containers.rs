@@ -168,7 +168,7 @@ impl Runtime {
                 });
             }
         }
-        let spec = container::runtime_spec(
+        let mut spec = container::runtime_spec(
             &c,
             sandbox,
             image,
@@ -181,6 +181,7 @@ impl Runtime {
             what: "container config".into(),
             reason,
         })?;
+        spec.process.rlimits = self.rlimits.clone();
         for dir in [
             layout.init(),
             layout.upper(),

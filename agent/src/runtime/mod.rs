@@ -90,6 +90,8 @@ pub struct Runtime {
     containers: tokio::sync::Mutex<BTreeMap<String, Container>>,
     /// Applied to every container that brings no pids limit of its own (0: none).
     pids_limit: i64,
+    /// Resource limits every container starts with.
+    rlimits: Vec<spec::Rlimit>,
 }
 
 impl Runtime {
@@ -170,11 +172,24 @@ impl Runtime {
             containers_dir,
             containers: tokio::sync::Mutex::new(containers),
             pids_limit: 0,
+            rlimits: Vec::new(),
         })
     }
 
     pub fn set_pids_limit(&mut self, limit: i64) {
         self.pids_limit = limit;
+    }
+
+    /// Limits by lowercase name (`nofile`), soft = hard.
+    pub fn set_rlimits(&mut self, limits: &BTreeMap<String, u64>) {
+        self.rlimits = limits
+            .iter()
+            .map(|(name, value)| spec::Rlimit {
+                kind: format!("RLIMIT_{}", name.to_ascii_uppercase()),
+                hard: *value,
+                soft: *value,
+            })
+            .collect();
     }
 
     pub fn pod_cgroup_exists(&self, sandbox: &Sandbox) -> bool {

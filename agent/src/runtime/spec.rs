@@ -28,9 +28,20 @@ pub struct Process {
     pub user: User,
     pub capabilities: Capabilities,
     pub no_new_privileges: bool,
+    #[serde(default)]
+    pub rlimits: Vec<Rlimit>,
     /// Written to /proc/self/oom_score_adj before exec, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i64>,
+}
+
+/// A resource limit, as the OCI spec writes it (`RLIMIT_NOFILE`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rlimit {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hard: u64,
+    pub soft: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
