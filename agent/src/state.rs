@@ -20,6 +20,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Removes a directory that holds a record (`state.json`): the record first, so a crash
+/// part-way leaves a directory without a record, which start-up recovery removes, never a
+/// record of something half gone. A missing directory is fine.
+pub fn remove_record_dir(dir: &Path) -> io::Result<()> {
+    match std::fs::remove_file(dir.join("state.json")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Makes a directory's entries (renames, creations) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -419,21 +419,6 @@ pub async fn exec(client: &Client, id: &str, cmd: &[String], timeout: i64) -> an
     Ok(response.exit_code)
 }
 
-fn human_bytes(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}{}", units[unit]).replace(".000", "")
-    }
-}
-
 pub async fn stats(client: &Client, format: Format, id: Option<String>) -> anyhow::Result<()> {
     let response = client
         .call(
@@ -469,8 +454,8 @@ pub async fn stats(client: &Client, format: Format, id: Option<String>) -> anyho
             attrs.id.chars().take(13).collect(),
             attrs.metadata.map(|m| m.name).unwrap_or_default(),
             format!("{:.2}", cpu as f64 / 1e9),
-            human_bytes(mem),
-            human_bytes(
+            output::human_size(mem),
+            output::human_size(
                 disk.and_then(|d| d.used_bytes.as_ref())
                     .map_or(0, |v| v.value),
             ),
@@ -515,7 +500,7 @@ pub async fn stats_pods(client: &Client, format: Format, id: Option<String>) -> 
                     .map_or(0, |v| v.value) as f64
                     / 1e9
             ),
-            human_bytes(
+            output::human_size(
                 linux
                     .memory
                     .and_then(|m| m.working_set_bytes)

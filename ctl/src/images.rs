@@ -137,22 +137,6 @@ fn short_id(id: &str) -> String {
     id.trim_start_matches("sha256:").chars().take(13).collect()
 }
 
-/// Sizes the way crictl prints them (decimal units).
-fn human_size(bytes: u64) -> String {
-    let units = ["B", "kB", "MB", "GB", "TB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1000.0 && unit + 1 < units.len() {
-        value /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.3}{}", units[unit]).replace(".000", "")
-    }
-}
-
 pub async fn list(
     client: &Client,
     format: Format,
@@ -211,7 +195,7 @@ pub async fn list(
             if digests {
                 row.push(digest.clone());
             }
-            row.extend([short_id(&image.id), human_size(image.size)]);
+            row.extend([short_id(&image.id), output::human_size(image.size)]);
             table.row(row);
         }
     }
@@ -346,7 +330,7 @@ pub async fn fs_info(client: &Client, format: Format) -> anyhow::Result<()> {
                     .as_ref()
                     .map(|f| f.mountpoint.clone())
                     .unwrap_or_default(),
-                human_size(fs.used_bytes.as_ref().map_or(0, |v| v.value)),
+                output::human_size(fs.used_bytes.as_ref().map_or(0, |v| v.value)),
                 fs.inodes_used.as_ref().map_or(0, |v| v.value).to_string(),
             ]);
         }
@@ -359,8 +343,8 @@ pub async fn fs_info(client: &Client, format: Format) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn sizes_print_like_crictl() {
-        assert_eq!(super::human_size(999), "999B");
-        assert_eq!(super::human_size(1_000), "1kB");
-        assert_eq!(super::human_size(1_234_567), "1.235MB");
+        assert_eq!(crate::output::human_size(999), "999B");
+        assert_eq!(crate::output::human_size(1_000), "1kB");
+        assert_eq!(crate::output::human_size(1_234_567), "1.235MB");
     }
 }

@@ -51,6 +51,22 @@ pub fn print_inspections(format: Format, mut docs: Vec<serde_json::Value>) -> an
     print_structured(format, &value)
 }
 
+/// Sizes the way crictl prints them (decimal units).
+pub fn human_size(bytes: u64) -> String {
+    let units = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < units.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.3}{}", units[unit]).replace(".000", "")
+    }
+}
+
 /// Columns padded to their widest cell, separated by three spaces, like crictl's tables.
 #[derive(Debug, Default)]
 pub struct Table {

@@ -336,14 +336,7 @@ impl Runtime {
         let c = self.stop_container(&c.id, Duration::ZERO).await?;
         self.cgroups.cgroup(&c.cgroup)?.remove()?;
         let dir = self.containers_dir.join(&c.id);
-        let record = dir.join("state.json");
-        match std::fs::remove_file(&record) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err("cannot remove", &record)(e));
-            }
-            _ => {}
-        }
-        std::fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
         self.containers.lock().await.remove(&c.id);
         Ok(())
     }

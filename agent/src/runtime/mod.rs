@@ -384,16 +384,7 @@ impl Runtime {
         release_pins(&self.pins.join(&sandbox.id));
         self.cgroups.cgroup(&sandbox.cgroup)?.remove()?;
         let dir = self.sandbox_dir(&sandbox.id);
-        // The record goes first, so a crash part-way leaves a half-removed pod that
-        // start-up finishes removing, not a record of a pod that is half gone.
-        let record = dir.join("state.json");
-        match std::fs::remove_file(&record) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io_err("cannot remove", &record)(e));
-            }
-            _ => {}
-        }
-        std::fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
         let _ = std::fs::remove_dir_all(self.pins.join(&sandbox.id));
         sandboxes.remove(&sandbox.id);
         Ok(())
