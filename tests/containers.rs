@@ -461,7 +461,7 @@ async fn containers_of_a_pod_share_loopback_and_namespaces() {
             container_config(
                 "server",
                 &image,
-                "for ns in net ipc uts; do readlink /proc/self/ns/$ns; done; nc -l -p 9090",
+                "for ns in net ipc uts; do readlink /proc/self/ns/$ns; done; nc -l -p 9090 -e sh -c 'read line; echo got-$line >&2'",
             ),
         )
         .await
@@ -478,7 +478,9 @@ async fn containers_of_a_pod_share_loopback_and_namespaces() {
     assert_eq!(st.exit_code, 0, "the client never connected: {lines:?}");
     let server = env.wait_exit(&listener).await;
     let log = std::fs::read_to_string(&server.log_path).unwrap();
-    assert!(log.contains(" stdout F over-loopback"), "{log}");
+    // Printed by the listener's `nc -e` helper on stderr (stdin at EOF would let a plain
+    // `nc -l` quit before it reads the socket).
+    assert!(log.contains(" stderr F got-over-loopback"), "{log}");
     // The containers' namespaces are the pod's pinned ones.
     let pins = env.daemon.state_dir.join("sandboxes").join(&pod).join("ns");
     for (kind, pin) in [("net", "net"), ("ipc", "ipc"), ("uts", "uts")] {
@@ -957,7 +959,15 @@ async fn reopen_container_log_after_rotation() {
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once lines reach the new file, the old one is closed for good.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log).map_or(0, |t| t.lines().count()) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing written to the reopened log"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let old_len = std::fs::metadata(&rotated).unwrap().len();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

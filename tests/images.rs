@@ -1368,3 +1368,108 @@ impl Drop for Mount {
             .status();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_history_and_disk_usage() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let base = busybox_layer();
+    let a = on_base(&base, "a");
+    let b = on_base(&base, "b");
+    registry.push("du/a", "v1", &a).await;
+    registry.push("du/b", "v1", &b).await;
+    pull(&daemon, &registry.reference("du/a", "v1"))
+        .await
+        .unwrap();
+    pull(&daemon, &registry.reference("du/b", "v1"))
+        .await
+        .unwrap();
+
+    // A new name, normalised; it moves when given to another image.
+    let out = daemon.ctl(["tag", &registry.reference("du/a", "v1"), "local/app:stable"]);
+    assert_eq!(
+        out.ok().trim(),
+        format!("docker.io/local/app:stable {}", a.id())
+    );
+    assert_eq!(
+        list(&daemon)
+            .await
+            .iter()
+            .find(|i| i.id == a.id())
+            .unwrap()
+            .repo_tags
+            .len(),
+        2
+    );
+    daemon.ctl(["tag", b.id(), "local/app:stable"]).ok();
+    let images = list(&daemon).await;
+    assert!(
+        images
+            .iter()
+            .find(|i| i.id == b.id())
+            .unwrap()
+            .repo_tags
+            .contains(&"docker.io/local/app:stable".to_string())
+    );
+    assert!(
+        !images
+            .iter()
+            .find(|i| i.id == a.id())
+            .unwrap()
+            .repo_tags
+            .contains(&"docker.io/local/app:stable".to_string())
+    );
+    let line = daemon
+        .ctl(["tag", "no/such:image", "x:y"])
+        .failed()
+        .to_string();
+    assert!(line.contains("NotFound"), "{line}");
+    let line = daemon.ctl(["tag", a.id(), "Bad Name"]).failed().to_string();
+    assert!(line.contains("InvalidArgument"), "{line}");
+
+    // History: newest first; the base layer is shared by both images.
+    let history: serde_json::Value =
+        serde_json::from_str(daemon.ctl(["history", "-o", "json", a.id()]).ok()).unwrap();
+    let entries = history["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["layerDigest"], a.layers[1].blob.digest);
+    assert_eq!(entries[0]["sharedBy"], 1);
+    assert_eq!(entries[1]["layerDigest"], a.layers[0].blob.digest);
+    assert_eq!(entries[1]["sharedBy"], 2);
+    assert!(daemon.ctl(["history", a.id()]).ok().contains("LAYER"));
+
+    // df: the layers on disk, counted once, against the images' sizes added up.
+    let usage: serde_json::Value =
+        serde_json::from_str(daemon.ctl(["df", "-o", "json"]).ok()).unwrap();
+    let number = |v: &serde_json::Value| {
+        v.as_str()
+            .map_or_else(|| v.as_u64().unwrap(), |s| s.parse().unwrap())
+    };
+    assert_eq!(usage["layers"], 3);
+    assert_eq!(usage["images"], 2);
+    let on_disk = number(&usage["layersBytes"]);
+    let unshared = number(&usage["imagesUnsharedBytes"]);
+    let busybox = std::fs::metadata("/bin/busybox").unwrap().len();
+    assert!(unshared >= 2 * busybox, "{unshared}");
+    assert!(
+        on_disk < unshared,
+        "sharing saves nothing? {on_disk} vs {unshared}"
+    );
+    let du = std::process::Command::new("du")
+        .args(["-s", "-B1"])
+        .arg(daemon.root.join("layers"))
+        .output()
+        .unwrap();
+    let du: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // du also counts the layers directory itself.
+    assert!(
+        du >= on_disk && du - on_disk <= 4096,
+        "df {on_disk} vs du {du}"
+    );
+    assert!(daemon.ctl(["df"]).ok().contains("sharing:"));
+}

@@ -339,6 +339,88 @@ pub async fn fs_info(client: &Client, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn tag(client: &Client, source: &str, target: &str) -> anyhow::Result<()> {
+    let response = client
+        .call(
+            "tag",
+            client.ext().tag_image(ext::TagImageRequest {
+                source: source.to_string(),
+                target: target.to_string(),
+            }),
+        )
+        .await?;
+    println!("{} {}", response.tag, response.image_id);
+    Ok(())
+}
+
+pub async fn history(client: &Client, format: Format, image: &str) -> anyhow::Result<()> {
+    let response = client
+        .call(
+            "history",
+            client.ext().image_history(ext::ImageHistoryRequest {
+                image: image.to_string(),
+            }),
+        )
+        .await?;
+    if format != Format::Table {
+        return output::print_structured(format, &response);
+    }
+    let mut table = Table::new(["LAYER", "CREATED", "CREATED BY", "SIZE", "SHARED BY"]);
+    for e in &response.entries {
+        let layer = if e.empty_layer {
+            "<empty>".to_string()
+        } else {
+            short_id(&e.layer_digest)
+        };
+        let created_by: String = e.created_by.chars().take(45).collect();
+        table.row([
+            layer,
+            e.created.clone(),
+            created_by,
+            output::human_size(e.unpacked_size),
+            if e.empty_layer {
+                String::new()
+            } else {
+                e.shared_by.to_string()
+            },
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+pub async fn df(client: &Client, format: Format) -> anyhow::Result<()> {
+    let usage = client
+        .call("df", client.ext().disk_usage(ext::DiskUsageRequest {}))
+        .await?;
+    if format != Format::Table {
+        return output::print_structured(format, &usage);
+    }
+    let mut table = Table::new(["TYPE", "COUNT", "ON DISK"]);
+    table.row([
+        "layers".to_string(),
+        usage.layers.to_string(),
+        output::human_size(usage.layers_bytes),
+    ]);
+    table.row([
+        "blobs".to_string(),
+        usage.images.to_string(),
+        output::human_size(usage.blobs_bytes),
+    ]);
+    table.row([
+        "containers (rw)".to_string(),
+        usage.containers.to_string(),
+        output::human_size(usage.containers_bytes),
+    ]);
+    print!("{}", table.render());
+    println!(
+        "sharing: the images add up to {} unpacked; their layers take {} on disk",
+        output::human_size(usage.images_unshared_bytes),
+        output::human_size(usage.layers_bytes)
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

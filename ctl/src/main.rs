@@ -92,6 +92,12 @@ enum Command {
     },
     /// Show the image filesystem's usage
     Imagefsinfo,
+    /// Give an image another name
+    Tag { source: String, target: String },
+    /// Show an image's layers and history
+    History { image: String },
+    /// Show disk use of layers, blobs and containers, and what sharing saves
+    Df,
     /// Run a pod sandbox from a crictl-style JSON or YAML config
     Runp {
         config: std::path::PathBuf,
@@ -410,6 +416,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             prune,
         } => images::remove(&client, &names, all, prune).await,
         Command::Imagefsinfo => images::fs_info(&client, cli.output).await,
+        Command::Tag { source, target } => images::tag(&client, &source, &target).await,
+        Command::History { image } => images::history(&client, cli.output, &image).await,
+        Command::Df => images::df(&client, cli.output).await,
         Command::Runp { config, runtime } => pods::run(&client, &config, runtime).await,
         Command::Pods {
             id,

@@ -244,6 +244,23 @@ pub struct ImageConfig {
     #[serde(default)]
     pub config: Option<RunConfig>,
     pub rootfs: RootFs,
+    #[serde(default)]
+    pub history: Vec<History>,
+}
+
+/// One step of an image's making, from its config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct History {
+    #[serde(default)]
+    pub created: Option<String>,
+    #[serde(default)]
+    pub created_by: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub author: Option<String>,
+    #[serde(default)]
+    pub empty_layer: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -220,6 +220,64 @@ impl ImageStore {
         Ok(())
     }
 
+    /// Gives the image `source` names the name `target` too (moved from any image that had
+    /// it). Returns the image and the normalised tag.
+    pub fn tag(&self, source: &str, target: &str) -> Result<(ImageRecord, String)> {
+        let reference = reference::Reference::parse(target)?;
+        if reference.digest.is_some() {
+            return Err(Error::Invalid {
+                what: format!("tag {target:?}"),
+                message: "a tag cannot carry a digest".into(),
+            });
+        }
+        let tag = reference
+            .tagged()
+            .ok_or_else(|| Error::Internal("a parsed reference without digest has a tag".into()))?;
+        let mut records = self.records();
+        let image = records
+            .find(source)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(source.to_string()))?;
+        records.update(|all| {
+            for other in all.iter_mut() {
+                if other.id == image.id {
+                    other.tags.insert(tag.clone());
+                } else {
+                    other.tags.remove(&tag);
+                }
+            }
+        })?;
+        let updated = records
+            .find(&tag)
+            .cloned()
+            .ok_or_else(|| Error::Internal("the tagged image vanished".into()))?;
+        Ok((updated, tag))
+    }
+
+    /// How many local images have the layer `diff_id`.
+    pub fn layer_users(&self, diff_id: &Digest) -> usize {
+        self.records()
+            .all()
+            .iter()
+            .filter(|i| i.layers.iter().any(|l| &l.diff_id == diff_id))
+            .count()
+    }
+
+    /// Layers on disk (count, allocated bytes), blobs' allocated bytes, and the images'
+    /// unpacked sizes added up as if nothing were shared.
+    pub fn disk_usage(&self) -> Result<(usize, u64, u64, u64)> {
+        let layers = self.layers.list()?.len();
+        let (layer_bytes, _) = crate::sys::disk_usage(self.layers.dir());
+        let (blob_bytes, _) = crate::sys::disk_usage(self.content.blobs_dir());
+        let unshared = self
+            .list()
+            .iter()
+            .flat_map(|i| i.layers.iter())
+            .map(|l| self.layers.meta(&l.diff_id).map_or(0, |m| m.size))
+            .sum();
+        Ok((layers, layer_bytes, blob_bytes, unshared))
+    }
+
     /// Bytes and inodes used by blobs and layers.
     pub fn usage(&self) -> Usage {
         let mut usage = Usage::default();

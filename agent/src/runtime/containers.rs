@@ -661,6 +661,16 @@ impl Runtime {
         (stats, crate::sys::disk_usage(&upper), upper)
     }
 
+    /// How many containers there are, and the bytes their read-write layers hold.
+    pub async fn containers_disk_usage(&self) -> (usize, u64) {
+        let ids: Vec<String> = self.containers.lock().await.keys().cloned().collect();
+        let bytes = ids
+            .iter()
+            .map(|id| crate::sys::disk_usage(&self.container_layout(id).upper()).0)
+            .sum();
+        (ids.len(), bytes)
+    }
+
     /// A pod's cgroup counters (its containers' together).
     pub fn pod_stats(&self, sandbox: &super::Sandbox) -> crate::cgroup::Stats {
         self.cgroups

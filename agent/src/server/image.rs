@@ -256,6 +256,90 @@ fn progress_message(event: Progress) -> ext::PullImageProgressResponse {
 
 #[tonic::async_trait]
 impl ExtImages for Images {
+    async fn tag_image(
+        &self,
+        request: Request<ext::TagImageRequest>,
+    ) -> Result<Response<ext::TagImageResponse>, Status> {
+        let request = request.into_inner();
+        if request.source.is_empty() || request.target.is_empty() {
+            return Err(Status::invalid_argument(
+                "TagImage needs a source and a target",
+            ));
+        }
+        let (image, tag) = self.ctx.images.tag(&request.source, &request.target)?;
+        Ok(Response::new(ext::TagImageResponse {
+            image_id: image.id.to_string(),
+            tag,
+        }))
+    }
+
+    async fn image_history(
+        &self,
+        request: Request<ext::ImageHistoryRequest>,
+    ) -> Result<Response<ext::ImageHistoryResponse>, Status> {
+        let name = request.into_inner().image;
+        let image = self
+            .ctx
+            .images
+            .find(&name)
+            .ok_or_else(|| Status::not_found(format!("image {name:?} not found")))?;
+        let config = self.ctx.images.config(&image)?;
+        // History entries that made a layer take the layers in order; the others have none.
+        let mut layers = image.layers.iter();
+        let mut entries = Vec::new();
+        let history = if config.history.is_empty() {
+            // No history recorded: one entry per layer.
+            image
+                .layers
+                .iter()
+                .map(|_| crate::image::manifest::History::default())
+                .collect()
+        } else {
+            config.history.clone()
+        };
+        for h in history {
+            let layer = if h.empty_layer { None } else { layers.next() };
+            entries.push(ext::HistoryEntry {
+                created: h.created.unwrap_or_default(),
+                created_by: h.created_by.unwrap_or_default(),
+                comment: h.comment.unwrap_or_default(),
+                empty_layer: layer.is_none(),
+                layer_digest: layer.map(|l| l.digest.to_string()).unwrap_or_default(),
+                size: layer.map_or(0, |l| l.size),
+                unpacked_size: layer
+                    .and_then(|l| self.ctx.images.layer_meta(&l.diff_id))
+                    .map_or(0, |m| m.size),
+                shared_by: layer.map_or(0, |l| self.ctx.images.layer_users(&l.diff_id) as u32),
+            });
+        }
+        entries.reverse();
+        Ok(Response::new(ext::ImageHistoryResponse {
+            image_id: image.id.to_string(),
+            entries,
+        }))
+    }
+
+    async fn disk_usage(
+        &self,
+        _request: Request<ext::DiskUsageRequest>,
+    ) -> Result<Response<ext::DiskUsageResponse>, Status> {
+        let images = self.ctx.images.clone();
+        let (layers, layers_bytes, blobs_bytes, unshared) =
+            tokio::task::spawn_blocking(move || images.disk_usage())
+                .await
+                .map_err(|e| Status::internal(format!("usage task failed: {e}")))??;
+        let (containers, containers_bytes) = self.ctx.runtime.containers_disk_usage().await;
+        Ok(Response::new(ext::DiskUsageResponse {
+            images: self.ctx.images.list().len() as u32,
+            layers: layers as u32,
+            containers: containers as u32,
+            layers_bytes,
+            blobs_bytes,
+            containers_bytes,
+            images_unshared_bytes: unshared,
+        }))
+    }
+
     async fn pull_image_progress(
         &self,
         request: Request<ext::PullImageProgressRequest>,
