@@ -200,7 +200,8 @@ impl Env {
 async fn a_container_runs_in_its_pod_and_its_own_rootfs() {
     let mut env = env().await;
     let pod = env.pod("web").await;
-    let script = "echo $GREETING; hostname; cat /etc/hostname; ls /proc | grep -c '^[0-9]'; \
+    // `set -- /proc/[0-9]*` is expanded by the shell itself: no other process is running.
+    let script = "echo $GREETING; hostname; cat /etc/hostname; set -- /proc/[0-9]*; echo $#; \
                   cat /etc/kept; test -e /etc/doomed && echo doomed-visible || echo doomed-gone; \
                   echo written > /newfile; ls /proc/self/fd | wc -l; id -u; exit 3";
     let (lines, st) = env.run(&pod, "first", script).await;
@@ -210,8 +211,8 @@ async fn a_container_runs_in_its_pod_and_its_own_rootfs() {
     assert_eq!(lines[1], "web-host", "the pod's hostname");
     assert_eq!(lines[2], "web-host", "/etc/hostname from the init layer");
     assert_eq!(
-        lines[3], "3",
-        "only the container's processes (sh, ls, grep) in /proc: {lines:?}"
+        lines[3], "1",
+        "only the container's own process (its shell) in /proc: {lines:?}"
     );
     assert_eq!(lines[4], "kept");
     assert_eq!(lines[5], "doomed-gone", "the whiteout hides the file");
@@ -1483,4 +1484,158 @@ async fn a_privileged_container_has_every_capability_and_the_hosts_devices() {
         })
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_saves_the_read_write_layer_only() {
+    let mut env = env().await;
+    let pod = env.pod("builder").await;
+    let image = env.image.clone();
+    let id = env
+        .create(&pod, container_config("changer", &image, "mkdir -p /newdir && echo new > /newdir/file; echo changed > /etc/kept; rm /etc/group; rm -rf /tmp; exec sleep 1000"))
+        .await
+        .unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    // The changes are made once sleep is PID 1.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = env
+            .daemon
+            .ctl(["exec", &id, "sh", "-c", "cat /proc/1/cmdline"]);
+        if out.status.success() && out.stdout.starts_with("sleep") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container never got to sleep"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let new_id = env
+        .daemon
+        .ctl([
+            "commit",
+            "--pause",
+            "-m",
+            "my changes",
+            "-a",
+            "tester",
+            &id,
+            "local/committed:v1",
+        ])
+        .ok()
+        .trim()
+        .to_string();
+    assert!(new_id.starts_with("sha256:"), "{new_id}");
+    // The container runs on after a paused commit.
+    assert!(
+        env.daemon
+            .ctl(["exec", &id, "sh", "-c", "true"])
+            .status
+            .success()
+    );
+
+    // The committed layer: the changes, in overlay form, and nothing of the init layer.
+    let history: serde_json::Value =
+        serde_json::from_str(env.daemon.ctl(["history", "-o", "json", &new_id]).ok()).unwrap();
+    let top = &history["entries"][0];
+    assert_eq!(top["comment"], "my changes");
+    let blob = top["layerDigest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    let layers = env.daemon.root.join("layers");
+    let top_layer = std::fs::read_dir(&layers)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("fs"))
+        .find(|fs| fs.join("newdir/file").exists())
+        .expect("the committed layer is in the layer store");
+    assert_eq!(
+        std::fs::read_to_string(top_layer.join("etc/kept")).unwrap(),
+        "changed\n"
+    );
+    for init_file in ["etc/hosts", "etc/hostname", "etc/resolv.conf"] {
+        assert!(
+            !top_layer.join(init_file).exists(),
+            "{init_file} from the init layer was committed"
+        );
+    }
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(top_layer.join("etc/group"))
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert!(env.daemon.root.join("blobs/sha256").join(&blob).is_file());
+
+    // A container of the new image sees the changes; deletions stay deleted.
+    let pod2 = env.pod("user").await;
+    let (lines, st) = {
+        let id2 = env
+            .create(&pod2, container_config("reader", "local/committed:v1", "cat /newdir/file /etc/kept; test -e /etc/group || echo group-gone; test -e /tmp || echo tmp-gone; cat /etc/hostname"))
+            .await
+            .unwrap();
+        env.rt
+            .start_container(StartContainerRequest {
+                container_id: id2.clone(),
+            })
+            .await
+            .unwrap();
+        let st = env.wait_exit(&id2).await;
+        let log = std::fs::read_to_string(&st.log_path).unwrap();
+        let lines: Vec<String> = log
+            .lines()
+            .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t.to_string()))
+            .collect();
+        (lines, st)
+    };
+    assert_eq!(
+        lines,
+        ["new", "changed", "group-gone", "tmp-gone", "user-host"],
+        "{st:?}"
+    );
+
+    // A container with no changes commits too: an empty layer.
+    let idle = env
+        .create(&pod2, container_config("idle", &image, "exec sleep 1000"))
+        .await
+        .unwrap();
+    env.rt
+        .start_container(StartContainerRequest {
+            container_id: idle.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        env.daemon
+            .ctl(["commit", &idle, "local/empty:v1"])
+            .ok()
+            .starts_with("sha256:")
+    );
+    let line = env
+        .daemon
+        .ctl(["commit", "feedface", "local/x:v1"])
+        .failed()
+        .to_string();
+    assert!(line.contains("NotFound"), "{line}");
+    let line = env
+        .daemon
+        .ctl(["commit", &idle, "Not A Ref"])
+        .failed()
+        .to_string();
+    assert!(line.contains("InvalidArgument"), "{line}");
+    for p in [pod, pod2] {
+        env.rt
+            .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+            .await
+            .unwrap();
+    }
 }

@@ -413,6 +413,43 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Freezes (or thaws) every process in the cgroup, waiting until the kernel says so.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let (dir, file, value, done) = match self.hierarchy {
+            Hierarchy::V1 { .. } => (
+                self.dir("freezer"),
+                "freezer.state",
+                if frozen { "FROZEN" } else { "THAWED" },
+                if frozen { "FROZEN" } else { "THAWED" },
+            ),
+            Hierarchy::V2 { .. } => (
+                self.dir(""),
+                "cgroup.freeze",
+                if frozen { "1" } else { "0" },
+                if frozen { "1" } else { "0" },
+            ),
+        };
+        let Some(dir) = dir else {
+            return Err(Error::NoHierarchy(PathBuf::from("freezer")));
+        };
+        let path = dir.join(file);
+        write(&path, value)?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::fs::read_to_string(&path)
+            .map_err(io_err(&path))?
+            .trim()
+            != done
+        {
+            if std::time::Instant::now() > deadline {
+                return Err(io_err(&path)(io::Error::other(
+                    "the freezer did not settle",
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
     /// Usage counters for CRI's stats.
     pub fn stats(&self) -> Stats {
         let read = |controller: &str, file: &str| -> String {

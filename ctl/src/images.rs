@@ -421,6 +421,31 @@ pub async fn df(client: &Client, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn commit(
+    client: &Client,
+    container: &str,
+    reference: &str,
+    message: Option<String>,
+    author: Option<String>,
+    pause: bool,
+) -> anyhow::Result<()> {
+    let mut ext = client.ext();
+    // A commit reads the whole layer: no per-call deadline.
+    let response = ext
+        .commit_container(ext::CommitContainerRequest {
+            container_id: container.to_string(),
+            reference: reference.to_string(),
+            message: message.unwrap_or_default(),
+            author: author.unwrap_or_default(),
+            pause,
+        })
+        .await
+        .map_err(|s| anyhow::Error::new(s).context("commit"))?
+        .into_inner();
+    println!("{}", response.image_id);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

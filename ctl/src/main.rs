@@ -98,6 +98,18 @@ enum Command {
     History { image: String },
     /// Show disk use of layers, blobs and containers, and what sharing saves
     Df,
+    /// Save a container's changes as a new image: commit CONTAINER NAME:TAG
+    Commit {
+        container: String,
+        reference: String,
+        #[arg(long, short)]
+        message: Option<String>,
+        #[arg(long, short)]
+        author: Option<String>,
+        /// Freeze the container while its layer is read
+        #[arg(long, short)]
+        pause: bool,
+    },
     /// Run a pod sandbox from a crictl-style JSON or YAML config
     Runp {
         config: std::path::PathBuf,
@@ -419,6 +431,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tag { source, target } => images::tag(&client, &source, &target).await,
         Command::History { image } => images::history(&client, cli.output, &image).await,
         Command::Df => images::df(&client, cli.output).await,
+        Command::Commit {
+            container,
+            reference,
+            message,
+            author,
+            pause,
+        } => images::commit(&client, &container, &reference, message, author, pause).await,
         Command::Runp { config, runtime } => pods::run(&client, &config, runtime).await,
         Command::Pods {
             id,

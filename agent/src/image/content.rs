@@ -95,6 +95,11 @@ impl ContentStore {
         ingest.commit()
     }
 
+    /// Starts writing a blob whose digest is not known yet (see [`Ingest::commit_computed`]).
+    pub fn ingest_new(&self) -> Result<Ingest<'_>> {
+        self.ingest(Digest::of(b""), None)
+    }
+
     /// Starts writing blob `digest`; `size`, when known, is checked on commit.
     pub fn ingest(&self, digest: Digest, size: Option<u64>) -> Result<Ingest<'_>> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -162,6 +167,17 @@ pub struct Ingest<'a> {
 impl Ingest<'_> {
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// For content the agent makes itself: publishes the blob under the digest it hashes
+    /// to, and returns that digest and the size.
+    pub fn commit_computed(mut self) -> Result<(Digest, u64)> {
+        let digest = std::mem::take(&mut self.hasher).finish();
+        self.file.sync_all().map_err(io_err(&self.path))?;
+        let dest = self.store.path(&digest);
+        std::fs::rename(&self.path, &dest).map_err(io_err(&dest))?;
+        self.done = true;
+        Ok((digest, self.written))
     }
 
     /// Verifies size and digest, makes the blob durable and publishes it.

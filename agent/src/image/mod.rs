@@ -1,6 +1,7 @@
 //! Images: the registry client, the content store, the layer store and the image records,
 //! behind one facade, [`ImageStore`]. Nothing here knows about gRPC or containers.
 
+mod commit;
 pub mod content;
 pub mod digest;
 pub mod layers;
@@ -17,6 +18,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+pub use commit::CommitInfo;
 pub use digest::Digest;
 pub use pull::{LayerState, Progress, now_nanos};
 pub use records::ImageRecord;

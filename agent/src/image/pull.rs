@@ -227,7 +227,7 @@ impl ImageStore {
         self.content.sync()?;
         self.layers.sync()?;
         let mut records = self.records();
-        records.update(|all| record_pull(all, record))?;
+        records.update(|all| record_new(all, record))?;
         records
             .find(&reference.with_digest(&top_digest))
             .cloned()
@@ -631,9 +631,9 @@ impl Read for ChannelSource<'_, '_> {
     }
 }
 
-/// Adds a pulled image to the records: a tag moves to the new image; an image already
-/// known by its id gains the new names.
-fn record_pull(all: &mut Vec<ImageRecord>, new: ImageRecord) {
+/// Adds a pulled or committed image to the records: a tag moves to the new image; an image
+/// already known by its id gains the new names.
+pub(super) fn record_new(all: &mut Vec<ImageRecord>, new: ImageRecord) {
     for image in all.iter_mut().filter(|i| i.id != new.id) {
         for tag in &new.tags {
             image.tags.remove(tag);

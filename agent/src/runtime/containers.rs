@@ -661,6 +661,25 @@ impl Runtime {
         (stats, crate::sys::disk_usage(&upper), upper)
     }
 
+    /// What a commit needs of a container: its read-write layer and its image. With
+    /// `pause`, a running container is frozen until the returned guard is dropped.
+    pub async fn commit_source(
+        &self,
+        id: &str,
+        pause: bool,
+    ) -> Result<(Container, PathBuf, Option<Frozen>)> {
+        let c = self.container(id).await?;
+        let upper = self.container_layout(&c.id).upper();
+        let frozen = if pause && c.state == ContainerState::Running {
+            let cgroup = self.cgroups.cgroup(&c.cgroup)?;
+            cgroup.freeze(true)?;
+            Some(Frozen(cgroup))
+        } else {
+            None
+        };
+        Ok((c, upper, frozen))
+    }
+
     /// How many containers there are, and the bytes their read-write layers hold.
     pub async fn containers_disk_usage(&self) -> (usize, u64) {
         let ids: Vec<String> = self.containers.lock().await.keys().cloned().collect();
@@ -734,5 +753,16 @@ impl Runtime {
         }
         self.cgroups.cgroup(&c.cgroup)?.set(resources)?;
         Ok(())
+    }
+}
+
+/// A frozen container's cgroup, thawed when dropped.
+pub struct Frozen(crate::cgroup::Cgroup);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.freeze(false) {
+            tracing::error!(error = %e, "cannot thaw a container after a commit");
+        }
     }
 }

@@ -319,6 +319,43 @@ impl ExtImages for Images {
         }))
     }
 
+    async fn commit_container(
+        &self,
+        request: Request<ext::CommitContainerRequest>,
+    ) -> Result<Response<ext::CommitContainerResponse>, Status> {
+        let request = request.into_inner();
+        if request.reference.is_empty() {
+            return Err(Status::invalid_argument(
+                "CommitContainer needs a reference for the new image",
+            ));
+        }
+        let (container, upper, frozen) = self
+            .ctx
+            .runtime
+            .commit_source(&request.container_id, request.pause)
+            .await?;
+        let parent = self.ctx.images.find(&container.image_id).ok_or_else(|| {
+            Status::failed_precondition(format!("the image of container {} is gone", container.id))
+        })?;
+        let images = self.ctx.images.clone();
+        let info = crate::image::CommitInfo {
+            message: request.message,
+            author: request.author,
+        };
+        let reference = request.reference;
+        let image = tokio::task::spawn_blocking(move || {
+            let result = images.commit(&parent, &upper, &reference, &info);
+            drop(frozen);
+            result
+        })
+        .await
+        .map_err(|e| Status::internal(format!("commit task failed: {e}")))??;
+        tracing::info!(container = %container.id, image = %image.id, "committed");
+        Ok(Response::new(ext::CommitContainerResponse {
+            image_id: image.id.to_string(),
+        }))
+    }
+
     async fn disk_usage(
         &self,
         _request: Request<ext::DiskUsageRequest>,
