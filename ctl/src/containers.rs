@@ -1,7 +1,7 @@
 //! Container verbs, in crictl's argument order: create, start, run, ps, inspect, stop, rm,
 //! logs, exec, stats, statsp, update.
 
-use std::{collections::HashMap, io::Write, path::Path, time::Duration};
+use std::{io::Write, path::Path, time::Duration};
 
 use strata_api::cri::{
     self, ContainerConfig, ContainerFilter, ContainerStateValue, ContainerStatsFilter,
@@ -163,13 +163,7 @@ pub async fn ps(client: &Client, format: Format, options: PsOptions) -> anyhow::
         Some("exited") => Some(cri::ContainerState::ContainerExited),
         Some(other) => anyhow::bail!("ps: unknown state {other:?} (created, running or exited)"),
     };
-    let mut labels = HashMap::new();
-    for label in &options.labels {
-        let (k, v) = label
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("ps: --label must be KEY=VALUE"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let labels = output::labels("ps", &options.labels)?;
     let response = client
         .call(
             "ps",

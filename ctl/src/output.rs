@@ -67,6 +67,21 @@ pub fn human_size(bytes: u64) -> String {
     }
 }
 
+/// `KEY=VALUE` label selectors from the command line.
+pub fn labels(
+    verb: &str,
+    args: &[String],
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    args.iter()
+        .map(|label| {
+            label
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("{verb}: --label must be KEY=VALUE"))
+        })
+        .collect()
+}
+
 /// Columns padded to their widest cell, separated by three spaces, like crictl's tables.
 #[derive(Debug, Default)]
 pub struct Table {

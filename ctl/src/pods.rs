@@ -87,13 +87,7 @@ pub async fn list(client: &Client, format: Format, options: ListOptions) -> anyh
         Some("notready") => Some(cri::PodSandboxState::SandboxNotready),
         Some(other) => anyhow::bail!("pods: unknown state {other:?} (ready or notready)"),
     };
-    let mut labels = std::collections::HashMap::new();
-    for label in &options.labels {
-        let (k, v) = label
-            .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("pods: --label must be KEY=VALUE"))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let labels = output::labels("pods", &options.labels)?;
     let response = client
         .call(
             "pods",

@@ -16,7 +16,7 @@ use container::Container;
 pub use containers::ContainerFilter;
 use sandbox::{NamespaceMode, PodSpec, Sandbox, SandboxState};
 
-use crate::{cgroup, state};
+use crate::{cgroup, state, sys::mount::is_mount_point};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -554,23 +554,16 @@ fn stop_pid_holder(sandbox: &Sandbox, dir: &Path) {
 
 /// The pod's /dev/shm: a tmpfs of 64 MiB, like the default of other runtimes.
 fn mount_shm(path: &Path) -> Result<()> {
-    use nix::mount::{MsFlags, mount};
     std::fs::create_dir_all(path).map_err(io_err("cannot create", path))?;
-    mount(
-        Some("shm"),
-        path,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
-    )
-    .map_err(|e| io_err("cannot mount a tmpfs on", path)(e.into()))
+    crate::sys::mount::tmpfs(path, "mode=1777,size=65536k")
+        .map_err(|e| io_err("cannot mount a tmpfs on", path)(e))
 }
 
 /// Unmounts and removes a pod's pinned namespaces and /dev/shm; missing ones are fine.
 fn release_pins(pod_pins: &Path) {
     let shm = pod_pins.join("shm");
     if is_mount_point(&shm)
-        && let Err(e) = nix::mount::umount2(&shm, nix::mount::MntFlags::MNT_DETACH)
+        && let Err(e) = crate::sys::mount::detach(&shm)
     {
         tracing::warn!(path = %shm.display(), error = %e, "cannot release the pod's /dev/shm");
     }
@@ -579,7 +572,7 @@ fn release_pins(pod_pins: &Path) {
     for kind in ["net", "ipc", "uts"] {
         let file = ns_dir.join(kind);
         if is_mount_point(&file)
-            && let Err(e) = nix::mount::umount2(&file, nix::mount::MntFlags::MNT_DETACH)
+            && let Err(e) = crate::sys::mount::detach(&file)
         {
             tracing::warn!(path = %file.display(), error = %e, "cannot release a namespace");
         }
@@ -587,26 +580,6 @@ fn release_pins(pod_pins: &Path) {
     }
     let _ = std::fs::remove_dir(&ns_dir);
     let _ = std::fs::remove_dir(pod_pins);
-}
-
-/// True if `path` is a mount point (a pinned namespace is an nsfs mount on a file).
-fn is_mount_point(path: &Path) -> bool {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let target = path.to_string_lossy();
-    mountinfo
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mount_point| unescape_mount_path(mount_point) == target)
-}
-
-/// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
-fn unescape_mount_path(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
 }
 
 /// 64 random hex digits, like the ids other runtimes give.

@@ -6,21 +6,12 @@ use std::{collections::HashMap, time::Duration};
 use strata_api::cri;
 use tonic::Status;
 
-use super::Context;
+use super::{Context, runtime::ns_mode};
 use crate::runtime::{
     ContainerFilter,
     container::{Container, ContainerSpec, ContainerState, ImageRoot, MountSpec, Propagation},
     sandbox::NamespaceMode,
 };
-
-fn ns_mode(mode: i32) -> NamespaceMode {
-    match cri::NamespaceMode::try_from(mode) {
-        Ok(cri::NamespaceMode::Container) => NamespaceMode::Container,
-        Ok(cri::NamespaceMode::Node) => NamespaceMode::Node,
-        Ok(cri::NamespaceMode::Target) => NamespaceMode::Target,
-        _ => NamespaceMode::Pod,
-    }
-}
 
 pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Status> {
     let metadata = config

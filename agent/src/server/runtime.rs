@@ -17,7 +17,7 @@ use crate::runtime::{
     sandbox::{Dns, NamespaceMode, PodSpec, Sandbox, SandboxState},
 };
 
-fn ns_mode(mode: i32) -> NamespaceMode {
+pub(super) fn ns_mode(mode: i32) -> NamespaceMode {
     match cri::NamespaceMode::try_from(mode) {
         Ok(cri::NamespaceMode::Container) => NamespaceMode::Container,
         Ok(cri::NamespaceMode::Node) => NamespaceMode::Node,

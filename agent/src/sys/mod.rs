@@ -1,5 +1,6 @@
 //! Privileged and path-sensitive system calls, behind small safe types.
 
+pub mod mount;
 pub mod net;
 pub mod rootdir;
 
