@@ -5,196 +5,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Daemon,
+    cri::{container_config, env, env_with, pid_mode},
     oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
-    registry::Registry,
 };
 use strata_api::cri::{
-    self, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ImageSpec, KeyValue,
-    PodSandboxConfig, PullImageRequest, RemoveContainerRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient,
+    self, ContainerStatusRequest, ImageSpec, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    image_service_client::ImageServiceClient,
 };
-use tonic::{Code, transport::Channel};
-
-struct Env {
-    _registry: Registry,
-    daemon: Daemon,
-    rt: RuntimeServiceClient<Channel>,
-    image: String,
-}
-
-/// A daemon with a busybox image pulled (and a file the top layer deletes).
-async fn env() -> Env {
-    env_with("").await
-}
-
-async fn env_with(config: &str) -> Env {
-    let registry = Registry::start().await;
-    let daemon = Daemon::start_with(common::Options {
-        config: config.into(),
-        ..Default::default()
-    })
-    .await;
-    let image = ImageBuilder::new()
-        .layer(busybox_layer(), Compression::Gzip)
-        .layer(
-            LayerBuilder::new()
-                .file("etc/doomed", b"x", 0o644)
-                .file("etc/kept", b"kept\n", 0o644)
-                .finish(),
-            Compression::Gzip,
-        )
-        .layer(
-            LayerBuilder::new().whiteout("etc/doomed").finish(),
-            Compression::Gzip,
-        )
-        .build();
-    registry.push("ctr/busybox", "v1", &image).await;
-    let reference = registry.reference("ctr/busybox", "v1");
-    ImageServiceClient::new(daemon.channel().await)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let rt = daemon.runtime().await;
-    Env {
-        _registry: registry,
-        daemon,
-        rt,
-        image: reference,
-    }
-}
-
-fn pod_config(name: &str) -> PodSandboxConfig {
-    serde_json::from_value(serde_json::json!({
-        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
-        "hostname": format!("{name}-host"),
-    }))
-    .unwrap()
-}
-
-fn container_config(name: &str, image: &str, script: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(cri::ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
-        envs: vec![KeyValue {
-            key: "GREETING".into(),
-            value: "hello".into(),
-        }],
-        // As the kubelet asks for every container of a pod that does not share processes.
-        linux: Some(pid_mode(cri::NamespaceMode::Container)),
-        ..Default::default()
-    }
-}
-
-fn pid_mode(mode: cri::NamespaceMode) -> cri::LinuxContainerConfig {
-    cri::LinuxContainerConfig {
-        security_context: Some(cri::LinuxContainerSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                pid: mode as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-impl Env {
-    async fn pod(&mut self, name: &str) -> String {
-        self.rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod_config(name)),
-                runtime_handler: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .pod_sandbox_id
-    }
-
-    async fn create(
-        &mut self,
-        pod: &str,
-        config: ContainerConfig,
-    ) -> Result<String, tonic::Status> {
-        self.rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(config),
-                sandbox_config: None,
-            })
-            .await
-            .map(|r| r.into_inner().container_id)
-    }
-
-    async fn status(&mut self, id: &str) -> cri::ContainerStatus {
-        self.rt
-            .container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: false,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status
-            .unwrap()
-    }
-
-    async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let st = self.status(id).await;
-            if st.state == cri::ContainerState::ContainerExited as i32 {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "container {id} did not exit: {st:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Runs `script` in a new container of `pod`; returns its stdout lines and status.
-    async fn run(
-        &mut self,
-        pod: &str,
-        name: &str,
-        script: &str,
-    ) -> (Vec<String>, cri::ContainerStatus) {
-        let id = self
-            .create(pod, container_config(name, &self.image.clone(), script))
-            .await
-            .unwrap();
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        let st = self.wait_exit(&id).await;
-        let log = std::fs::read_to_string(&st.log_path).unwrap_or_default();
-        let lines = log
-            .lines()
-            .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t.to_string()))
-            .collect();
-        (lines, st)
-    }
-}
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_runs_in_its_pod_and_its_own_rootfs() {
@@ -257,12 +76,13 @@ async fn a_container_runs_in_its_pod_and_its_own_rootfs() {
 async fn stop_kills_and_remove_cleans_up() {
     let mut env = env().await;
     let pod = env.pod("sleepy").await;
+    let image = env.image.clone();
     let id = env
         .create(
             &pod,
             container_config(
                 "sleeper",
-                &env.image.clone(),
+                &image,
                 "trap 'exit 0' TERM; while true; do sleep 0.1; done",
             ),
         )
@@ -311,7 +131,7 @@ async fn stop_kills_and_remove_cleans_up() {
             &pod,
             container_config(
                 "stubborn",
-                &env.image.clone(),
+                &image,
                 "trap '' TERM; while true; do sleep 0.1; done",
             ),
         )
@@ -1083,8 +903,8 @@ async fn security_context_mounts_and_hostile_mount_points() {
             Compression::Gzip,
         )
         .build();
-    env._registry.push("ctr/hostile", "v1", &hostile).await;
-    let reference = env._registry.reference("ctr/hostile", "v1");
+    env.registry.push("ctr/hostile", "v1", &hostile).await;
+    let reference = env.registry.reference("ctr/hostile", "v1");
     ImageServiceClient::new(env.daemon.channel().await)
         .pull_image(PullImageRequest {
             image: Some(ImageSpec {
@@ -1334,8 +1154,8 @@ async fn a_container_of_a_120_layer_image_and_the_init_layer_files() {
         );
     }
     let tall = builder.build();
-    env._registry.push("ctr/tall", "v1", &tall).await;
-    let reference = env._registry.reference("ctr/tall", "v1");
+    env.registry.push("ctr/tall", "v1", &tall).await;
+    let reference = env.registry.reference("ctr/tall", "v1");
     ImageServiceClient::new(env.daemon.channel().await)
         .pull_image(PullImageRequest {
             image: Some(ImageSpec {
@@ -1492,30 +1312,8 @@ async fn commit_saves_the_read_write_layer_only() {
     let pod = env.pod("builder").await;
     let image = env.image.clone();
     let id = env
-        .create(&pod, container_config("changer", &image, "mkdir -p /newdir && echo new > /newdir/file; echo changed > /etc/kept; rm /etc/group; rm -rf /tmp; exec sleep 1000"))
-        .await
-        .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    // The changes are made once sleep is PID 1.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = env
-            .daemon
-            .ctl(["exec", &id, "sh", "-c", "cat /proc/1/cmdline"]);
-        if out.status.success() && out.stdout.starts_with("sleep") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the container never got to sleep"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .start_sleeper(&pod, "changer", &image, "mkdir -p /newdir && echo new > /newdir/file; echo changed > /etc/kept; rm /etc/group; rm -rf /tmp; exec sleep 1000")
+        .await;
     let new_id = env
         .daemon
         .ctl([

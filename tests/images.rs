@@ -15,6 +15,7 @@ use common::{
     oci::{self, Compression, Image, ImageBuilder, LayerBuilder, busybox_layer},
     proxy::{self, Fault, FaultyProxy},
     registry::{Auth, Registry},
+    store_listing,
     token::TokenIssuer,
 };
 use strata_api::{
@@ -94,31 +95,6 @@ async fn list(daemon: &Daemon) -> Vec<strata_api::cri::Image> {
         .unwrap()
         .into_inner()
         .images
-}
-
-/// Layer directories and blobs present, and nothing half-written anywhere.
-fn store_listing(daemon: &Daemon) -> (Vec<String>, Vec<String>) {
-    let names = |dir: PathBuf| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    };
-    let layers = names(daemon.root.join("layers"));
-    assert!(
-        layers.iter().all(|l| !l.starts_with('.')),
-        "half-built layers left: {layers:?}"
-    );
-    assert!(
-        names(daemon.root.join("ingest")).is_empty(),
-        "ingest not empty"
-    );
-    (layers, names(daemon.root.join("blobs/sha256")))
 }
 
 fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {

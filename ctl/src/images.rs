@@ -1,7 +1,9 @@
 //! Image verbs: pull (with progress bars when the endpoint is strata), images, inspecti,
-//! rmi, imagefsinfo.
+//! rmi, imagefsinfo; and strata's own: tag, history, df, commit, push, import, export.
 
 use std::{collections::HashMap, io::IsTerminal as _};
+
+use anyhow::Context as _;
 
 use strata_api::{
     cri::{
@@ -80,15 +82,9 @@ pub async fn pull(client: &Client, image: &str, auth: Option<AuthConfig>) -> any
 async fn follow_progress(
     mut stream: tonic::Streaming<ext::PullImageProgressResponse>,
 ) -> anyhow::Result<String> {
-    use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-    let multi = MultiProgress::with_draw_target(if std::io::stderr().is_terminal() {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let style =
-        ProgressStyle::with_template("{prefix:.bold} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+    use indicatif::{MultiProgress, ProgressBar};
+    let multi = MultiProgress::with_draw_target(progress_target());
+    let style = bar_style();
     let mut bars: HashMap<String, ProgressBar> = HashMap::new();
     loop {
         let message = stream
@@ -102,13 +98,7 @@ async fn follow_progress(
             Event::Resolved(resolved) => {
                 for layer in resolved.layers {
                     let bar = multi.add(ProgressBar::new(layer.size).with_style(style.clone()));
-                    let short = layer
-                        .digest
-                        .trim_start_matches("sha256:")
-                        .chars()
-                        .take(12)
-                        .collect::<String>();
-                    bar.set_prefix(short);
+                    bar.set_prefix(short_digest(&layer.digest));
                     bar.set_message("waiting");
                     bars.insert(layer.digest, bar);
                 }
@@ -421,24 +411,11 @@ pub async fn df(client: &Client, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn commit(
-    client: &Client,
-    container: &str,
-    reference: &str,
-    message: Option<String>,
-    author: Option<String>,
-    pause: bool,
-) -> anyhow::Result<()> {
+pub async fn commit(client: &Client, request: ext::CommitContainerRequest) -> anyhow::Result<()> {
     let mut ext = client.ext();
     // A commit reads the whole layer: no per-call deadline.
     let response = ext
-        .commit_container(ext::CommitContainerRequest {
-            container_id: container.to_string(),
-            reference: reference.to_string(),
-            message: message.unwrap_or_default(),
-            author: author.unwrap_or_default(),
-            pause,
-        })
+        .commit_container(request)
         .await
         .map_err(|s| anyhow::Error::new(s).context("commit"))?
         .into_inner();
@@ -446,8 +423,375 @@ pub async fn commit(
     Ok(())
 }
 
+/// Splits an instruction's arguments on whitespace; double quotes group (and are removed),
+/// a backslash escapes the next character.
+fn words(text: &str) -> anyhow::Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                current.extend(chars.next());
+                in_word = true;
+            }
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    anyhow::ensure!(!quoted, "unterminated quote in {text:?}");
+    if in_word {
+        words.push(current);
+    }
+    Ok(words)
+}
+
+/// CMD/ENTRYPOINT: a JSON array (exec form) or a command line for `/bin/sh -c`.
+fn command_form(args: &str) -> anyhow::Result<Vec<String>> {
+    let args = args.trim();
+    if args.starts_with('[') {
+        return serde_json::from_str(args)
+            .map_err(|e| anyhow::anyhow!("{args:?} is not a JSON array of strings: {e}"));
+    }
+    anyhow::ensure!(!args.is_empty(), "an empty command");
+    Ok(vec!["/bin/sh".into(), "-c".into(), args.to_string()])
+}
+
+/// `KEY=value …` pairs, or the old `KEY value` form for one.
+fn pairs(args: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let words = words(args)?;
+    if let [key, ..] = words.as_slice()
+        && !key.contains('=')
+    {
+        let value = args.trim().strip_prefix(key.as_str()).unwrap_or_default();
+        return Ok(vec![(key.clone(), value.trim().to_string())]);
+    }
+    words
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => anyhow::bail!("{w:?} is not KEY=value"),
+        })
+        .collect()
+}
+
+/// `--change` instructions → the config changes of a commit.
+pub fn parse_changes(changes: &[String]) -> anyhow::Result<Option<ext::ImageChanges>> {
+    if changes.is_empty() {
+        return Ok(None);
+    }
+    let mut out = ext::ImageChanges::default();
+    for change in changes {
+        let change = change.trim();
+        let (instruction, args) = change
+            .split_once(char::is_whitespace)
+            .unwrap_or((change, ""));
+        let args = args.trim();
+        match instruction.to_ascii_uppercase().as_str() {
+            "ENV" => {
+                for (k, v) in pairs(args)? {
+                    out.env.push(format!("{k}={v}"));
+                }
+            }
+            "LABEL" => out.labels.extend(pairs(args)?),
+            "CMD" => {
+                out.cmd = Some(ext::StringList {
+                    values: command_form(args)?,
+                })
+            }
+            "ENTRYPOINT" => {
+                out.entrypoint = Some(ext::StringList {
+                    values: command_form(args)?,
+                })
+            }
+            "WORKDIR" => {
+                anyhow::ensure!(!args.is_empty(), "WORKDIR needs a path");
+                out.working_dir = Some(args.to_string());
+            }
+            "USER" => {
+                anyhow::ensure!(!args.is_empty(), "USER needs a user");
+                out.user = Some(args.to_string());
+            }
+            other => anyhow::bail!(
+                "--change {other:?}: only ENV, CMD, ENTRYPOINT, WORKDIR, USER and LABEL"
+            ),
+        }
+    }
+    Ok(Some(out))
+}
+
+pub async fn push(
+    client: &Client,
+    format: Format,
+    image: &str,
+    reference: Option<String>,
+    auth: Option<AuthConfig>,
+) -> anyhow::Result<()> {
+    // A push takes as long as the uploads take: no per-call deadline; the daemon's own
+    // timeouts apply.
+    let stream = client
+        .ext()
+        .push_image(ext::PushImageRequest {
+            image: image.to_string(),
+            reference: reference.unwrap_or_default(),
+            auth,
+        })
+        .await
+        .map_err(|s| anyhow::Error::new(s).context("push"))?;
+    let done = follow_push(stream.into_inner()).await?;
+    if format != Format::Table {
+        return output::print_structured(format, &done);
+    }
+    println!(
+        "Pushed {}: {} blobs uploaded ({}), {} already there, {} mounted",
+        done.reference,
+        done.blobs_uploaded,
+        output::human_size(done.uploaded_bytes),
+        done.blobs_skipped,
+        done.blobs_mounted
+    );
+    Ok(())
+}
+
+fn bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{prefix:.bold} {bar:30} {bytes:>10}/{total_bytes:<10} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+}
+
+fn progress_target() -> indicatif::ProgressDrawTarget {
+    if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    }
+}
+
+fn short_digest(digest: &str) -> String {
+    digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect()
+}
+
+async fn follow_push(
+    mut stream: tonic::Streaming<ext::PushImageResponse>,
+) -> anyhow::Result<ext::PushDone> {
+    use ext::{blob_progress::State, push_image_response::Event};
+    use indicatif::{MultiProgress, ProgressBar};
+    let multi = MultiProgress::with_draw_target(progress_target());
+    let mut bars: HashMap<String, ProgressBar> = HashMap::new();
+    loop {
+        let message = stream
+            .message()
+            .await
+            .map_err(|s| anyhow::Error::new(s).context("push"))?;
+        let Some(event) = message.and_then(|m| m.event) else {
+            anyhow::bail!("push: the stream ended without a result");
+        };
+        match event {
+            Event::Resolved(resolved) => {
+                for blob in resolved.blobs {
+                    let bar = multi.add(ProgressBar::new(blob.size).with_style(bar_style()));
+                    bar.set_prefix(short_digest(&blob.digest));
+                    bar.set_message("waiting");
+                    bars.insert(blob.digest, bar);
+                }
+            }
+            Event::Blob(blob) => {
+                if let Some(bar) = bars.get(&blob.digest) {
+                    bar.set_position(blob.uploaded);
+                    match State::try_from(blob.state) {
+                        Ok(State::Uploading) => bar.set_message("uploading"),
+                        Ok(State::Exists) => bar.finish_with_message("already there"),
+                        Ok(State::Mounted) => bar.finish_with_message("mounted"),
+                        Ok(State::Done) => bar.finish_with_message("done"),
+                        _ => {}
+                    }
+                }
+            }
+            Event::Done(done) => return Ok(done),
+        }
+    }
+}
+
+/// Bytes per message of an import.
+const IMPORT_CHUNK: usize = 1 << 20;
+
+pub async fn import(
+    client: &Client,
+    format: Format,
+    file: &std::path::Path,
+    name: String,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if file.as_os_str() == "-" {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?,
+        )
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let options = ext::ImportImageRequest {
+        part: Some(ext::import_image_request::Part::Options(
+            ext::ImportOptions { name },
+        )),
+    };
+    let _ = tx.send(options).await;
+    let display = file.display().to_string();
+    let reader = tokio::spawn(async move {
+        loop {
+            let mut buf = Vec::with_capacity(IMPORT_CHUNK);
+            match (&mut input)
+                .take(IMPORT_CHUNK as u64)
+                .read_to_end(&mut buf)
+                .await
+            {
+                Ok(0) => return Ok(()),
+                Ok(_) => {
+                    let data = ext::ImportImageRequest {
+                        part: Some(ext::import_image_request::Part::Data(buf)),
+                    };
+                    if tx.send(data).await.is_err() {
+                        return Ok(()); // the call ended; its status says why
+                    }
+                }
+                Err(e) => return Err(anyhow::anyhow!("reading {display}: {e}")),
+            }
+        }
+    });
+    let result = client
+        .ext()
+        .import_image(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    // A local read failure explains a failed call better than the status does.
+    reader.await??;
+    let response = result
+        .map_err(|s| anyhow::Error::new(s).context("import"))?
+        .into_inner();
+    if format != Format::Table {
+        return output::print_structured(format, &response);
+    }
+    for image in response.images {
+        let names = if image.names.is_empty() {
+            "<none>".to_string()
+        } else {
+            image.names.join(", ")
+        };
+        println!("Imported {names} ({})", image.image_id);
+    }
+    Ok(())
+}
+
+pub async fn export(
+    client: &Client,
+    file: &std::path::Path,
+    images: Vec<String>,
+) -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut stream = client
+        .ext()
+        .export_image(ext::ExportImageRequest { images })
+        .await
+        .map_err(|s| anyhow::Error::new(s).context("export"))?
+        .into_inner();
+    if file.as_os_str() == "-" {
+        let mut out = tokio::io::stdout();
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|s| anyhow::Error::new(s).context("export"))?
+        {
+            out.write_all(&message.data).await?;
+        }
+        out.flush().await?;
+        return Ok(());
+    }
+    // Written beside the target and renamed at the end: a failed export leaves no file.
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let written: anyhow::Result<()> = async {
+        let mut out = tokio::fs::File::create(&partial)
+            .await
+            .with_context(|| format!("creating {}", partial.display()))?;
+        while let Some(message) = stream
+            .message()
+            .await
+            .map_err(|s| anyhow::Error::new(s).context("export"))?
+        {
+            out.write_all(&message.data)
+                .await
+                .with_context(|| format!("writing {}", partial.display()))?;
+        }
+        out.sync_all().await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(e);
+    }
+    tokio::fs::rename(&partial, file)
+        .await
+        .with_context(|| format!("renaming {} to {}", partial.display(), file.display()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_parse_like_dockerfile_instructions() {
+        let c = parse_changes(&[
+            "ENV A=1 B=\"two words\"".into(),
+            "ENV OLD style value".into(),
+            "CMD [\"sleep\", \"1\"]".into(),
+            "ENTRYPOINT echo hi".into(),
+            "WORKDIR /srv".into(),
+            "user 1000".into(),
+            "LABEL team=node".into(),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.env, ["A=1", "B=two words", "OLD=style value"]);
+        assert_eq!(c.cmd.unwrap().values, ["sleep", "1"]);
+        assert_eq!(c.entrypoint.unwrap().values, ["/bin/sh", "-c", "echo hi"]);
+        assert_eq!(c.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(c.user.as_deref(), Some("1000"));
+        assert_eq!(c.labels["team"], "node");
+        assert!(parse_changes(&[]).unwrap().is_none());
+        for bad in [
+            "RUN make",
+            "CMD [1, 2]",
+            "ENV =x",
+            "WORKDIR",
+            "ENV A=\"open",
+        ] {
+            assert!(parse_changes(&[bad.into()]).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn sizes_print_like_crictl() {
         assert_eq!(crate::output::human_size(999), "999B");

@@ -109,6 +109,38 @@ enum Command {
         /// Freeze the container while its layer is read
         #[arg(long, short)]
         pause: bool,
+        /// A Dockerfile instruction for the new image's config: ENV, CMD, ENTRYPOINT,
+        /// WORKDIR, USER or LABEL; repeat for several
+        #[arg(long, short = 'c', value_name = "INSTRUCTION")]
+        change: Vec<String>,
+    },
+    /// Upload an image to a registry: push IMAGE [REFERENCE]
+    Push {
+        image: String,
+        /// Where to push (default: the image's own name)
+        reference: Option<String>,
+        /// Registry credentials
+        #[arg(long, value_name = "USER:PASSWORD")]
+        creds: Option<String>,
+        /// Registry credentials as base64 of USER:PASSWORD
+        #[arg(long, value_name = "BASE64")]
+        auth: Option<String>,
+        /// A bearer token to send to the registry as it is
+        #[arg(long, value_name = "TOKEN")]
+        registry_token: Option<String>,
+    },
+    /// Load images from an OCI layout or `docker save` archive (tar or tar.gz; - for stdin)
+    Import {
+        file: std::path::PathBuf,
+        /// Name for an image the archive does not name (NAME:TAG)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Write images to an OCI layout tar archive (- for stdout): export FILE IMAGE...
+    Export {
+        file: std::path::PathBuf,
+        #[arg(required = true)]
+        images: Vec<String>,
     },
     /// Run a pod sandbox from a crictl-style JSON or YAML config
     Runp {
@@ -437,7 +469,36 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             message,
             author,
             pause,
-        } => images::commit(&client, &container, &reference, message, author, pause).await,
+            change,
+        } => {
+            let changes = images::parse_changes(&change)?;
+            let request = strata_api::ext::CommitContainerRequest {
+                container_id: container,
+                reference,
+                message: message.unwrap_or_default(),
+                author: author.unwrap_or_default(),
+                pause,
+                changes,
+            };
+            images::commit(&client, request).await
+        }
+        Command::Push {
+            image,
+            reference,
+            creds,
+            auth,
+            registry_token,
+        } => {
+            let auth = images::auth(creds.as_deref(), auth.as_deref(), registry_token.as_deref())?;
+            images::push(&client, cli.output, &image, reference, auth).await
+        }
+        Command::Import { file, name } => {
+            images::import(&client, cli.output, &file, name.unwrap_or_default()).await
+        }
+        Command::Export {
+            file,
+            images: names,
+        } => images::export(&client, &file, names).await,
         Command::Runp { config, runtime } => pods::run(&client, &config, runtime).await,
         Command::Pods {
             id,

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod cri;
 pub mod oci;
 pub mod proxy;
 pub mod registry;
@@ -486,4 +487,29 @@ fn assert_clear_error<'a>(stderr: &'a str, program: &str) -> &'a str {
         assert!(!line.contains(debug_marker), "debug output in: {line}");
     }
     line
+}
+
+/// Layer directories and blobs present, and nothing half-written anywhere.
+pub fn store_listing(daemon: &Daemon) -> (Vec<String>, Vec<String>) {
+    let names = |dir: PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let layers = names(daemon.root.join("layers"));
+    assert!(
+        layers.iter().all(|l| !l.starts_with('.')),
+        "half-built layers left: {layers:?}"
+    );
+    assert!(
+        names(daemon.root.join("ingest")).is_empty(),
+        "ingest not empty"
+    );
+    (layers, names(daemon.root.join("blobs/sha256")))
 }

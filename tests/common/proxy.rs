@@ -1,6 +1,7 @@
 //! A fault-injecting HTTP proxy in front of the test registry: requests whose path
 //! contains a chosen string get a response cut short (the connection closed) or stalled
-//! (kept open with no more bytes), the first `times` times.
+//! (kept open with no more bytes), the first `times` times. Request bodies (uploads) pass
+//! through as they come; `Truncate(0)` cuts an upload off before the registry answers.
 
 use std::{
     net::SocketAddr,
@@ -98,6 +99,12 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
         rewritten.trim_end_matches("\r\n").to_string() + "\r\nConnection: close\r\n\r\n";
     let mut upstream = TcpStream::connect(&inner.upstream).await?;
     upstream.write_all(rewritten.as_bytes()).await?;
+    // Only the head has been read from the client: its body (if any) follows as it comes.
+    let (mut client_read, mut client) = client.into_split();
+    let (mut upstream, mut upstream_write) = upstream.into_split();
+    let body = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+    });
     let fault = if path.contains(&inner.target) {
         let n = inner.hits.fetch_add(1, Ordering::SeqCst);
         (n < inner.times).then_some(inner.fault)
@@ -112,7 +119,7 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
     let mut body_start = None;
     let mut response_head = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
-    loop {
+    while sent < limit {
         let n = upstream.read(&mut buf).await?;
         if n == 0 {
             break;
@@ -139,6 +146,7 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
     if let Some(Fault::Stall(_)) = fault {
         tokio::time::sleep(Duration::from_secs(120)).await;
     }
+    body.abort();
     client.shutdown().await
 }
 

@@ -163,6 +163,35 @@ impl Registry {
         self.logs().lines().filter(|l| l.contains(&needle)).count()
     }
 
+    /// Digests of the blobs uploaded to `repo` (upload sessions completed with 201), in order,
+    /// from the access log.
+    pub fn blob_uploads(&self, repo: &str) -> Vec<String> {
+        self.completed(&format!("\"PUT /v2/{repo}/blobs/uploads/"), "digest=")
+    }
+
+    /// Digests of the blobs mounted into `repo` from another repository (201 answers).
+    pub fn blob_mounts(&self, repo: &str) -> Vec<String> {
+        self.completed(&format!("\"POST /v2/{repo}/blobs/uploads/"), "mount=")
+    }
+
+    /// The `param` values of requests starting with `request` that got 201 Created.
+    fn completed(&self, request: &str, param: &str) -> Vec<String> {
+        self.logs()
+            .lines()
+            .filter_map(|l| l.split_once(request).map(|(_, rest)| rest))
+            .filter(|rest| {
+                rest.split("\" ")
+                    .nth(1)
+                    .is_some_and(|s| s.starts_with("201 "))
+            })
+            .filter_map(|rest| {
+                let query = rest.split_whitespace().next()?.split_once('?')?.1;
+                let value = query.split('&').find_map(|kv| kv.strip_prefix(param))?;
+                Some(value.replace("%3A", ":").replace("%3a", ":"))
+            })
+            .collect()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

@@ -5,7 +5,7 @@
 //! shared as they are; nothing is copied.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     io::{self, Write},
     os::unix::fs::{FileTypeExt, MetadataExt},
     path::{Path, PathBuf},
@@ -14,20 +14,96 @@ use std::{
 use super::{
     Error, ImageStore, Result,
     digest::{Digest, Hasher},
-    layers::LayerMeta,
     manifest,
     records::{ImageRecord, LayerRef},
     reference::Reference,
-    unpack,
 };
 
 const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-/// What to say about a commit.
+/// What to say about a commit, and what to change in the image's config.
 #[derive(Debug, Clone, Default)]
 pub struct CommitInfo {
     pub message: String,
     pub author: String,
+    pub changes: ConfigChanges,
+}
+
+/// Changes to the new image's run config, as a Dockerfile's ENV, CMD, ENTRYPOINT, WORKDIR,
+/// USER and LABEL would make them.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigChanges {
+    /// `KEY=value`, replacing the same key.
+    pub env: Vec<String>,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ConfigChanges {
+    /// Applies the changes to an image config's `config` object.
+    fn apply(&self, config: &mut serde_json::Value) -> Result<()> {
+        let invalid = |message: String| Error::Invalid {
+            what: "commit changes".into(),
+            message,
+        };
+        if !config.is_object() {
+            *config = serde_json::json!({});
+        }
+        if !self.env.is_empty() {
+            let mut env: Vec<String> = config["Env"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for var in &self.env {
+                let key = match var.split_once('=') {
+                    Some((key, _)) if !key.is_empty() => key,
+                    _ => return Err(invalid(format!("env {var:?} is not KEY=value"))),
+                };
+                let prefix = format!("{key}=");
+                match env.iter_mut().find(|e| e.starts_with(&prefix)) {
+                    Some(existing) => existing.clone_from(var),
+                    None => env.push(var.clone()),
+                }
+            }
+            config["Env"] = env.into();
+        }
+        if let Some(cmd) = &self.cmd {
+            config["Cmd"] = cmd.clone().into();
+        }
+        if let Some(entrypoint) = &self.entrypoint {
+            config["Entrypoint"] = entrypoint.clone().into();
+        }
+        if let Some(dir) = &self.working_dir {
+            if !dir.starts_with('/') {
+                return Err(invalid(format!(
+                    "working dir {dir:?} is not an absolute path"
+                )));
+            }
+            config["WorkingDir"] = dir.clone().into();
+        }
+        if let Some(user) = &self.user {
+            config["User"] = user.clone().into();
+        }
+        if !self.labels.is_empty() {
+            if !config["Labels"].is_object() {
+                config["Labels"] = serde_json::json!({});
+            }
+            for (key, value) in &self.labels {
+                if key.is_empty() {
+                    return Err(invalid("a label with an empty key".into()));
+                }
+                config["Labels"][key] = value.clone().into();
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A writer that hashes and counts what passes through it.
@@ -178,6 +254,20 @@ impl ImageStore {
             what: format!("commit target {target:?}"),
             message: "must be a name with a tag, not a digest".into(),
         })?;
+        // The config first: bad changes fail before any work is done.
+        let mut config: serde_json::Value =
+            serde_json::from_slice(&self.content.read(&parent.id, manifest::MAX_DOCUMENT)?)
+                .map_err(|e| Error::Invalid {
+                    what: "parent config".into(),
+                    message: e.to_string(),
+                })?;
+        if !config.is_object() {
+            return Err(Error::Invalid {
+                what: "parent config".into(),
+                message: "not a JSON object".into(),
+            });
+        }
+        info.changes.apply(&mut config["config"])?;
         // The layer: tar (hashed: the diff_id) → gzip → the content store (its digest).
         let ingest = self.content.ingest_new()?;
         let gzip = flate2::write::GzEncoder::new(ingest, flate2::Compression::fast());
@@ -195,39 +285,9 @@ impl ImageStore {
         let (layer_digest, layer_size) = ingest.commit_computed()?;
 
         // Unpacked into the layer store like any pulled layer.
-        if !self.layers.has(&diff_id) {
-            let pending = self.layers.begin(&diff_id)?;
-            let blob = std::fs::File::open(self.content.path(&layer_digest)).map_err(io_fail)?;
-            let unpacked = unpack::unpack(
-                flate2::read::MultiGzDecoder::new(io::BufReader::new(blob)),
-                pending.root(),
-                self.config.max_layer_entries,
-            )
-            .map_err(|source| Error::Unpack {
-                digest: layer_digest.clone(),
-                source,
-            })?;
-            if unpacked.diff_id != diff_id {
-                return Err(Error::DiffId {
-                    digest: layer_digest,
-                    expected: diff_id,
-                    actual: unpacked.diff_id,
-                });
-            }
-            pending.commit(&LayerMeta {
-                diff_id: diff_id.clone(),
-                size: unpacked.content_bytes,
-                entries: unpacked.entries,
-            })?;
-        }
+        self.unpack_stored(&layer_digest, &diff_id, manifest::Compression::Gzip)?;
 
         // The config: the parent's, plus the layer and a history entry.
-        let mut config: serde_json::Value =
-            serde_json::from_slice(&self.content.read(&parent.id, manifest::MAX_DOCUMENT)?)
-                .map_err(|e| Error::Invalid {
-                    what: "parent config".into(),
-                    message: e.to_string(),
-                })?;
         let now = crate::helper::monitor::rfc3339_nano(std::time::SystemTime::now());
         config["created"] = now.clone().into();
         if !info.author.is_empty() {
@@ -295,7 +355,11 @@ impl ImageStore {
                 + config_bytes.len() as u64
                 + new_layers.iter().map(|l| l.size).sum::<u64>(),
             layers: new_layers,
-            user: parent.user.clone(),
+            user: info
+                .changes
+                .user
+                .clone()
+                .unwrap_or_else(|| parent.user.clone()),
             stored_at: super::now_nanos(),
         };
         let mut records = self.records();
@@ -304,5 +368,69 @@ impl ImageStore {
             .find(&tag)
             .cloned()
             .ok_or_else(|| Error::Internal("the committed image vanished".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_apply_like_dockerfile_instructions() {
+        let mut config = serde_json::json!({
+            "Env": ["PATH=/bin", "A=1"],
+            "Cmd": ["sh"],
+            "Labels": {"keep": "yes"},
+        });
+        let changes = ConfigChanges {
+            env: vec!["A=2".into(), "B=x=y".into()],
+            cmd: Some(vec![]),
+            entrypoint: Some(vec!["/bin/app".into(), "--serve".into()]),
+            working_dir: Some("/srv".into()),
+            user: Some("1000:1000".into()),
+            labels: [("team".to_string(), "node".to_string())].into(),
+        };
+        changes.apply(&mut config).unwrap();
+        assert_eq!(
+            config["Env"],
+            serde_json::json!(["PATH=/bin", "A=2", "B=x=y"])
+        );
+        assert_eq!(config["Cmd"], serde_json::json!([]));
+        assert_eq!(
+            config["Entrypoint"],
+            serde_json::json!(["/bin/app", "--serve"])
+        );
+        assert_eq!(config["WorkingDir"], "/srv");
+        assert_eq!(config["User"], "1000:1000");
+        assert_eq!(
+            config["Labels"],
+            serde_json::json!({"keep": "yes", "team": "node"})
+        );
+
+        // A config without a run config gets one; nothing given changes nothing.
+        let mut empty = serde_json::Value::Null;
+        ConfigChanges::default().apply(&mut empty).unwrap();
+        assert_eq!(empty, serde_json::json!({}));
+
+        for bad in [
+            ConfigChanges {
+                env: vec!["NOEQUALS".into()],
+                ..Default::default()
+            },
+            ConfigChanges {
+                env: vec!["=v".into()],
+                ..Default::default()
+            },
+            ConfigChanges {
+                working_dir: Some("rel".into()),
+                ..Default::default()
+            },
+            ConfigChanges {
+                labels: [(String::new(), "v".into())].into(),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.apply(&mut serde_json::json!({})).is_err(), "{bad:?}");
+        }
     }
 }

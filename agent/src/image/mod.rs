@@ -1,12 +1,14 @@
 //! Images: the registry client, the content store, the layer store and the image records,
 //! behind one facade, [`ImageStore`]. Nothing here knows about gRPC or containers.
 
+mod archive;
 mod commit;
 pub mod content;
 pub mod digest;
 pub mod layers;
 pub mod manifest;
 mod pull;
+mod push;
 pub mod records;
 pub mod reference;
 pub mod registry;
@@ -18,9 +20,10 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-pub use commit::CommitInfo;
+pub use commit::{CommitInfo, ConfigChanges};
 pub use digest::Digest;
 pub use pull::{LayerState, Progress, now_nanos};
+pub use push::{BlobState, PushProgress, PushSummary};
 pub use records::ImageRecord;
 pub use registry::Credentials;
 

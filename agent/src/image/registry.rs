@@ -1,5 +1,6 @@
-//! A client for the OCI distribution API (pull side): manifests and blobs, with anonymous,
-//! basic and bearer-token authentication, registry mirrors, plain http for local
+//! A client for the OCI distribution API: manifests and blobs to pull, blob existence checks,
+//! cross-repository mounts, uploads and manifests to push; with anonymous, basic and
+//! bearer-token authentication, registry mirrors (pull only), plain http for local
 //! registries, and retries with back-off on transient failures.
 //!
 //! Written on reqwest rather than a registry crate so that the agent controls what matters
@@ -14,7 +15,7 @@ use std::{
 };
 
 use base64::Engine as _;
-use reqwest::{Response, StatusCode, header};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
 use serde::Deserialize;
 
 use super::digest::Digest;
@@ -142,6 +143,29 @@ impl RegistryClient {
         repository: &str,
         credentials: Credentials,
     ) -> Repository {
+        self.session(registry, repository, credentials, "pull")
+    }
+
+    /// A session for pushing to one repository: tokens are asked for with push access, and
+    /// only the registry itself is used (mirrors are read-only).
+    pub fn repository_for_push(
+        self: &Arc<Self>,
+        registry: &str,
+        repository: &str,
+        credentials: Credentials,
+    ) -> Repository {
+        let mut session = self.session(registry, repository, credentials, "pull,push");
+        session.endpoints.retain(|e| !e.mirror);
+        session
+    }
+
+    fn session(
+        self: &Arc<Self>,
+        registry: &str,
+        repository: &str,
+        credentials: Credentials,
+        access: &'static str,
+    ) -> Repository {
         let insecure = self
             .hosts
             .get(registry)
@@ -156,6 +180,7 @@ impl RegistryClient {
             registry: registry.to_string(),
             repository: repository.to_string(),
             endpoints: self.endpoints(registry),
+            access,
             credentials,
             tokens: tokio::sync::Mutex::new(HashMap::new()),
             unreachable: tokio::sync::Mutex::new(Default::default()),
@@ -177,6 +202,8 @@ pub struct Repository {
     registry: String,
     repository: String,
     endpoints: Vec<Endpoint>,
+    /// The access asked of a token service for this repository: "pull" or "pull,push".
+    access: &'static str,
     credentials: Credentials,
     tokens: tokio::sync::Mutex<HashMap<String, Auth>>,
     unreachable: tokio::sync::Mutex<std::collections::HashSet<String>>,
@@ -265,14 +292,39 @@ impl Repository {
         attempts: u32,
     ) -> Result<Response> {
         let url = format!("{}/v2/{}/{path}", endpoint.base, self.repository);
+        self.call(
+            endpoint,
+            Method::GET,
+            &url,
+            what,
+            attempts,
+            &|request| match accept {
+                Some(accept) => request.header(header::ACCEPT, accept),
+                None => request,
+            },
+        )
+        .await
+    }
+
+    /// Sends a request built by `build` (again for each attempt), answering one
+    /// authentication challenge and retrying transient failures up to `attempts` times.
+    /// Any 2xx is success; the rest become errors that name `what`. A request whose body
+    /// cannot be sent twice (`attempts` 0) gets one try, and is not re-sent after a challenge.
+    async fn call(
+        &self,
+        endpoint: &Endpoint,
+        method: Method,
+        url: &str,
+        what: &str,
+        attempts: u32,
+        build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
+    ) -> Result<Response> {
+        let replayable = attempts > 0;
         let mut attempt = 0;
         let mut authenticated = false;
         loop {
-            let mut request = self.http.get(&url);
-            if let Some(accept) = accept {
-                request = request.header(header::ACCEPT, accept);
-            }
-            request = self.authorize(request, &endpoint.base).await;
+            let request = build(self.http.request(method.clone(), url));
+            let request = self.authorize(request, &endpoint.base).await;
             let result = request.send().await;
             let retry = match result {
                 Err(e) => Error::Unavailable(format!(
@@ -281,7 +333,11 @@ impl Repository {
                     crate::report::error_line(&e)
                 )),
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) if resp.status() == StatusCode::UNAUTHORIZED && !authenticated => {
+                Ok(resp)
+                    if resp.status() == StatusCode::UNAUTHORIZED
+                        && !authenticated
+                        && replayable =>
+                {
                     authenticated = true;
                     self.authenticate(&endpoint.base, &resp).await?;
                     continue;
@@ -322,6 +378,142 @@ impl Repository {
             tracing::debug!(error = %retry, ?pause, "retrying");
             tokio::time::sleep(pause).await;
         }
+    }
+
+    /// The registry itself (pushes never go to a mirror).
+    fn origin(&self) -> Result<&Endpoint> {
+        self.endpoints
+            .iter()
+            .rfind(|e| !e.mirror)
+            .ok_or_else(|| Error::Protocol("no endpoint".into()))
+    }
+
+    fn url(&self, endpoint: &Endpoint, path: &str) -> String {
+        format!("{}/v2/{}/{path}", endpoint.base, self.repository)
+    }
+
+    /// Whether the repository has blob `digest` (HEAD).
+    pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
+        let origin = self.origin()?;
+        let what = format!("blob {digest} of {}", self.name());
+        let url = self.url(origin, &format!("blobs/{digest}"));
+        match self
+            .call(origin, Method::HEAD, &url, &what, RETRIES, &|r| r)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Asks the registry to mount blob `digest` from repository `from` of the same
+    /// registry. A registry that cannot (it lacks the blob there, or does not mount) opens
+    /// an upload session instead, which is returned.
+    pub async fn mount_blob(&self, digest: &Digest, from: &str) -> Result<Mount> {
+        let origin = self.origin()?;
+        let what = format!("mounting blob {digest} from {from} into {}", self.name());
+        let url = self.url(origin, "blobs/uploads/");
+        let query = [("mount", digest.to_string()), ("from", from.to_string())];
+        let resp = self
+            .call(origin, Method::POST, &url, &what, RETRIES, &|r| {
+                r.query(&query).header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        if resp.status() == StatusCode::CREATED {
+            return Ok(Mount::Mounted);
+        }
+        Ok(Mount::Upload(self.location(origin, &resp, &what)?))
+    }
+
+    /// Opens an upload session; returns its location.
+    pub async fn start_upload(&self, digest: &Digest) -> Result<String> {
+        let origin = self.origin()?;
+        let what = format!("starting the upload of blob {digest} to {}", self.name());
+        let url = self.url(origin, "blobs/uploads/");
+        let resp = self
+            .call(origin, Method::POST, &url, &what, RETRIES, &|r| {
+                r.header(header::CONTENT_LENGTH, 0)
+            })
+            .await?;
+        self.location(origin, &resp, &what)
+    }
+
+    /// Completes an upload session with the whole blob in one request (the body streams).
+    /// The registry checks the digest. Sent once: the caller retries the whole blob.
+    pub async fn put_blob(
+        &self,
+        location: &str,
+        digest: &Digest,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<()> {
+        let origin = self.origin()?;
+        let what = format!("uploading blob {digest} to {}", self.name());
+        let body = std::sync::Mutex::new(Some(body));
+        let digest_param = [("digest", digest.to_string())];
+        let resp = self
+            .call(origin, Method::PUT, location, &what, 0, &|r| {
+                let r = r
+                    .query(&digest_param)
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .header(header::CONTENT_LENGTH, size);
+                match body.lock().ok().and_then(|mut b| b.take()) {
+                    Some(body) => r.body(body),
+                    None => r,
+                }
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(Error::Protocol(format!(
+                "{what}: {} answered {} where 201 was expected",
+                origin.base,
+                resp.status()
+            )));
+        }
+        Ok(())
+    }
+
+    /// PUTs a manifest under `reference` (a tag or digest); returns the digest the registry
+    /// reports for it, if it does.
+    pub async fn put_manifest(
+        &self,
+        reference: &str,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<Option<String>> {
+        let origin = self.origin()?;
+        let what = format!("manifest {}:{reference}", self.name());
+        let url = self.url(origin, &format!("manifests/{reference}"));
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        let resp = self
+            .call(origin, Method::PUT, &url, &what, RETRIES, &|r| {
+                r.header(header::CONTENT_TYPE, media_type)
+                    .body(body.clone())
+            })
+            .await?;
+        Ok(resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string))
+    }
+
+    /// The absolute URL of an upload session from a response's `Location`, which may be
+    /// relative to the registry.
+    fn location(&self, origin: &Endpoint, resp: &Response, what: &str) -> Result<String> {
+        let location = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                Error::Protocol(format!(
+                    "{what}: {} answered {} without a Location",
+                    origin.base,
+                    resp.status()
+                ))
+            })?;
+        Ok(resolve_location(&origin.base, location))
     }
 
     async fn authorize(
@@ -378,11 +570,17 @@ impl Repository {
                 "registry {base} sent a bearer challenge without a realm"
             ))
         })?;
-        let scope = params
+        // The scopes the challenge names (several, space-separated, for a cross-repository
+        // mount) and always this session's own access, so one token serves the session.
+        let own = format!("repository:{}:{}", self.repository, self.access);
+        let mut scopes: Vec<String> = params
             .get("scope")
-            .cloned()
-            .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
-        let mut query: Vec<(&str, String)> = vec![("scope", scope)];
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default();
+        if !scopes.contains(&own) {
+            scopes.push(own);
+        }
+        let mut query: Vec<(&str, String)> = scopes.into_iter().map(|s| ("scope", s)).collect();
         if let Some(service) = params.get("service") {
             query.push(("service", service.clone()));
         }
@@ -432,6 +630,25 @@ impl Repository {
             )));
         }
         Ok(token)
+    }
+}
+
+/// The outcome of a cross-repository mount request.
+#[derive(Debug)]
+pub enum Mount {
+    Mounted,
+    /// Not mounted; an upload session was opened at this location instead.
+    Upload(String),
+}
+
+/// `Location` values are absolute URLs or paths on the registry.
+fn resolve_location(base: &str, location: &str) -> String {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        location.to_string()
+    } else if location.starts_with('/') {
+        format!("{base}{location}")
+    } else {
+        format!("{base}/{location}")
     }
 }
 
@@ -535,6 +752,23 @@ mod tests {
         assert_eq!(
             client.endpoints("127.0.0.1:5000")[0].base,
             "http://127.0.0.1:5000"
+        );
+    }
+
+    #[test]
+    fn upload_locations_resolve_against_the_registry() {
+        let base = "http://127.0.0.1:5000";
+        assert_eq!(
+            resolve_location(base, "/v2/a/blobs/uploads/x?_state=y"),
+            "http://127.0.0.1:5000/v2/a/blobs/uploads/x?_state=y"
+        );
+        assert_eq!(
+            resolve_location(base, "https://blobs.example/up/1"),
+            "https://blobs.example/up/1"
+        );
+        assert_eq!(
+            resolve_location(base, "v2/a/blobs/uploads/x"),
+            "http://127.0.0.1:5000/v2/a/blobs/uploads/x"
         );
     }
 

@@ -1,6 +1,12 @@
-//! `runtime.v1.ImageService`, and strata's pull-with-progress extension.
+//! `runtime.v1.ImageService`, and strata's image extension (`strata.v1.Images`): pull and
+//! push with progress, commit, tag, history, disk usage, import and export.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc};
+use std::{
+    collections::HashMap,
+    io::{self, Read, Write},
+    pin::Pin,
+    sync::Arc,
+};
 
 use strata_api::{
     cri::{
@@ -12,10 +18,12 @@ use strata_api::{
     ext::{self, images_server::Images as ExtImages},
 };
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use super::Context;
-use crate::image::{Credentials, ImageRecord, LayerState, Progress, registry};
+use crate::image::{
+    BlobState, Credentials, ImageRecord, LayerState, Progress, PushProgress, PushSummary, registry,
+};
 
 pub struct Images {
     ctx: Arc<Context>,
@@ -223,6 +231,168 @@ impl ImageService for Images {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 type ProgressStream = BoxStream<ext::PullImageProgressResponse>;
 
+/// Runs `work` in its own task, streaming its progress events as they come and its result
+/// last (an error ends the stream with that status). A client that goes away does not
+/// stop the work.
+fn progress_stream<E, T, M>(
+    work: impl Future<Output = crate::image::Result<T>> + Send + 'static,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<E>,
+    event_message: fn(E) -> M,
+    done_message: fn(T) -> M,
+) -> BoxStream<M>
+where
+    E: Send + 'static,
+    T: Send + 'static,
+    M: Send + 'static,
+{
+    let (out_tx, out_rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        tokio::pin!(work);
+        let result = loop {
+            tokio::select! {
+                result = &mut work => break result,
+                Some(event) = events.recv() => {
+                    let _ = out_tx.send(Ok(event_message(event))).await;
+                }
+            }
+        };
+        while let Ok(event) = events.try_recv() {
+            let _ = out_tx.send(Ok(event_message(event))).await;
+        }
+        let _ = out_tx
+            .send(result.map(done_message).map_err(Status::from))
+            .await;
+    });
+    Box::pin(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+}
+
+fn pull_done(image: ImageRecord) -> ext::PullImageProgressResponse {
+    ext::PullImageProgressResponse {
+        event: Some(ext::pull_image_progress_response::Event::Done(ext::Done {
+            image_ref: image.id.to_string(),
+        })),
+    }
+}
+
+fn push_message(event: PushProgress) -> ext::PushImageResponse {
+    use ext::push_image_response::Event;
+    let event = match event {
+        PushProgress::Resolved { manifest, blobs } => Event::Resolved(ext::PushResolved {
+            manifest_digest: manifest.to_string(),
+            blobs: blobs
+                .into_iter()
+                .map(|(digest, size)| ext::LayerDescriptor {
+                    digest: digest.to_string(),
+                    size,
+                })
+                .collect(),
+        }),
+        PushProgress::Blob(blob) => Event::Blob(ext::BlobProgress {
+            digest: blob.digest.to_string(),
+            size: blob.size,
+            uploaded: blob.uploaded,
+            state: match blob.state {
+                BlobState::Waiting => ext::blob_progress::State::Waiting,
+                BlobState::Uploading => ext::blob_progress::State::Uploading,
+                BlobState::Exists => ext::blob_progress::State::Exists,
+                BlobState::Mounted => ext::blob_progress::State::Mounted,
+                BlobState::Done => ext::blob_progress::State::Done,
+            } as i32,
+        }),
+    };
+    ext::PushImageResponse { event: Some(event) }
+}
+
+fn push_done(summary: PushSummary) -> ext::PushImageResponse {
+    ext::PushImageResponse {
+        event: Some(ext::push_image_response::Event::Done(ext::PushDone {
+            reference: summary.reference,
+            manifest_digest: summary.manifest.map(|d| d.to_string()).unwrap_or_default(),
+            uploaded_bytes: summary.uploaded_bytes,
+            blobs_uploaded: summary.uploaded,
+            blobs_skipped: summary.skipped,
+            blobs_mounted: summary.mounted,
+        })),
+    }
+}
+
+fn commit_changes(changes: Option<ext::ImageChanges>) -> crate::image::ConfigChanges {
+    let Some(c) = changes else {
+        return Default::default();
+    };
+    crate::image::ConfigChanges {
+        env: c.env,
+        cmd: c.cmd.map(|l| l.values),
+        entrypoint: c.entrypoint.map(|l| l.values),
+        working_dir: c.working_dir,
+        user: c.user,
+        labels: c.labels.into_iter().collect(),
+    }
+}
+
+/// Bytes of an archive per message to the client.
+const EXPORT_CHUNK: usize = 1 << 20;
+
+/// The blocking end of an export: gathers the archive into chunks for the client. Fails
+/// (and so stops the export) when the client has gone.
+struct ChunkSender {
+    tx: tokio::sync::mpsc::Sender<Result<ext::ExportImageResponse, Status>>,
+    buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    fn send(&mut self) -> io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(EXPORT_CHUNK));
+        self.tx
+            .blocking_send(Ok(ext::ExportImageResponse { data }))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the client went away"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = buf.len().min(EXPORT_CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&buf[..n]);
+        if self.buf.len() == EXPORT_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.send()?;
+        }
+        Ok(())
+    }
+}
+
+/// The blocking end of an import: the client's data messages as a byte stream.
+struct ChunkReceiver {
+    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReceiver {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            match self.rx.blocking_recv() {
+                None => return Ok(0),
+                Some(Err(message)) => return Err(io::Error::other(message)),
+                Some(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.pos = 0;
+                }
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Images per message of a streamed list.
 const STREAM_CHUNK: usize = 500;
 
@@ -341,6 +511,7 @@ impl ExtImages for Images {
         let info = crate::image::CommitInfo {
             message: request.message,
             author: request.author,
+            changes: commit_changes(request.changes),
         };
         let reference = request.reference;
         let image = tokio::task::spawn_blocking(move || {
@@ -384,32 +555,149 @@ impl ExtImages for Images {
         let request = request.into_inner();
         let name = image_name(request.image.as_ref())?.to_string();
         let credentials = credentials(request.auth)?;
-        let (events_tx, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (out_tx, out_rx) = tokio::sync::mpsc::channel(64);
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let images = self.ctx.images.clone();
-        tokio::spawn(async move {
-            let pull = images.pull(&name, credentials, Some(events_tx));
-            tokio::pin!(pull);
-            let result = loop {
-                tokio::select! {
-                    result = &mut pull => break result,
-                    Some(event) = events_rx.recv() => {
-                        let _ = out_tx.send(Ok(progress_message(event))).await;
-                    }
+        let work = async move { images.pull(&name, credentials, Some(events_tx)).await };
+        Ok(Response::new(progress_stream(
+            work,
+            events_rx,
+            progress_message,
+            pull_done,
+        )))
+    }
+
+    async fn push_image(
+        &self,
+        request: Request<ext::PushImageRequest>,
+    ) -> Result<Response<BoxStream<ext::PushImageResponse>>, Status> {
+        let request = request.into_inner();
+        if request.image.is_empty() {
+            return Err(Status::invalid_argument("PushImage needs an image"));
+        }
+        if self.ctx.images.find(&request.image).is_none() {
+            return Err(Status::not_found(format!(
+                "image {:?} not found",
+                request.image
+            )));
+        }
+        let credentials = credentials(request.auth)?;
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let images = self.ctx.images.clone();
+        let work = async move {
+            images
+                .push(
+                    &request.image,
+                    &request.reference,
+                    credentials,
+                    Some(events_tx),
+                )
+                .await
+        };
+        Ok(Response::new(progress_stream(
+            work,
+            events_rx,
+            push_message,
+            push_done,
+        )))
+    }
+
+    async fn import_image(
+        &self,
+        request: Request<Streaming<ext::ImportImageRequest>>,
+    ) -> Result<Response<ext::ImportImageResponse>, Status> {
+        use ext::import_image_request::Part;
+        let mut stream = request.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(8);
+        let mut name = String::new();
+        match stream.message().await?.and_then(|m| m.part) {
+            Some(Part::Options(options)) => name = options.name,
+            Some(Part::Data(data)) => {
+                let _ = tx.send(Ok(data)).await;
+            }
+            None => return Err(Status::invalid_argument("ImportImage got no archive")),
+        }
+        let images = self.ctx.images.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            let reader = ChunkReceiver {
+                rx,
+                current: Vec::new(),
+                pos: 0,
+            };
+            images.import(reader, &name)
+        });
+        loop {
+            let message = match stream.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => break,
+                Err(status) => {
+                    let _ = tx
+                        .send(Err(format!(
+                            "the client's stream failed: {}",
+                            status.message()
+                        )))
+                        .await;
+                    break;
                 }
             };
-            while let Ok(event) = events_rx.try_recv() {
-                let _ = out_tx.send(Ok(progress_message(event))).await;
+            let go_on = match message.part {
+                // A failed send: the import stopped, and its error says why.
+                Some(Part::Data(data)) => tx.send(Ok(data)).await.is_ok(),
+                Some(Part::Options(_)) => {
+                    let _ = tx
+                        .send(Err("options may only come first".to_string()))
+                        .await;
+                    false
+                }
+                None => true,
+            };
+            if !go_on {
+                break;
             }
-            let last = result.map(|image| ext::PullImageProgressResponse {
-                event: Some(ext::pull_image_progress_response::Event::Done(ext::Done {
-                    image_ref: image.id.to_string(),
-                })),
+        }
+        drop(tx);
+        let imported = worker
+            .await
+            .map_err(|e| Status::internal(format!("import task failed: {e}")))??;
+        for image in &imported {
+            tracing::info!(image = %image.id, names = ?image.names, "imported");
+        }
+        Ok(Response::new(ext::ImportImageResponse {
+            images: imported
+                .into_iter()
+                .map(|i| ext::ImportedImage {
+                    image_id: i.id.to_string(),
+                    names: i.names,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn export_image(
+        &self,
+        request: Request<ext::ExportImageRequest>,
+    ) -> Result<Response<BoxStream<ext::ExportImageResponse>>, Status> {
+        let names = request.into_inner().images;
+        let images = self.ctx.images.export_images(&names)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let store = self.ctx.images.clone();
+        tokio::task::spawn_blocking(move || {
+            let sender = ChunkSender {
+                tx: tx.clone(),
+                buf: Vec::with_capacity(EXPORT_CHUNK),
+            };
+            let result = store.export(&images, sender).and_then(|mut sender| {
+                sender.flush().map_err(|e| crate::image::Error::Download {
+                    what: "export".into(),
+                    message: e.to_string(),
+                })
             });
-            let _ = out_tx.send(last.map_err(Status::from)).await;
+            if let Err(e) = result {
+                tracing::info!(error = %e, "export stopped");
+                let _ = tx.blocking_send(Err(Status::from(e)));
+            }
         });
         Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+            tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
     }
 }

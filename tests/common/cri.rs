@@ -1,0 +1,277 @@
+//! Pods and containers for the end-to-end tests: a daemon with the busybox test image
+//! pulled from a real registry, and helpers to run containers and read their output.
+
+use std::time::{Duration, Instant};
+
+use strata_api::cri::{
+    self, ContainerConfig, ContainerStatusRequest, CreateContainerRequest, ImageSpec, KeyValue,
+    PodSandboxConfig, PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, image_service_client::ImageServiceClient,
+    runtime_service_client::RuntimeServiceClient,
+};
+use tonic::transport::Channel;
+
+use super::{
+    Daemon, Options,
+    oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
+    registry::Registry,
+};
+
+/// A daemon and its runtime client.
+pub struct Node {
+    pub daemon: Daemon,
+    pub rt: RuntimeServiceClient<Channel>,
+}
+
+/// A registry, and a node with the busybox test image from it pulled.
+pub struct Env {
+    pub registry: Registry,
+    pub node: Node,
+    pub image: String,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl std::ops::DerefMut for Env {
+    fn deref_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+}
+
+/// A daemon with a busybox image pulled (and a file the top layer deletes).
+pub async fn env() -> Env {
+    env_with("").await
+}
+
+pub async fn env_with(config: &str) -> Env {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start_with(Options {
+        config: config.into(),
+        ..Default::default()
+    })
+    .await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new()
+                .file("etc/doomed", b"x", 0o644)
+                .file("etc/kept", b"kept\n", 0o644)
+                .finish(),
+            Compression::Gzip,
+        )
+        .layer(
+            LayerBuilder::new().whiteout("etc/doomed").finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("ctr/busybox", "v1", &image).await;
+    let reference = registry.reference("ctr/busybox", "v1");
+    ImageServiceClient::new(daemon.channel().await)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    Env {
+        registry,
+        node: Node::new(daemon).await,
+        image: reference,
+    }
+}
+
+pub fn pod_config(name: &str) -> PodSandboxConfig {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "hostname": format!("{name}-host"),
+    }))
+    .unwrap()
+}
+
+pub fn container_config(name: &str, image: &str, script: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(cri::ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        envs: vec![KeyValue {
+            key: "GREETING".into(),
+            value: "hello".into(),
+        }],
+        // As the kubelet asks for every container of a pod that does not share processes.
+        linux: Some(pid_mode(cri::NamespaceMode::Container)),
+        ..Default::default()
+    }
+}
+
+pub fn pid_mode(mode: cri::NamespaceMode) -> cri::LinuxContainerConfig {
+    cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                pid: mode as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+impl Node {
+    pub async fn new(daemon: Daemon) -> Node {
+        let rt = daemon.runtime().await;
+        Node { daemon, rt }
+    }
+
+    pub async fn pod(&mut self, name: &str) -> String {
+        self.rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_config(name)),
+                runtime_handler: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pod_sandbox_id
+    }
+
+    pub async fn create(
+        &mut self,
+        pod: &str,
+        config: ContainerConfig,
+    ) -> Result<String, tonic::Status> {
+        self.rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(config),
+                sandbox_config: None,
+            })
+            .await
+            .map(|r| r.into_inner().container_id)
+    }
+
+    pub async fn status(&mut self, id: &str) -> cri::ContainerStatus {
+        self.rt
+            .container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .unwrap()
+    }
+
+    pub async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let st = self.status(id).await;
+            if st.state == cri::ContainerState::ContainerExited as i32 {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} did not exit: {st:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Creates and starts a container of `pod`, waits for it to exit, and returns its
+    /// stdout lines and status.
+    pub async fn run_config(
+        &mut self,
+        pod: &str,
+        config: ContainerConfig,
+    ) -> (Vec<String>, cri::ContainerStatus) {
+        let id = self.create(pod, config).await.unwrap();
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        let st = self.wait_exit(&id).await;
+        (stdout_lines(&st), st)
+    }
+
+    /// Starts `script` (which should end in `exec sleep …`) in a new container of `pod` and
+    /// waits until sleep is its PID 1, so that whatever the script did is done.
+    pub async fn start_sleeper(
+        &mut self,
+        pod: &str,
+        name: &str,
+        image: &str,
+        script: &str,
+    ) -> String {
+        let id = self
+            .create(pod, container_config(name, image, script))
+            .await
+            .unwrap();
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self
+                .daemon
+                .ctl(["exec", &id, "sh", "-c", "cat /proc/1/cmdline"]);
+            if out.status.success() && out.stdout.starts_with("sleep") {
+                return id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {id} never got to sleep: {out:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn remove_pods(&mut self, pods: Vec<String>) {
+        for pod_sandbox_id in pods {
+            self.rt
+                .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id })
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Env {
+    /// Runs `script` in a new container of `pod`; returns its stdout lines and status.
+    pub async fn run(
+        &mut self,
+        pod: &str,
+        name: &str,
+        script: &str,
+    ) -> (Vec<String>, cri::ContainerStatus) {
+        let config = container_config(name, &self.image.clone(), script);
+        self.run_config(pod, config).await
+    }
+}
+
+/// The complete stdout lines of a container's CRI log.
+pub fn stdout_lines(st: &cri::ContainerStatus) -> Vec<String> {
+    std::fs::read_to_string(&st.log_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t.to_string()))
+        .collect()
+}
