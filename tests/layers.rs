@@ -218,7 +218,14 @@ async fn commit_with_changes_push_and_pull_on_another_root() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_pushes_leave_the_image_and_a_retry_works() {
     let registry = Registry::start().await;
-    let node = Node::new(Daemon::start().await).await;
+    let node = Node::new(
+        Daemon::start_with(common::Options {
+            config: "[images]\nprogress_timeout_secs = 2\n".into(),
+            ..Default::default()
+        })
+        .await,
+    )
+    .await;
     let image = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
         .layer(
@@ -244,6 +251,20 @@ async fn failed_pushes_leave_the_image_and_a_retry_works() {
         before,
         "a failed push changed the store"
     );
+
+    // A registry that never answers an upload: the progress timeout ends each try.
+    let stalling = FaultyProxy::start(&registry.host, "digest=sha256", Fault::Stall(0), 100).await;
+    let target = format!("{}/stalled:v1", stalling.host);
+    node.daemon.ctl(["tag", &source, &target]).ok();
+    let started = std::time::Instant::now();
+    let line = node.daemon.ctl(["push", &target]).failed().to_string();
+    assert!(
+        line.contains("DeadlineExceeded") && line.contains("no data"),
+        "{line}"
+    );
+    assert!(stalling.hits() >= 3, "retried: {} tries", stalling.hits());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(store_listing(&node.daemon), before.0);
 
     // One cut: the retry completes the push.
     let flaky = FaultyProxy::start(&registry.host, "digest=sha256", Fault::Truncate(0), 1).await;
@@ -386,6 +407,13 @@ async fn export_import_round_trip_and_docker_save_archives() {
             .count(),
         5
     );
+    // To stdout: the same bytes (an export is deterministic).
+    let piped = std::process::Command::new(common::bin("stratactl"))
+        .args(["--endpoint", &env.daemon.endpoint(), "export", "-", &image])
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{piped:?}");
+    assert!(piped.stdout == bytes, "stdout export differs from the file");
 
     // Onto a fresh root: the same image (id and manifest), under the same name, and it runs.
     let mut fresh = Node::new(Daemon::start().await).await;
@@ -410,6 +438,20 @@ async fn export_import_round_trip_and_docker_save_archives() {
         )
         .await,
         ["kept", "doomed-gone"]
+    );
+    // From stdin too (the same image again: nothing changes).
+    let mut child = std::process::Command::new(common::bin("stratactl"))
+        .args(["--endpoint", &fresh.daemon.endpoint(), "import", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("Imported {image} ({id})")
     );
 
     // Gzipped, and from a second export that names two images: the same ids again.

@@ -86,9 +86,10 @@ struct FileConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ImagesConfig {
-    /// Layers downloaded at once per pull.
+    /// Layers downloaded at once per pull (and blobs uploaded at once per push).
     pub max_concurrent_downloads: usize,
-    /// A download that receives no byte for this long fails (and is retried).
+    /// A download that receives no byte (or an upload that sends none) for this long fails
+    /// (and is retried).
     pub progress_timeout_secs: u64,
     /// A layer with more entries than this is refused.
     pub max_layer_entries: u64,

@@ -1,7 +1,8 @@
 //! A fault-injecting HTTP proxy in front of the test registry: requests whose path
 //! contains a chosen string get a response cut short (the connection closed) or stalled
 //! (kept open with no more bytes), the first `times` times. Request bodies (uploads) pass
-//! through as they come; `Truncate(0)` cuts an upload off before the registry answers.
+//! through as they come; `Truncate(0)` cuts an upload off before the registry answers, and a
+//! stalled upload's body never reaches the registry.
 
 use std::{
     net::SocketAddr,
@@ -99,18 +100,22 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
         rewritten.trim_end_matches("\r\n").to_string() + "\r\nConnection: close\r\n\r\n";
     let mut upstream = TcpStream::connect(&inner.upstream).await?;
     upstream.write_all(rewritten.as_bytes()).await?;
-    // Only the head has been read from the client: its body (if any) follows as it comes.
-    let (mut client_read, mut client) = client.into_split();
-    let (mut upstream, mut upstream_write) = upstream.into_split();
-    let body = tokio::spawn(async move {
-        let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
-    });
     let fault = if path.contains(&inner.target) {
         let n = inner.hits.fetch_add(1, Ordering::SeqCst);
         (n < inner.times).then_some(inner.fault)
     } else {
         None
     };
+    // Only the head has been read from the client: its body (if any) follows as it comes,
+    // unless the request stalls, when the registry gets none of it.
+    let (mut client_read, mut client) = client.into_split();
+    let (mut upstream, mut upstream_write) = upstream.into_split();
+    let stalled = matches!(fault, Some(Fault::Stall(_)));
+    let body = tokio::spawn(async move {
+        if !stalled {
+            let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
+        }
+    });
     let limit = match fault {
         Some(Fault::Truncate(n)) | Some(Fault::Stall(n)) => n,
         _ => usize::MAX,

@@ -369,10 +369,30 @@ impl ImageStore {
             })
         };
         let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-        let result = repo.put_blob(location, digest, size, body).await;
+        // Like downloads, an upload has no deadline, but fails when the registry takes no
+        // byte (or, once all are sent, gives no answer) for the progress timeout.
+        let secs = self.config.progress_timeout_secs;
+        let put = repo.put_blob(location, digest, size, body);
+        tokio::pin!(put);
+        let mut last = (0u64, Instant::now());
+        let result = loop {
+            tokio::select! {
+                result = &mut put => break result.map_err(Error::from),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let now = sent.load(Ordering::Relaxed);
+                    if now != last.0 {
+                        last = (now, Instant::now());
+                    } else if last.1.elapsed() >= Duration::from_secs(secs) {
+                        break Err(Error::Stalled {
+                            what: format!("upload of blob {digest} to {}", repo.name()),
+                            secs,
+                        });
+                    }
+                }
+            }
+        };
         reader.abort();
-        result?;
-        Ok(())
+        result
     }
 }
 
