@@ -1146,6 +1146,25 @@ async fn cut_and_stalled_downloads_are_retried_then_fail_cleanly() {
         layers.is_empty() && blobs.is_empty(),
         "{layers:?} {blobs:?}"
     );
+
+    // A registry that takes the request and never answers: each try ends after a second.
+    let proxy =
+        FaultyProxy::start(&registry.host, "/manifests/", Fault::Stall(0), usize::MAX).await;
+    let reference = format!("{}/faulty/app:v1", proxy.host);
+    let started = Instant::now();
+    let err = pull(&daemon, &reference).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("no answer within 1 s"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(proxy.hits(), 3, "retried");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

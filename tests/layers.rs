@@ -15,6 +15,7 @@ use common::{
     store_listing,
 };
 use serde_json::Value;
+use strata_api::ext::{self, blob_progress::State, push_image_response::Event};
 
 /// A protobuf-JSON integer: 64-bit ones are strings.
 fn num(v: &Value) -> u64 {
@@ -70,6 +71,29 @@ fn push_json(daemon: &Daemon, args: &[&str]) -> Value {
     let mut all = vec!["-o", "json", "push"];
     all.extend_from_slice(args);
     serde_json::from_str(daemon.ctl(&all).ok()).unwrap()
+}
+
+/// Pushes through the API; returns the progress events and the result.
+async fn push_events(daemon: &Daemon, image: &str) -> (Vec<Event>, ext::PushDone) {
+    let mut stream = ext::images_client::ImagesClient::new(daemon.channel().await)
+        .push_image(ext::PushImageRequest {
+            image: image.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(message) = stream.message().await.unwrap() {
+        match message.event.unwrap() {
+            Event::Done(done) => {
+                assert!(stream.message().await.unwrap().is_none(), "done is last");
+                return (events, done);
+            }
+            event => events.push(event),
+        }
+    }
+    panic!("the push stream ended without a result: {events:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +208,38 @@ async fn commit_with_changes_push_and_pull_on_another_root() {
         .unwrap()
         .to_string();
     let before = env.registry.blob_uploads("app").len();
-    let done2 = push_json(&env.daemon, &[&v2]);
+    // Through the API this time, to see the progress stream: the blobs first, then each
+    // blob's states, each ending as EXISTS or DONE, then the result.
+    let (events, done2) = push_events(&env.daemon, &v2).await;
+    let Some(Event::Resolved(resolved)) = events.first() else {
+        panic!("the stream starts with the blobs: {events:?}");
+    };
+    assert_eq!(resolved.blobs.len(), 6, "five layers and the config");
+    assert_eq!(
+        resolved.manifest_digest,
+        doc2["info"]["manifestDigest"].as_str().unwrap()
+    );
+    for blob in &resolved.blobs {
+        let states: Vec<(State, u64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Blob(b) if b.digest == blob.digest => {
+                    Some((State::try_from(b.state).unwrap(), b.uploaded))
+                }
+                _ => None,
+            })
+            .collect();
+        let last = states.last().unwrap().0;
+        let uploaded = blob.digest == newest || blob.digest == v2_id;
+        assert_eq!(
+            last,
+            if uploaded { State::Done } else { State::Exists },
+            "{}: {states:?}",
+            blob.digest
+        );
+        assert!(states.iter().all(|(_, n)| *n <= blob.size), "{states:?}");
+    }
+    let done2 = serde_json::to_value(&done2).unwrap();
     assert_eq!(num(&done2["blobsUploaded"]), 2, "{done2}");
     assert_eq!(num(&done2["blobsSkipped"]), 4, "{done2}");
     let new_uploads: BTreeSet<String> = env.registry.blob_uploads("app")[before..]

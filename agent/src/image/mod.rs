@@ -117,7 +117,10 @@ impl ImageStore {
             content: content::ContentStore::open(root)?,
             layers: layers::LayerStore::open(root)?,
             records: Mutex::new(records::Records::load(root.join("images.json"))?),
-            registry: Arc::new(registry::RegistryClient::new(registries)?),
+            registry: Arc::new(registry::RegistryClient::new(
+                registries,
+                std::time::Duration::from_secs(config.progress_timeout_secs),
+            )?),
             config,
             in_flight: Mutex::new(HashMap::new()),
             gc: tokio::sync::RwLock::new(()),

@@ -82,6 +82,8 @@ pub struct RegistryClient {
     http: reqwest::Client,
     insecure: reqwest::Client,
     hosts: BTreeMap<String, RegistryConfig>,
+    /// How long a registry may take to answer a request whose body is already sent.
+    answer_timeout: Duration,
 }
 
 fn is_local(host: &str) -> bool {
@@ -91,7 +93,10 @@ fn is_local(host: &str) -> bool {
 }
 
 impl RegistryClient {
-    pub fn new(hosts: BTreeMap<String, RegistryConfig>) -> Result<RegistryClient> {
+    pub fn new(
+        hosts: BTreeMap<String, RegistryConfig>,
+        answer_timeout: Duration,
+    ) -> Result<RegistryClient> {
         // Several clients may race to install it; the first one wins, which is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let build = |insecure: bool| {
@@ -107,6 +112,7 @@ impl RegistryClient {
             http: build(false)?,
             insecure: build(true)?,
             hosts,
+            answer_timeout,
         })
     }
 
@@ -196,7 +202,6 @@ enum Auth {
 }
 
 pub struct Repository {
-    #[allow(dead_code)] // keeps the client's configuration alive with the session
     client: Arc<RegistryClient>,
     http: reqwest::Client,
     registry: String,
@@ -325,12 +330,24 @@ impl Repository {
         loop {
             let request = build(self.http.request(method.clone(), url));
             let request = self.authorize(request, &endpoint.base).await;
-            let result = request.send().await;
+            // A streamed body takes as long as it takes (its sender watches its progress);
+            // otherwise the answer must come within the timeout.
+            let result = if replayable {
+                let timeout = self.client.answer_timeout;
+                match tokio::time::timeout(timeout, request.send()).await {
+                    Ok(sent) => sent.map_err(|e| crate::report::error_line(&e)),
+                    Err(_) => Err(format!("no answer within {} s", timeout.as_secs())),
+                }
+            } else {
+                request
+                    .send()
+                    .await
+                    .map_err(|e| crate::report::error_line(&e))
+            };
             let retry = match result {
                 Err(e) => Error::Unavailable(format!(
-                    "{what}: registry {} is unreachable: {}",
+                    "{what}: registry {} is unreachable: {e}",
                     endpoint.base,
-                    crate::report::error_line(&e)
                 )),
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp)
@@ -745,7 +762,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let client = RegistryClient::new(hosts).unwrap();
+        let client = RegistryClient::new(hosts, Duration::from_secs(60)).unwrap();
         let eps = client.endpoints("docker.io");
         assert_eq!(eps[0].base, "http://127.0.0.1:5001");
         assert_eq!(eps[1].base, "https://registry-1.docker.io");
