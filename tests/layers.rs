@@ -13,6 +13,7 @@ use common::{
     proxy::{Fault, FaultyProxy},
     registry::{Auth, Registry},
     store_listing,
+    token::TokenIssuer,
 };
 use serde_json::Value;
 use strata_api::ext::{self, blob_progress::State, push_image_response::Event};
@@ -769,5 +770,53 @@ async fn bad_archives_are_refused_and_change_nothing() {
     assert_eq!(
         run_script(&mut node, "local/good:v1", "cat /srv/a; echo").await,
         ["a"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_with_bearer_tokens_mounts_across_repositories() {
+    let issuer = TokenIssuer::start("bob", "hunter2", "refresh-bob").await;
+    let registry = Registry::start_with(Auth::Token {
+        issuer: issuer.clone(),
+        push_repository: "team/base".into(),
+    })
+    .await;
+    let node = Node::new(Daemon::start().await).await;
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("srv/t", b"t\n", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    registry.push("team/base", "v1", &image).await;
+    let source = registry.reference("team/base", "v1");
+    node.daemon
+        .ctl(["pull", "--creds", "bob:hunter2", &source])
+        .ok();
+
+    // Without credentials the token grants nothing: refused, nothing sent.
+    let target = registry.reference("team/copy", "v1");
+    let line = node
+        .daemon
+        .ctl(["push", &source, &target])
+        .failed()
+        .to_string();
+    assert!(line.contains("Unauthenticated"), "{line}");
+    assert!(registry.blob_uploads("team/copy").is_empty());
+
+    // With them: one token covers pushing to team/copy and reading team/base, so every
+    // blob is mounted and nothing is uploaded but the manifest.
+    let done = push_json(&node.daemon, &["--creds", "bob:hunter2", &source, &target]);
+    assert_eq!(num(&done["blobsMounted"]), 3, "{done}");
+    assert_eq!(num(&done["blobsUploaded"]), 0, "{done}");
+    assert_eq!(registry.blob_mounts("team/copy").len(), 3);
+    assert_eq!(
+        num(&done["uploadedBytes"]),
+        image.manifest.bytes.len() as u64
+    );
+    assert_eq!(
+        done["reference"],
+        format!("{}/team/copy@{}", registry.host, image.manifest.digest)
     );
 }

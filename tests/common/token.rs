@@ -123,6 +123,19 @@ impl TokenIssuer {
 
     /// A token granting `actions` on `repository`.
     pub fn mint(&self, repository: &str, actions: &[&str]) -> String {
+        let grants: Vec<(String, Vec<String>)> = if repository.is_empty() {
+            vec![]
+        } else {
+            vec![(
+                repository.to_string(),
+                actions.iter().map(|a| a.to_string()).collect(),
+            )]
+        };
+        self.mint_grants(&grants)
+    }
+
+    /// A token granting each repository its actions.
+    fn mint_grants(&self, grants: &[(String, Vec<String>)]) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("clock")
@@ -132,11 +145,12 @@ impl TokenIssuer {
             "alg": "ES256",
             "x5c": [base64::engine::general_purpose::STANDARD.encode(&self.inner.cert_der)],
         });
-        let access: Vec<serde_json::Value> = if repository.is_empty() {
-            vec![]
-        } else {
-            vec![serde_json::json!({"type": "repository", "name": repository, "actions": actions})]
-        };
+        let access: Vec<serde_json::Value> = grants
+            .iter()
+            .map(|(name, actions)| {
+                serde_json::json!({"type": "repository", "name": name, "actions": actions})
+            })
+            .collect();
         let claims = serde_json::json!({
             "iss": ISSUER, "sub": self.inner.user, "aud": SERVICE,
             "exp": now + 600, "nbf": now - 10, "iat": now, "jti": format!("{now}-{}", self.requests()),
@@ -198,18 +212,24 @@ impl TokenIssuer {
                 r#"{"details":"bad credentials"}"#.into(),
             );
         }
-        // Anonymous callers get a token that grants nothing.
-        let (repository, actions) = match (authorised, param("scope")) {
-            (true, Some(scope)) => {
-                let parts: Vec<&str> = scope.split(':').collect();
-                (
-                    parts.get(1).copied().unwrap_or("").to_string(),
-                    vec!["pull"],
-                )
-            }
-            _ => (String::new(), vec![]),
+        // Anonymous callers get a token that grants nothing; a user gets what each `scope`
+        // (`repository:NAME:ACTIONS`, the parameter repeated for several) asks for.
+        let grants: Vec<(String, Vec<String>)> = if authorised {
+            params
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .filter_map(|(_, scope)| {
+                    let mut parts = scope.splitn(3, ':');
+                    (parts.next() == Some("repository")).then_some(())?;
+                    let name = parts.next()?.to_string();
+                    let actions = parts.next()?.split(',').map(str::to_string).collect();
+                    Some((name, actions))
+                })
+                .collect()
+        } else {
+            vec![]
         };
-        let token = self.mint(&repository, &actions);
+        let token = self.mint_grants(&grants);
         (
             "200 OK",
             serde_json::json!({"token": token, "access_token": token}).to_string(),
