@@ -327,17 +327,9 @@ async fn failed_pushes_leave_the_image_and_a_retry_works() {
     let target = format!("{}/moved:v1", flaky.host);
     node.daemon.ctl(["tag", &source, &target]).ok();
     let done = push_json(&node.daemon, &[&target]);
-    // A small blob may have reached the registry whole before the first cut.
-    assert_eq!(
-        num(&done["blobsUploaded"]) + num(&done["blobsSkipped"]),
-        3,
-        "{done}"
-    );
-    assert!(
-        flaky.hits() as u64 > num(&done["blobsUploaded"]),
-        "the cut upload was tried again: {} uploads seen",
-        flaky.hits()
-    );
+    // Nothing of the cut uploads reached the registry: all three blobs go up, one twice.
+    assert_eq!(num(&done["blobsUploaded"]), 3, "{done}");
+    assert_eq!(flaky.hits(), 4, "three uploads and one retry");
     let mut other = Node::new(Daemon::start().await).await;
     let pulled = registry.reference("moved", "v1");
     other.daemon.ctl(["pull", &pulled]).ok();

@@ -1,8 +1,8 @@
 //! A fault-injecting HTTP proxy in front of the test registry: requests whose path
 //! contains a chosen string get a response cut short (the connection closed) or stalled
 //! (kept open with no more bytes), the first `times` times. Request bodies (uploads) pass
-//! through as they come; `Truncate(0)` cuts an upload off before the registry answers, and a
-//! stalled upload's body never reaches the registry.
+//! through as they come, except those of requests cut or stalled: the registry never gets
+//! their bodies, so `Truncate(0)` on an upload fails it before the registry answers.
 
 use std::{
     net::SocketAddr,
@@ -107,12 +107,12 @@ async fn handle(inner: Arc<Inner>, mut client: TcpStream) -> std::io::Result<()>
         None
     };
     // Only the head has been read from the client: its body (if any) follows as it comes,
-    // unless the request stalls, when the registry gets none of it.
+    // unless the request is cut or stalled, when the registry gets none of it.
     let (mut client_read, mut client) = client.into_split();
     let (mut upstream, mut upstream_write) = upstream.into_split();
-    let stalled = matches!(fault, Some(Fault::Stall(_)));
+    let faulty = matches!(fault, Some(Fault::Stall(_) | Fault::Truncate(_)));
     let body = tokio::spawn(async move {
-        if !stalled {
+        if !faulty {
             let _ = tokio::io::copy(&mut client_read, &mut upstream_write).await;
         }
     });
