@@ -9,9 +9,8 @@ use common::{
     oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
 };
 use strata_api::cri::{
-    self, ContainerStatusRequest, ImageSpec, PullImageRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    image_service_client::ImageServiceClient,
+    self, ContainerStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
+    StartContainerRequest, StopContainerRequest,
 };
 use tonic::Code;
 
@@ -92,12 +91,7 @@ async fn stop_kills_and_remove_cleans_up() {
         env.status(&id).await.state,
         cri::ContainerState::ContainerCreated as i32
     );
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&id).await;
     assert_eq!(
         env.status(&id).await.state,
         cri::ContainerState::ContainerRunning as i32
@@ -137,12 +131,7 @@ async fn stop_kills_and_remove_cleans_up() {
         )
         .await
         .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: stubborn.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&stubborn).await;
     let started = Instant::now();
     env.rt
         .stop_container(StopContainerRequest {
@@ -287,12 +276,7 @@ async fn containers_of_a_pod_share_loopback_and_namespaces() {
         )
         .await
         .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: listener.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&listener).await;
     let (lines, st) = env
         .run(&pod, "client", "echo via-shm > /dev/shm/note; for i in $(seq 1 100); do echo over-loopback | nc 127.0.0.1 9090 && exit 0; sleep 0.05; done; exit 1")
         .await;
@@ -335,20 +319,8 @@ async fn users_groups_and_a_memory_limit() {
         }),
         ..Default::default()
     });
-    let id = env.create(&pod, as_user).await.unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let st = env.wait_exit(&id).await;
-    let log = std::fs::read_to_string(&st.log_path).unwrap();
-    let out: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
-        .collect();
-    assert_eq!(out, ["1000", "1000", "1000 2000 3000"], "{log}");
+    let (out, _) = env.run_config(&pod, as_user).await;
+    assert_eq!(out, ["1000", "1000", "1000 2000 3000"], "{out:?}");
 
     // 32 MiB of memory; `tail /dev/zero` buffers without end until the OOM killer comes.
     let mut hungry = container_config("hungry", &image, "tail /dev/zero; exit $?");
@@ -359,14 +331,7 @@ async fn users_groups_and_a_memory_limit() {
         }),
         ..Default::default()
     });
-    let id = env.create(&pod, hungry).await.unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let st = env.wait_exit(&id).await;
+    let (_, st) = env.run_config(&pod, hungry).await;
     assert_eq!(
         (st.exit_code, st.reason.as_str()),
         (137, "OOMKilled"),
@@ -389,12 +354,7 @@ async fn exec_sync_stats_update_and_logs() {
         .create(&pod, container_config("main", &image, "i=0; while [ $i -lt 500 ]; do echo line-$i; i=$((i+1)); done; printf no-newline; echo > /written; exec sleep 1000"))
         .await
         .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&id).await;
 
     let exec = |cmd: &[&str], timeout: i64| {
         // Each stream may carry 16 MiB; the default client limit is 4 MiB.
@@ -553,12 +513,7 @@ async fn containers_outlive_a_daemon_restart_and_exits_are_recorded_meanwhile() 
         .await
         .unwrap();
     for id in [&long, &short] {
-        env.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
+        env.start(id).await;
     }
     let pid = {
         let st = env
@@ -764,12 +719,7 @@ async fn reopen_container_log_after_rotation() {
         )
         .await
         .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&id).await;
     let log = std::path::PathBuf::from(env.status(&id).await.log_path);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rotated = log.with_extension("1");
@@ -862,19 +812,7 @@ async fn security_context_mounts_and_hostile_mount_points() {
     });
     // A read-only rootfs cannot create the working directory: the image must have it.
     config.working_dir = "/tmp".into();
-    let id = env.create(&pod, config).await.unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let st = env.wait_exit(&id).await;
-    let log = std::fs::read_to_string(&st.log_path).unwrap();
-    let out: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
-        .collect();
+    let (out, _) = env.run_config(&pod, config).await;
     assert_eq!(
         out[0].split_whitespace().collect::<Vec<_>>(),
         ["CapEff:", "0000000000000001"],
@@ -887,7 +825,7 @@ async fn security_context_mounts_and_hostile_mount_points() {
     assert_eq!(
         &out[2..],
         ["from-host", "data-ro", "root-ro", "0", "sys-ro", "/tmp"],
-        "{log}"
+        "{out:?}"
     );
     assert!(!host_dir.join("x").exists());
 
@@ -903,18 +841,7 @@ async fn security_context_mounts_and_hostile_mount_points() {
             Compression::Gzip,
         )
         .build();
-    env.registry.push("ctr/hostile", "v1", &hostile).await;
-    let reference = env.registry.reference("ctr/hostile", "v1");
-    ImageServiceClient::new(env.daemon.channel().await)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let reference = env.publish("ctr/hostile", &hostile).await;
     let id = env
         .create(
             &pod,
@@ -968,23 +895,9 @@ async fn oom_score_adj_is_applied_or_left_when_the_host_refuses() {
             }),
             ..Default::default()
         });
-        let id = env.create(&pod, config).await.unwrap();
-        env.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
-        let st = env.wait_exit(&id).await;
+        let (out, st) = env.run_config(&pod, config).await;
         assert_eq!(st.exit_code, 0, "{st:?}");
-        let log = std::fs::read_to_string(&st.log_path).unwrap();
-        let seen: i64 = log
-            .lines()
-            .find_map(|l| {
-                l.split_once(" stdout F ")
-                    .map(|(_, t)| t.trim().parse().unwrap())
-            })
-            .unwrap();
+        let seen: i64 = out[0].trim().parse().unwrap();
         // Raising always works; lowering only where root has CAP_SYS_RESOURCE, and where it
         // has not, the container still runs with the inherited value.
         if name == "raise" {
@@ -1022,12 +935,7 @@ async fn a_target_pid_namespace_sees_the_target() {
         .create(&pod, container_config("app", &image, "exec sleep 1000"))
         .await
         .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: target.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&target).await;
     let mut debug = container_config(
         "debugger",
         &image,
@@ -1044,18 +952,10 @@ async fn a_target_pid_namespace_sees_the_target() {
         }),
         ..Default::default()
     });
-    let id = env.create(&pod, debug).await.unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let st = env.wait_exit(&id).await;
-    let log = std::fs::read_to_string(&st.log_path).unwrap();
+    let (out, _) = env.run_config(&pod, debug).await;
     assert!(
-        log.contains(" stdout F sleep 1000"),
-        "the target's init is PID 1: {log}"
+        out.iter().any(|l| l.starts_with("sleep 1000")),
+        "the target's init is PID 1: {out:?}"
     );
     env.rt
         .remove_pod_sandbox(RemovePodSandboxRequest {
@@ -1074,31 +974,14 @@ async fn a_pod_shares_one_pid_namespace_when_asked() {
     let mut first = container_config("first", &image, "exec sleep 1000");
     first.linux = Some(pid_mode(cri::NamespaceMode::Pod));
     let first = env.create(&pod, first).await.unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: first.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&first).await;
     let mut second = container_config(
         "second",
         &image,
         "cat /proc/1/cmdline | tr '\\0' ' '; echo; cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo",
     );
     second.linux = Some(pid_mode(cri::NamespaceMode::Pod));
-    let second = env.create(&pod, second).await.unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: second.clone(),
-        })
-        .await
-        .unwrap();
-    let st = env.wait_exit(&second).await;
-    let log = std::fs::read_to_string(&st.log_path).unwrap();
-    let out: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
-        .collect();
+    let (out, _) = env.run_config(&pod, second).await;
     assert!(
         out[0].contains("__pidns"),
         "PID 1 is the pod's holder: {out:?}"
@@ -1154,21 +1037,10 @@ async fn a_container_of_a_120_layer_image_and_the_init_layer_files() {
         );
     }
     let tall = builder.build();
-    env.registry.push("ctr/tall", "v1", &tall).await;
-    let reference = env.registry.reference("ctr/tall", "v1");
-    ImageServiceClient::new(env.daemon.channel().await)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let reference = env.publish("ctr/tall", &tall).await;
     let pod = env.pod("tall").await;
-    let id = env
-        .create(
+    let (out, _) = env
+        .run_config(
             &pod,
             container_config(
                 "tall",
@@ -1176,21 +1048,8 @@ async fn a_container_of_a_120_layer_image_and_the_init_layer_files() {
                 "cat /layers/001 /layers/119; ls /layers | wc -l; cat /etc/resolv.conf /etc/hosts",
             ),
         )
-        .await
-        .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let st = env.wait_exit(&id).await;
-    let log = std::fs::read_to_string(&st.log_path).unwrap();
-    let out: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
-        .collect();
-    assert_eq!(&out[..3], ["1", "119", "119"], "{log}");
+        .await;
+    assert_eq!(&out[..3], ["1", "119", "119"], "{out:?}");
     let pod_dir = env.daemon.root.join("sandboxes").join(&pod);
     let expected_resolv = std::fs::read_to_string(pod_dir.join("resolv.conf")).unwrap();
     let expected_hosts = std::fs::read_to_string(pod_dir.join("hosts")).unwrap();
@@ -1269,19 +1128,7 @@ async fn a_privileged_container_has_every_capability_and_the_hosts_devices() {
         }),
         ..Default::default()
     });
-    let id = env.create(&pod, config).await.unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    let st = env.wait_exit(&id).await;
-    let log = std::fs::read_to_string(&st.log_path).unwrap();
-    let out: Vec<&str> = log
-        .lines()
-        .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t))
-        .collect();
+    let (out, _) = env.run_config(&pod, config).await;
     let host_caps = std::fs::read_to_string("/proc/self/status").unwrap();
     let host_eff = host_caps
         .lines()
@@ -1376,25 +1223,9 @@ async fn commit_saves_the_read_write_layer_only() {
 
     // A container of the new image sees the changes; deletions stay deleted.
     let pod2 = env.pod("user").await;
-    let (lines, st) = {
-        let id2 = env
-            .create(&pod2, container_config("reader", "local/committed:v1", "cat /newdir/file /etc/kept; test -e /etc/group || echo group-gone; test -e /tmp || echo tmp-gone; cat /etc/hostname"))
-            .await
-            .unwrap();
-        env.rt
-            .start_container(StartContainerRequest {
-                container_id: id2.clone(),
-            })
-            .await
-            .unwrap();
-        let st = env.wait_exit(&id2).await;
-        let log = std::fs::read_to_string(&st.log_path).unwrap();
-        let lines: Vec<String> = log
-            .lines()
-            .filter_map(|l| l.split_once(" stdout F ").map(|(_, t)| t.to_string()))
-            .collect();
-        (lines, st)
-    };
+    let (lines, st) = env
+        .run_config(&pod2, container_config("reader", "local/committed:v1", "cat /newdir/file /etc/kept; test -e /etc/group || echo group-gone; test -e /tmp || echo tmp-gone; cat /etc/hostname"))
+        .await;
     assert_eq!(
         lines,
         ["new", "changed", "group-gone", "tmp-gone", "user-host"],
@@ -1406,12 +1237,7 @@ async fn commit_saves_the_read_write_layer_only() {
         .create(&pod2, container_config("idle", &image, "exec sleep 1000"))
         .await
         .unwrap();
-    env.rt
-        .start_container(StartContainerRequest {
-            container_id: idle.clone(),
-        })
-        .await
-        .unwrap();
+    env.start(&idle).await;
     assert!(
         env.daemon
             .ctl(["commit", &idle, "local/empty:v1"])

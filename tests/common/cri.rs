@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 
 use super::{
     Daemon, Options,
-    oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
+    oci::{Compression, Image, ImageBuilder, LayerBuilder, busybox_layer},
     registry::Registry,
 };
 
@@ -69,23 +69,13 @@ pub async fn env_with(config: &str) -> Env {
             Compression::Gzip,
         )
         .build();
-    registry.push("ctr/busybox", "v1", &image).await;
-    let reference = registry.reference("ctr/busybox", "v1");
-    ImageServiceClient::new(daemon.channel().await)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    Env {
+    let mut env = Env {
         registry,
         node: Node::new(daemon).await,
-        image: reference,
-    }
+        image: String::new(),
+    };
+    env.image = env.publish("ctr/busybox", &image).await;
+    env
 }
 
 pub fn pod_config(name: &str) -> PodSandboxConfig {
@@ -191,6 +181,15 @@ impl Node {
         }
     }
 
+    pub async fn start(&mut self, id: &str) {
+        self.rt
+            .start_container(StartContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+            .unwrap();
+    }
+
     /// Creates and starts a container of `pod`, waits for it to exit, and returns its
     /// stdout lines and status.
     pub async fn run_config(
@@ -199,12 +198,7 @@ impl Node {
         config: ContainerConfig,
     ) -> (Vec<String>, cri::ContainerStatus) {
         let id = self.create(pod, config).await.unwrap();
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
+        self.start(&id).await;
         let st = self.wait_exit(&id).await;
         (stdout_lines(&st), st)
     }
@@ -222,12 +216,7 @@ impl Node {
             .create(pod, container_config(name, image, script))
             .await
             .unwrap();
-        self.rt
-            .start_container(StartContainerRequest {
-                container_id: id.clone(),
-            })
-            .await
-            .unwrap();
+        self.start(&id).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let out = self
@@ -255,6 +244,24 @@ impl Node {
 }
 
 impl Env {
+    /// Pushes `image` to the registry as `repo:v1` and pulls it into the daemon; returns its
+    /// reference.
+    pub async fn publish(&self, repo: &str, image: &Image) -> String {
+        self.registry.push(repo, "v1", image).await;
+        let reference = self.registry.reference(repo, "v1");
+        ImageServiceClient::new(self.daemon.channel().await)
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: reference.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        reference
+    }
+
     /// Runs `script` in a new container of `pod`; returns its stdout lines and status.
     pub async fn run(
         &mut self,
