@@ -78,30 +78,11 @@ fn clean_path(path: &Path) -> Option<String> {
     Some(parts.join("/"))
 }
 
-/// How a blob is compressed, from its first bytes.
+/// How a blob file is compressed, from its first bytes.
 fn sniff(path: &Path) -> io::Result<Compression> {
-    let mut magic = [0u8; 4];
-    let mut file = std::fs::File::open(path)?;
-    let mut filled = 0;
-    while filled < magic.len() {
-        match file.read(&mut magic[filled..])? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(match &magic[..filled] {
-        [0x1f, 0x8b, ..] => Compression::Gzip,
-        [0x28, 0xb5, 0x2f, 0xfd] => Compression::Zstd,
-        _ => Compression::None,
-    })
-}
-
-fn layer_media_type(compression: Compression) -> &'static str {
-    match compression {
-        Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
-        Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
-        Compression::None => "application/vnd.oci.image.layer.v1.tar",
-    }
+    let mut magic = Vec::with_capacity(4);
+    std::fs::File::open(path)?.take(4).read_to_end(&mut magic)?;
+    Ok(Compression::of_magic(&magic))
 }
 
 /// Reads at most `limit` bytes of an entry; more is an error naming `what`.
@@ -254,10 +235,11 @@ impl ImageStore {
 
     fn import_locked<R: Read>(&self, input: R, default: Option<&str>) -> Result<Vec<Imported>> {
         let mut input = io::BufReader::with_capacity(256 << 10, input);
-        let gzipped = input
-            .fill_buf()
-            .map_err(|e| invalid(format!("reading: {e}")))?
-            .starts_with(&[0x1f, 0x8b]);
+        let gzipped = Compression::of_magic(
+            input
+                .fill_buf()
+                .map_err(|e| invalid(format!("reading: {e}")))?,
+        ) == Compression::Gzip;
         let reader: Box<dyn Read> = if gzipped {
             Box::new(flate2::read::MultiGzDecoder::new(input))
         } else {
@@ -529,7 +511,7 @@ impl ImageStore {
                 let compression =
                     sniff(&file).map_err(|e| Error::Internal(format!("blob {digest}: {e}")))?;
                 layers.push(Descriptor {
-                    media_type: layer_media_type(compression).into(),
+                    media_type: compression.layer_media_type().into(),
                     digest,
                     size,
                     platform: None,
@@ -656,17 +638,10 @@ impl ImageStore {
         let blob = std::fs::File::open(self.content.path(digest))
             .map_err(|e| Error::Internal(format!("blob {digest}: {e}")))?;
         let blob = io::BufReader::with_capacity(256 << 10, blob);
-        let reader: Box<dyn Read> =
-            match compression {
-                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
-                Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(blob).map_err(
-                    |e| Error::Unpack {
-                        digest: digest.clone(),
-                        source: unpack::Error::Read(e),
-                    },
-                )?),
-                Compression::None => Box::new(blob),
-            };
+        let reader = compression.reader(blob).map_err(|e| Error::Unpack {
+            digest: digest.clone(),
+            source: unpack::Error::Read(e),
+        })?;
         let unpacked = unpack::unpack(reader, pending.root(), self.config.max_layer_entries)
             .map_err(|source| Error::Unpack {
                 digest: digest.clone(),

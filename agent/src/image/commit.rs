@@ -19,8 +19,6 @@ use super::{
     reference::Reference,
 };
 
-const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-
 /// What to say about a commit, and what to change in the image's config.
 #[derive(Debug, Clone, Default)]
 pub struct CommitInfo {
@@ -123,30 +121,15 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
+/// The xattrs a layer entry carries: all but overlay's own.
 fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut names = vec![0u8; 4096];
-    let Ok(n) = rustix::fs::llistxattr(path, &mut names) else {
-        return Vec::new();
-    };
-    names[..n]
-        .split(|b| *b == 0)
-        .filter(|name| !name.is_empty())
-        .filter_map(|name| {
-            let name = String::from_utf8_lossy(name).into_owned();
-            if name.starts_with("trusted.overlay.") {
-                return None;
-            }
-            let mut value = vec![0u8; 65536];
-            let len = rustix::fs::lgetxattr(path, name.as_str(), &mut value).ok()?;
-            value.truncate(len);
-            Some((name, value))
-        })
-        .collect()
+    let mut all = crate::sys::xattrs(path);
+    all.retain(|(name, _)| !name.starts_with("trusted.overlay."));
+    all
 }
 
 fn is_opaque(path: &Path) -> bool {
-    let mut value = [0u8; 4];
-    matches!(rustix::fs::lgetxattr(path, "trusted.overlay.opaque", &mut value), Ok(1) if value[0] == b'y')
+    crate::sys::xattr(path, "trusted.overlay.opaque").as_deref() == Some(b"y")
 }
 
 fn header_for(meta: &std::fs::Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
@@ -323,7 +306,7 @@ impl ImageStore {
             .iter()
             .map(|l| serde_json::json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size}))
             .collect();
-        layers.push(serde_json::json!({"mediaType": LAYER_MEDIA_TYPE, "digest": layer_digest, "size": layer_size}));
+        layers.push(serde_json::json!({"mediaType": manifest::Compression::Gzip.layer_media_type(), "digest": layer_digest, "size": layer_size}));
         let manifest = serde_json::json!({
             "schemaVersion": 2,
             "mediaType": manifest::OCI_MANIFEST,
@@ -342,7 +325,7 @@ impl ImageStore {
             digest: layer_digest,
             diff_id,
             size: layer_size,
-            media_type: LAYER_MEDIA_TYPE.into(),
+            media_type: manifest::Compression::Gzip.layer_media_type().into(),
         });
         let record = ImageRecord {
             id: config_digest.clone(),

@@ -103,6 +103,36 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// How a blob is compressed, from its first bytes.
+    pub fn of_magic(head: &[u8]) -> Compression {
+        match head {
+            [0x1f, 0x8b, ..] => Compression::Gzip,
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+            _ => Compression::None,
+        }
+    }
+
+    /// The OCI media type of a layer compressed this way.
+    pub fn layer_media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => "application/vnd.oci.image.layer.v1.tar+gzip",
+            Compression::Zstd => "application/vnd.oci.image.layer.v1.tar+zstd",
+            Compression::None => "application/vnd.oci.image.layer.v1.tar",
+        }
+    }
+
+    /// A reader of `source` decompressed.
+    pub fn reader<'a, R: std::io::Read + 'a>(
+        self,
+        source: R,
+    ) -> std::io::Result<Box<dyn std::io::Read + 'a>> {
+        Ok(match self {
+            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(source)),
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(source)?),
+            Compression::None => Box::new(source),
+        })
+    }
+
     pub fn of_layer(media_type: &str) -> Result<Compression> {
         match media_type {
             "application/vnd.oci.image.layer.v1.tar"

@@ -2,6 +2,7 @@
 //! behind one facade, [`ImageStore`]. Nothing here knows about gRPC or containers.
 
 mod archive;
+pub mod chunks;
 mod commit;
 pub mod content;
 pub mod digest;
@@ -79,6 +80,40 @@ impl Error {
             Error::Registry(e) => e.is_transient(),
             Error::Stalled { .. } | Error::Download { .. } => true,
             _ => false,
+        }
+    }
+}
+
+/// Tries of one layer download or blob upload: the first and two retries.
+const TRANSFER_TRIES: u32 = 3;
+/// How often a transfer in progress reports how far it got.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Sends a progress event to whoever listens. A client that went away does not stop the
+/// work.
+fn report<E>(progress: &Option<tokio::sync::mpsc::UnboundedSender<E>>, event: E) {
+    if let Some(tx) = progress {
+        let _ = tx.send(event);
+    }
+}
+
+/// Runs `transfer` until it succeeds, fails for good, or has failed transiently
+/// [`TRANSFER_TRIES`] times, pausing a little longer before each retry.
+async fn with_retries<T, F, Fut>(what: &str, mut transfer: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match transfer().await {
+            Err(e) if e.is_transient() && attempt < TRANSFER_TRIES => {
+                tracing::warn!(what, error = %e, attempt, "transfer failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(250 * u64::from(attempt)))
+                    .await;
+            }
+            other => return other,
         }
     }
 }

@@ -13,7 +13,8 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{
-    Error, ImageStore, Result,
+    Error, ImageStore, PROGRESS_EVERY, Result,
+    chunks::ChunkReader,
     content::Ingest,
     digest::Digest,
     layers::LayerMeta,
@@ -21,7 +22,7 @@ use super::{
     records::{ImageRecord, LayerRef},
     reference::Reference,
     registry::{Credentials, Repository},
-    unpack,
+    report, unpack, with_retries,
 };
 
 /// How a layer's pull is going.
@@ -54,16 +55,6 @@ pub enum Progress {
 }
 
 type ProgressTx = mpsc::UnboundedSender<Progress>;
-
-const RETRIES: u32 = 3;
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
-
-fn report(progress: &Option<ProgressTx>, event: Progress) {
-    if let Some(tx) = progress {
-        // A client that went away does not stop the pull.
-        let _ = tx.send(event);
-    }
-}
 
 impl ImageStore {
     /// Pulls `name` and records it. Returns the image's record. A failed pull leaves no
@@ -350,25 +341,12 @@ impl ImageStore {
             .acquire()
             .await
             .map_err(|_| Error::Internal("download slots closed".into()))?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self
-                .download_layer(repo, desc, diff_id, !have_files, progress)
-                .await
-            {
-                Err(e) if e.is_transient() && attempt < RETRIES => {
-                    tracing::warn!(layer = %desc.digest, error = %e, attempt, "layer download failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-                }
-                other => {
-                    if other.is_ok() {
-                        report(progress, state(LayerState::Done, desc.size));
-                    }
-                    return other;
-                }
-            }
-        }
+        with_retries(&format!("download of layer {}", desc.digest), || {
+            self.download_layer(repo, desc, diff_id, !have_files, progress)
+        })
+        .await?;
+        report(progress, state(LayerState::Done, desc.size));
+        Ok(())
     }
 
     async fn download_layer(
@@ -451,17 +429,8 @@ impl ImageStore {
             let (tx, pipe) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
             let (decompressed, unpacked) = std::thread::scope(|scope| {
                 let root = pending.root();
-                let unpacker = scope.spawn(move || {
-                    unpack::unpack(
-                        PipeReader {
-                            rx: pipe,
-                            current: Vec::new(),
-                            pos: 0,
-                        },
-                        root,
-                        max,
-                    )
-                });
+                let unpacker =
+                    scope.spawn(move || unpack::unpack(ChunkReader::new(pipe), root, max));
                 let decompressed = decompress(&mut source, compression, &tx);
                 drop(tx);
                 let unpacked = unpacker
@@ -529,11 +498,7 @@ fn decompress(
     compression: Compression,
     tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
 ) -> io::Result<()> {
-    let mut reader: Box<dyn Read + '_> = match compression {
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(source)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(source)?),
-        Compression::None => Box::new(source),
-    };
+    let mut reader = compression.reader(source)?;
     loop {
         let mut buf = vec![0u8; PIPE_CHUNK];
         let mut filled = 0;
@@ -557,32 +522,6 @@ fn decompress(
         if tx.send(Ok(buf)).is_err() {
             return Ok(());
         }
-    }
-}
-
-/// The unpacking thread's end of the pipe.
-struct PipeReader {
-    rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for PipeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Err(_) => return Ok(0),
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(chunk)) => {
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 

@@ -15,15 +15,14 @@ use std::{
 use tokio::{io::AsyncReadExt, sync::Semaphore};
 
 use super::{
-    Error, ImageStore, Result,
+    Error, ImageStore, PROGRESS_EVERY, Result,
     digest::Digest,
     records::ImageRecord,
     reference::Reference,
     registry::{Credentials, Mount, Repository},
+    report, with_retries,
 };
 
-const RETRIES: u32 = 3;
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 const CHUNK: usize = 256 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +66,6 @@ pub struct PushSummary {
 }
 
 type ProgressTx = tokio::sync::mpsc::UnboundedSender<PushProgress>;
-
-fn report(progress: &Option<ProgressTx>, event: PushProgress) {
-    if let Some(tx) = progress {
-        let _ = tx.send(event);
-    }
-}
 
 /// Repositories of `registry` (other than `repository`) that local records say hold each
 /// blob: every image came from, or went to, the repositories its names name.
@@ -265,26 +258,17 @@ impl ImageStore {
             })
         };
         report(progress, state(BlobState::Waiting, 0));
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.try_push_blob(repo, digest, size, from, progress).await {
-                Err(e) if e.is_transient() && attempt < RETRIES => {
-                    tracing::warn!(blob = %digest, error = %e, attempt, "blob upload failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * u64::from(attempt))).await;
-                }
-                Err(e) => return Err(e),
-                Ok(sent) => {
-                    let done = match sent {
-                        Sent::Existed => BlobState::Exists,
-                        Sent::Mounted => BlobState::Mounted,
-                        Sent::Uploaded(_) => BlobState::Done,
-                    };
-                    report(progress, state(done, size));
-                    return Ok(sent);
-                }
-            }
-        }
+        let sent = with_retries(&format!("upload of blob {digest}"), || {
+            self.try_push_blob(repo, digest, size, from, progress)
+        })
+        .await?;
+        let done = match sent {
+            Sent::Existed => BlobState::Exists,
+            Sent::Mounted => BlobState::Mounted,
+            Sent::Uploaded(_) => BlobState::Done,
+        };
+        report(progress, state(done, size));
+        Ok(sent)
     }
 
     async fn try_push_blob(

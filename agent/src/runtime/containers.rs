@@ -513,22 +513,15 @@ fn stop_signal(name: &str) -> rustix::process::Signal {
 /// Signals the container's init through a pidfd, so a recycled pid is never hit: the
 /// exit file is checked after the pidfd is opened.
 fn signal_init(pid: u32, cgroup: &str, signal: rustix::process::Signal, layout: &Layout) {
-    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
-        return;
-    };
-    let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) else {
-        return;
-    };
-    // The pidfd pins this process: if it is not in the container's cgroup, the init is
-    // gone and the pid belongs to someone else.
-    let ours = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-        text.lines()
-            .any(|l| l.ends_with(&format!("/{}", cgroup.trim_start_matches('/'))))
+    // A process outside the container's cgroup is not the init: it is gone and the pid
+    // belongs to someone else.
+    crate::sys::process::signal_if(pid, signal, || {
+        let in_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+            text.lines()
+                .any(|l| l.ends_with(&format!("/{}", cgroup.trim_start_matches('/'))))
+        });
+        in_cgroup && !layout.exit_file().exists()
     });
-    if !ours || layout.exit_file().exists() {
-        return;
-    }
-    let _ = rustix::process::pidfd_send_signal(&pidfd, signal);
 }
 
 async fn wait_exit(layout: &Layout, timeout: Duration) -> bool {

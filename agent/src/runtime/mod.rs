@@ -539,17 +539,10 @@ fn stop_pid_holder(sandbox: &Sandbox, dir: &Path) {
     let Some(pid) = sandbox.pid_holder else {
         return;
     };
-    let Some(raw) = rustix::process::Pid::from_raw(pid as i32) else {
-        return;
-    };
-    let Ok(pidfd) = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) else {
-        return;
-    };
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let ours = String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy());
-    if ours {
-        let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
-    }
+    crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
+    });
 }
 
 /// The pod's /dev/shm: a tmpfs of 64 MiB, like the default of other runtimes.

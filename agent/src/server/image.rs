@@ -3,7 +3,7 @@
 
 use std::{
     collections::HashMap,
-    io::{self, Read, Write},
+    io::{self, Write},
     pin::Pin,
     sync::Arc,
 };
@@ -22,7 +22,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Context;
 use crate::image::{
-    BlobState, Credentials, ImageRecord, LayerState, Progress, PushProgress, PushSummary, registry,
+    BlobState, Credentials, ImageRecord, LayerState, Progress, PushProgress, PushSummary,
+    chunks::ChunkReader, registry,
 };
 
 pub struct Images {
@@ -367,32 +368,6 @@ impl Write for ChunkSender {
     }
 }
 
-/// The blocking end of an import: the client's data messages as a byte stream.
-struct ChunkReceiver {
-    rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, String>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChunkReceiver {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.blocking_recv() {
-                None => return Ok(0),
-                Some(Err(message)) => return Err(io::Error::other(message)),
-                Some(Ok(chunk)) => {
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 /// Images per message of a streamed list.
 const STREAM_CHUNK: usize = 500;
 
@@ -607,7 +582,7 @@ impl ExtImages for Images {
     ) -> Result<Response<ext::ImportImageResponse>, Status> {
         use ext::import_image_request::Part;
         let mut stream = request.into_inner();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(8);
+        let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(8);
         let mut name = String::new();
         match stream.message().await?.and_then(|m| m.part) {
             Some(Part::Options(options)) => name = options.name,
@@ -617,24 +592,18 @@ impl ExtImages for Images {
             None => return Err(Status::invalid_argument("ImportImage got no archive")),
         }
         let images = self.ctx.images.clone();
-        let worker = tokio::task::spawn_blocking(move || {
-            let reader = ChunkReceiver {
-                rx,
-                current: Vec::new(),
-                pos: 0,
-            };
-            images.import(reader, &name)
-        });
+        let worker =
+            tokio::task::spawn_blocking(move || images.import(ChunkReader::new(rx), &name));
         loop {
             let message = match stream.message().await {
                 Ok(Some(message)) => message,
                 Ok(None) => break,
                 Err(status) => {
                     let _ = tx
-                        .send(Err(format!(
+                        .send(Err(io::Error::other(format!(
                             "the client's stream failed: {}",
                             status.message()
-                        )))
+                        ))))
                         .await;
                     break;
                 }
@@ -644,7 +613,7 @@ impl ExtImages for Images {
                 Some(Part::Data(data)) => tx.send(Ok(data)).await.is_ok(),
                 Some(Part::Options(_)) => {
                     let _ = tx
-                        .send(Err("options may only come first".to_string()))
+                        .send(Err(io::Error::other("options may only come first")))
                         .await;
                     false
                 }

@@ -2,9 +2,36 @@
 
 pub mod mount;
 pub mod net;
+pub mod process;
 pub mod rootdir;
 
 use std::{collections::HashSet, os::unix::fs::MetadataExt, path::Path};
+
+/// The extended attributes of `path` itself (a symlink is not followed), by name.
+/// Unreadable ones are left out.
+pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut names = vec![0u8; 4096];
+    let Ok(n) = rustix::fs::llistxattr(path, &mut names) else {
+        return Vec::new();
+    };
+    names[..n]
+        .split(|b| *b == 0)
+        .filter(|name| !name.is_empty())
+        .filter_map(|name| {
+            let name = String::from_utf8_lossy(name).into_owned();
+            let value = xattr(path, &name)?;
+            Some((name, value))
+        })
+        .collect()
+}
+
+/// One extended attribute of `path` itself, if it has it.
+pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut value = vec![0u8; 65536];
+    let len = rustix::fs::lgetxattr(path, name, &mut value).ok()?;
+    value.truncate(len);
+    Some(value)
+}
 
 /// Allocated bytes and inodes below `dir` (not counting `dir`), hardlinked files once.
 pub fn disk_usage(dir: &Path) -> (u64, u64) {
