@@ -25,27 +25,39 @@ fn spec(image: &str) -> Option<ImageSpec> {
     })
 }
 
-/// Builds the CRI auth config from `--creds user:pass`, `--auth base64` or a token.
-pub fn auth(
-    creds: Option<&str>,
-    auth: Option<&str>,
-    registry_token: Option<&str>,
-) -> anyhow::Result<Option<AuthConfig>> {
-    let mut config = AuthConfig::default();
-    if let Some(creds) = creds {
-        let (user, pass) = creds
-            .split_once(':')
-            .ok_or_else(|| anyhow::anyhow!("--creds must be USER:PASSWORD"))?;
-        config.username = user.to_string();
-        config.password = pass.to_string();
+/// How to authenticate to a registry, for pull and push.
+#[derive(Debug, clap::Args)]
+pub struct RegistryAuth {
+    /// Registry credentials
+    #[arg(long, value_name = "USER:PASSWORD")]
+    creds: Option<String>,
+    /// Registry credentials as base64 of USER:PASSWORD
+    #[arg(long, value_name = "BASE64")]
+    auth: Option<String>,
+    /// A bearer token to send to the registry as it is
+    #[arg(long, value_name = "TOKEN")]
+    registry_token: Option<String>,
+}
+
+impl RegistryAuth {
+    /// The CRI auth config, if any credentials were given.
+    pub fn config(&self) -> anyhow::Result<Option<AuthConfig>> {
+        let mut config = AuthConfig::default();
+        if let Some(creds) = &self.creds {
+            let (user, pass) = creds
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--creds must be USER:PASSWORD"))?;
+            config.username = user.to_string();
+            config.password = pass.to_string();
+        }
+        if let Some(auth) = &self.auth {
+            config.auth.clone_from(auth);
+        }
+        if let Some(token) = &self.registry_token {
+            config.registry_token.clone_from(token);
+        }
+        Ok((config != AuthConfig::default()).then_some(config))
     }
-    if let Some(auth) = auth {
-        config.auth = auth.to_string();
-    }
-    if let Some(token) = registry_token {
-        config.registry_token = token.to_string();
-    }
-    Ok((config != AuthConfig::default()).then_some(config))
 }
 
 pub async fn pull(client: &Client, image: &str, auth: Option<AuthConfig>) -> anyhow::Result<()> {

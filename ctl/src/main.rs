@@ -53,15 +53,8 @@ enum Command {
     /// Pull an image from a registry
     Pull {
         image: String,
-        /// Registry credentials
-        #[arg(long, value_name = "USER:PASSWORD")]
-        creds: Option<String>,
-        /// Registry credentials as base64 of USER:PASSWORD
-        #[arg(long, value_name = "BASE64")]
-        auth: Option<String>,
-        /// A bearer token to send to the registry as it is
-        #[arg(long, value_name = "TOKEN")]
-        registry_token: Option<String>,
+        #[command(flatten)]
+        auth: images::RegistryAuth,
     },
     /// List images
     #[command(alias = "image")]
@@ -119,15 +112,8 @@ enum Command {
         image: String,
         /// Where to push (default: the image's own name)
         reference: Option<String>,
-        /// Registry credentials
-        #[arg(long, value_name = "USER:PASSWORD")]
-        creds: Option<String>,
-        /// Registry credentials as base64 of USER:PASSWORD
-        #[arg(long, value_name = "BASE64")]
-        auth: Option<String>,
-        /// A bearer token to send to the registry as it is
-        #[arg(long, value_name = "TOKEN")]
-        registry_token: Option<String>,
+        #[command(flatten)]
+        auth: images::RegistryAuth,
     },
     /// Load images from an OCI layout or `docker save` archive (tar or tar.gz; - for stdin)
     Import {
@@ -439,15 +425,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Version => version(&client, cli.output).await,
         Command::Info => info(&client, cli.output).await,
-        Command::Pull {
-            image,
-            creds,
-            auth,
-            registry_token,
-        } => {
-            let auth = images::auth(creds.as_deref(), auth.as_deref(), registry_token.as_deref())?;
-            images::pull(&client, &image, auth).await
-        }
+        Command::Pull { image, auth } => images::pull(&client, &image, auth.config()?).await,
         Command::Images {
             image,
             quiet,
@@ -485,13 +463,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push {
             image,
             reference,
-            creds,
             auth,
-            registry_token,
-        } => {
-            let auth = images::auth(creds.as_deref(), auth.as_deref(), registry_token.as_deref())?;
-            images::push(&client, cli.output, &image, reference, auth).await
-        }
+        } => images::push(&client, cli.output, &image, reference, auth.config()?).await,
         Command::Import { file, name } => {
             images::import(&client, cli.output, &file, name.unwrap_or_default()).await
         }
