@@ -129,7 +129,7 @@ impl ImageStore {
         Ok(images)
     }
 
-    /// Writes `images` as an OCI image-layout tar to `out`. Blocking.
+    /// Writes `images` as an OCI image-layout tar to `out`, and flushes it. Blocking.
     pub fn export<W: Write>(&self, images: &[ImageRecord], out: W) -> Result<W> {
         let _gc = self.gc.blocking_read();
         let io_fail = |e: io::Error| Error::Download {
@@ -205,7 +205,9 @@ impl ImageStore {
                     .map_err(io_fail)?;
             }
         }
-        tar.into_inner().map_err(io_fail)
+        let mut out = tar.into_inner().map_err(io_fail)?;
+        out.flush().map_err(io_fail)?;
+        Ok(out)
     }
 
     /// Reads an image archive from `input` and records its images, named by the archive or,

@@ -54,11 +54,11 @@ pub enum PushProgress {
 }
 
 /// How a push went.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PushSummary {
     /// `registry/repository@digest`.
     pub reference: String,
-    pub manifest: Option<Digest>,
+    pub manifest: Digest,
     pub uploaded_bytes: u64,
     pub uploaded: u32,
     pub skipped: u32,
@@ -191,7 +191,14 @@ impl ImageStore {
                     .await
             });
         }
-        let mut summary = PushSummary::default();
+        let mut summary = PushSummary {
+            reference: reference.with_digest(&image.manifest),
+            manifest: image.manifest.clone(),
+            uploaded_bytes: 0,
+            uploaded: 0,
+            skipped: 0,
+            mounted: 0,
+        };
         while let Some(result) = tasks.join_next().await {
             let result = result.map_err(|e| Error::Internal(format!("upload task failed: {e}")))?;
             match result {
@@ -227,8 +234,6 @@ impl ImageStore {
             });
         }
         summary.uploaded_bytes += manifest_bytes.len() as u64;
-        summary.reference = reference.with_digest(&image.manifest);
-        summary.manifest = Some(image.manifest.clone());
 
         // The image is now known to be in that repository too (a source for later mounts).
         let mut records = self.records();

@@ -308,7 +308,7 @@ fn push_done(summary: PushSummary) -> ext::PushImageResponse {
     ext::PushImageResponse {
         event: Some(ext::push_image_response::Event::Done(ext::PushDone {
             reference: summary.reference,
-            manifest_digest: summary.manifest.map(|d| d.to_string()).unwrap_or_default(),
+            manifest_digest: summary.manifest.to_string(),
             uploaded_bytes: summary.uploaded_bytes,
             blobs_uploaded: summary.uploaded,
             blobs_skipped: summary.skipped,
@@ -371,7 +371,7 @@ impl Write for ChunkSender {
 /// Images per message of a streamed list.
 const STREAM_CHUNK: usize = 500;
 
-fn progress_message(event: Progress) -> ext::PullImageProgressResponse {
+fn pull_message(event: Progress) -> ext::PullImageProgressResponse {
     use ext::pull_image_progress_response::Event;
     let event = match event {
         Progress::Resolved { manifest, layers } => Event::Resolved(ext::Resolved {
@@ -427,7 +427,7 @@ impl ExtImages for Images {
             .ctx
             .images
             .find(&name)
-            .ok_or_else(|| Status::not_found(format!("image {name:?} not found")))?;
+            .ok_or_else(|| crate::image::Error::NotFound(name.clone()))?;
         let config = self.ctx.images.config(&image)?;
         // History entries that made a layer take the layers in order; the others have none.
         let mut layers = image.layers.iter();
@@ -536,7 +536,7 @@ impl ExtImages for Images {
         Ok(Response::new(progress_stream(
             work,
             events_rx,
-            progress_message,
+            pull_message,
             pull_done,
         )))
     }
@@ -549,11 +549,9 @@ impl ExtImages for Images {
         if request.image.is_empty() {
             return Err(Status::invalid_argument("PushImage needs an image"));
         }
+        // Checked here too, so that an unknown image fails the call rather than the stream.
         if self.ctx.images.find(&request.image).is_none() {
-            return Err(Status::not_found(format!(
-                "image {:?} not found",
-                request.image
-            )));
+            return Err(crate::image::Error::NotFound(request.image).into());
         }
         let credentials = credentials(request.auth)?;
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -654,13 +652,7 @@ impl ExtImages for Images {
                 tx: tx.clone(),
                 buf: Vec::with_capacity(EXPORT_CHUNK),
             };
-            let result = store.export(&images, sender).and_then(|mut sender| {
-                sender.flush().map_err(|e| crate::image::Error::Download {
-                    what: "export".into(),
-                    message: e.to_string(),
-                })
-            });
-            if let Err(e) = result {
+            if let Err(e) = store.export(&images, sender) {
                 tracing::info!(error = %e, "export stopped");
                 let _ = tx.blocking_send(Err(Status::from(e)));
             }
