@@ -17,9 +17,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Error, ImageStore, Result,
+    Error, ImageStore, Result, checked_layer,
     digest::Digest,
-    layers::LayerMeta,
     manifest::{self, Compression, Descriptor, Document},
     records::{ImageRecord, LayerRef},
     reference::Reference,
@@ -649,18 +648,7 @@ impl ImageStore {
                 digest: digest.clone(),
                 source,
             })?;
-        if unpacked.diff_id != *diff_id {
-            return Err(Error::DiffId {
-                digest: digest.clone(),
-                expected: diff_id.clone(),
-                actual: unpacked.diff_id,
-            });
-        }
-        pending.commit(&LayerMeta {
-            diff_id: diff_id.clone(),
-            size: unpacked.content_bytes,
-            entries: unpacked.entries,
-        })?;
+        pending.commit(&checked_layer(digest, diff_id, unpacked)?)?;
         Ok(())
     }
 }

@@ -118,6 +118,27 @@ where
     }
 }
 
+/// What a layer blob unpacked to, as the layer store records it, if it is the content the
+/// image config names (`diff_id`).
+fn checked_layer(
+    digest: &Digest,
+    diff_id: &Digest,
+    unpacked: unpack::Unpacked,
+) -> Result<layers::LayerMeta> {
+    if unpacked.diff_id != *diff_id {
+        return Err(Error::DiffId {
+            digest: digest.clone(),
+            expected: diff_id.clone(),
+            actual: unpacked.diff_id,
+        });
+    }
+    Ok(layers::LayerMeta {
+        diff_id: diff_id.clone(),
+        size: unpacked.content_bytes,
+        entries: unpacked.entries,
+    })
+}
+
 /// Disk use of the image store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {

@@ -13,11 +13,10 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{
-    Error, ImageStore, PROGRESS_EVERY, Result,
+    Error, ImageStore, PROGRESS_EVERY, Result, checked_layer,
     chunks::ChunkReader,
     content::Ingest,
     digest::Digest,
-    layers::LayerMeta,
     manifest::{self, Compression, Descriptor, Document},
     records::{ImageRecord, LayerRef},
     reference::Reference,
@@ -462,26 +461,15 @@ impl ImageStore {
                 }
                 (Ok(()), Ok(u)) => u,
             };
-            if unpacked.diff_id != *diff_id {
-                return Err(Error::DiffId {
-                    digest: desc.digest.clone(),
-                    expected: diff_id.clone(),
-                    actual: unpacked.diff_id,
-                });
-            }
-            Some((pending, unpacked))
+            Some((pending, checked_layer(&desc.digest, diff_id, unpacked)?))
         } else {
             None
         };
         // Whatever the decompressor left unread still belongs to the blob and its digest.
         io::copy(&mut source, &mut io::sink()).map_err(download_err)?;
         ingest.commit()?;
-        if let Some((pending, unpacked)) = pending_layer {
-            pending.commit(&LayerMeta {
-                diff_id: diff_id.clone(),
-                size: unpacked.content_bytes,
-                entries: unpacked.entries,
-            })?;
+        if let Some((pending, meta)) = pending_layer {
+            pending.commit(&meta)?;
         }
         Ok(())
     }
