@@ -10,7 +10,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Packages the tests use, from Debian's archive.
-packages=(ca-certificates docker-registry busybox-static apache2-utils curl iproute2 util-linux)
+# libseccomp-dev and pkg-config build the agent's seccomp compiler; the last six are what
+# ../shared/cri-tools needs to unpack crictl/critest and build critest's stand-in images.
+packages=(ca-certificates docker-registry busybox-static apache2-utils curl iproute2 util-linux
+          libseccomp-dev pkg-config xz-utils jq skopeo gcc libc6-dev binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,8 +23,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
+# The real CRI clients (unmodified cri-tools v1.26.1) the tests drive strata with.
+kit=../shared/cri-tools
+[ -x "$kit/install.sh" ] || { echo "tests/run.sh: $kit (the CRI conformance kit) is missing" >&2; exit 1; }
+"$kit/install.sh" target/cri-tools
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the real binaries: build them before the tests look for them.
 cargo build --workspace --locked
 cargo test --workspace --locked
+# The CRI conformance suite, against the same build.
+tests/critest.sh

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_CONFIG: &str = "/etc/strata/config.toml";
 pub const DEFAULT_ROOT: &str = "/var/lib/strata";
 pub const DEFAULT_STATE_DIR: &str = "/run/strata";
+/// Most processes a container may have unless configured: CRI-O's default. A fork bomb in
+/// one container must not exhaust the node's pids.
+pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
 
 /// The resource limits `[rlimits]` may set, as `RLIMIT_<NAME>` without the prefix.
 pub const RLIMIT_NAMES: &[&str] = &[
@@ -189,7 +192,7 @@ impl Config {
                 .unwrap_or_else(|| "info".to_string()),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
             cgroup_parent: file.cgroup_parent.unwrap_or_else(|| "strata".to_string()),
-            pids_limit: file.pids_limit.unwrap_or(0),
+            pids_limit: file.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
             rlimits: file.rlimits,
             images: file.images,
             registries: file.registries,

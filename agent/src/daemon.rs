@@ -12,7 +12,7 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{StreamExt as _, wrappers::UnixListenerStream};
 
 use crate::{
     config::Config,
@@ -61,9 +61,13 @@ pub async fn run(config: Config) -> Result<()> {
     create_dir(&config.root, "cannot create root")?;
     create_dir(&config.state_dir, "cannot create state directory")?;
     let _lock = lock_root(&config.root)?;
+    // Made before anything is served: helpers never run from the host's binary.
+    crate::sys::selfexe::helper_binary().map_err(|e| Error::Startup(e.to_string()))?;
 
     let (socket, listener) = listener::Socket::bind(&config.socket)?;
-    let incoming = UnixListenerStream::new(listener);
+    // Every connection goes through the HTTP/2 front that mends the client's `:authority`.
+    let incoming = UnixListenerStream::new(listener)
+        .map(|conn| conn.map(server::authority::AuthorityFront::new));
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

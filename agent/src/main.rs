@@ -9,6 +9,7 @@ mod helper;
 mod image;
 mod report;
 mod runtime;
+mod seccomp;
 mod server;
 mod state;
 mod sys;

@@ -18,6 +18,8 @@ pub struct Options {
     pub pods: usize,
     pub daemon_pid: Option<u32>,
     pub helper_match: Option<String>,
+    /// Containers under RuntimeDefault seccomp instead of unconfined.
+    pub seccomp_default: bool,
 }
 
 fn pod_config(name: &str) -> PodSandboxConfig {
@@ -47,8 +49,20 @@ fn pod_config(name: &str) -> PodSandboxConfig {
     }
 }
 
-fn container_config(image: &str) -> ContainerConfig {
+fn container_config(options: &Options) -> ContainerConfig {
+    let image = &options.image;
+    let linux = options.seccomp_default.then(|| cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
     ContainerConfig {
+        linux,
         metadata: Some(cri::ContainerMetadata {
             name: "c".into(),
             attempt: 0,
@@ -181,7 +195,7 @@ pub async fn run(client: &Client, options: Options) -> anyhow::Result<()> {
             "CreateContainer",
             rt.create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config(&options.image)),
+                config: Some(container_config(&options)),
                 sandbox_config: Some(pod_config(&format!("bench-{i}"))),
             }),
         )
@@ -257,7 +271,7 @@ pub async fn run(client: &Client, options: Options) -> anyhow::Result<()> {
         let id = rt
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container_config(&options.image)),
+                config: Some(container_config(&options)),
                 sandbox_config: Some(pod_config(&name)),
             })
             .await?

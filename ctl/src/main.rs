@@ -287,6 +287,9 @@ enum Command {
         /// A string in the command line of the runtime's per-container helpers
         #[arg(long)]
         helper_match: Option<String>,
+        /// Run the containers under the runtime's default seccomp profile (RuntimeDefault)
+        #[arg(long)]
+        seccomp_default: bool,
     },
     /// Remove pod sandboxes
     Rmp {
@@ -502,6 +505,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             pods,
             daemon_pid,
             helper_match,
+            seccomp_default,
         } => {
             let options = bench::Options {
                 image,
@@ -509,6 +513,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 pods,
                 daemon_pid,
                 helper_match,
+                seccomp_default,
             };
             bench::run(&client, options).await
         }

@@ -1,33 +1,40 @@
-//! `stratad __exec DIR PID -- CMD...`: runs a command inside a running container for
-//! ExecSync. It joins the container's cgroup and namespaces (those of its init, PID), forks
-//! so that the child is inside the container's PID namespace, and the child takes the
-//! container's user, capabilities and environment and execs. It exits with the command's
-//! status. The child dies with it (PDEATHSIG), so killing it on timeout kills the command.
+//! `stratad __exec DIR PID LEAF -- CMD...`: runs a command inside a running container for
+//! ExecSync. It joins the exec's leaf below the container's cgroup (which the daemon made,
+//! and kills and removes when the call ends, with whatever the command left there) and
+//! the namespaces of the container's init (PID), then forks so that the child is inside
+//! the container's PID namespace. The child enters the working directory the safe way,
+//! takes the container's OOM score, rlimits, user, capabilities and environment, and
+//! execs. The helper exits with the command's status; the child dies with it
+//! (PDEATHSIG).
 #![allow(unsafe_code)] // fork()
 
 use std::{fs::File, os::fd::AsFd, path::PathBuf, process::ExitCode};
 
 use nix::{
     sched::{CloneFlags, setns},
-    sys::wait::{WaitStatus, waitpid},
+    sys::{
+        signal::{SigSet, Signal, kill},
+        wait::{WaitPidFlag, WaitStatus, waitpid},
+    },
     unistd::{ForkResult, fork},
 };
 
+use super::init;
 use crate::{cgroup, runtime::spec::Spec};
 
 pub const EXEC: &str = "__exec";
 
 pub fn main(args: &[String]) -> ExitCode {
-    let (dir, pid, command) = match args {
-        [dir, pid, sep, command @ ..] if sep == "--" && !command.is_empty() => {
-            (PathBuf::from(dir), pid, command)
+    let (dir, pid, leaf, command) = match args {
+        [dir, pid, leaf, sep, command @ ..] if sep == "--" && !command.is_empty() => {
+            (PathBuf::from(dir), pid, leaf, command)
         }
         _ => {
-            eprintln!("usage: stratad {EXEC} CONTAINER_DIR PID -- CMD...");
+            eprintln!("usage: stratad {EXEC} CONTAINER_DIR PID LEAF -- CMD...");
             return ExitCode::from(126);
         }
     };
-    match run(&dir, pid, command) {
+    match run(&dir, pid, leaf, command) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("stratad exec: {e}");
@@ -36,7 +43,14 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn run(dir: &std::path::Path, pid: &str, command: &[String]) -> Result<u8, String> {
+fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Result<u8, String> {
+    // Nothing in the container may ptrace or read /proc of the helper or of the child
+    // before it execs (the child keeps this across fork; exec resets it).
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
+    if !leaf.starts_with(cgroup::EXEC_LEAF_PREFIX) {
+        return Err(format!("bad exec cgroup {leaf:?}"));
+    }
     let spec: Spec = serde_json::from_slice(
         &std::fs::read(dir.join("config.json")).map_err(|e| format!("config.json: {e}"))?,
     )
@@ -57,17 +71,18 @@ fn run(dir: &std::path::Path, pid: &str, command: &[String]) -> Result<u8, Strin
         namespaces.push((kind, flag, file));
     }
     // The pid must still be the container's init: it is in the container's cgroup.
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let wanted = format!("/{}", spec.linux.cgroups_path.trim_start_matches('/'));
-    if !cgroups.lines().any(|l| l.ends_with(&wanted)) {
+    let container = cgroup::Hierarchy::detect(&spec.strata.cgroup_root)
+        .and_then(|h| h.cgroup(&spec.linux.cgroups_path))
+        .map_err(|e| e.to_string())?;
+    if !container.holds_container_process(pid) {
         return Err("the container is not running".into());
     }
-    let hierarchy =
-        cgroup::Hierarchy::detect(&spec.strata.cgroup_root).map_err(|e| e.to_string())?;
-    hierarchy
-        .cgroup(&spec.linux.cgroups_path)
+    container
+        .child(leaf)
         .and_then(|c| c.add_pid(std::process::id()))
-        .map_err(|e| format!("joining the container's cgroup: {e}"))?;
+        .map_err(|e| format!("joining the exec's cgroup: {e}"))?;
+    // Read while the host's paths are still in reach.
+    let seccomp = init::read_seccomp(&spec)?;
     for (kind, flag, file) in &namespaces {
         // Sharing the host's namespace (a host-network pod): nothing to join.
         if std::fs::metadata(format!("/proc/self/ns/{kind}"))
@@ -83,27 +98,54 @@ fn run(dir: &std::path::Path, pid: &str, command: &[String]) -> Result<u8, Strin
         setns(file.as_fd(), *flag).map_err(|e| format!("joining the {kind} namespace: {e}"))?;
     }
     drop(namespaces);
+    // Blocked before the fork so that no SIGTERM is lost; the child unblocks them.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGCHLD);
+    signals
+        .thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    // The child holds the read end: it reads EOF once the helper is gone.
+    let (alive, alive_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
     // SAFETY: this helper is single-threaded.
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             let result = (|| -> Result<std::convert::Infallible, String> {
+                signals
+                    .thread_unblock()
+                    .map_err(|e| format!("unblocking signals: {e}"))?;
                 rustix::process::set_parent_process_death_signal(Some(
                     rustix::process::Signal::KILL,
                 ))
                 .map_err(|e| format!("PDEATHSIG: {e}"))?;
-                let cwd = if spec.process.cwd.is_empty() {
-                    "/"
-                } else {
-                    spec.process.cwd.as_str()
-                };
-                std::env::set_current_dir(cwd).map_err(|e| format!("entering {cwd}: {e}"))?;
+                // The helper may have died before PDEATHSIG was set: then so do we. Its pid
+                // says nothing (outside the container's PID namespace it reads as 0, and so
+                // does the host init that would adopt us); the pipe does.
+                drop(alive_w);
+                let mut fds = [nix::poll::PollFd::new(
+                    alive.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                if nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO)
+                    .map_err(|e| format!("poll: {e}"))?
+                    > 0
+                {
+                    return Err("the exec helper is gone".into());
+                }
+                drop(alive);
+                init::enter_working_dir(&spec, false)?;
+                // The container's process attributes, not the daemon's: its OOM score (a
+                // refused lowering leaves the inherited one, as for the init) and rlimits.
+                init::set_oom_score_adj(&spec, &mut std::io::sink());
+                init::set_rlimits(&spec)?;
                 let mut process = spec.process.clone();
                 process.args = command.to_vec();
                 let exec_spec = Spec {
                     process,
                     ..spec.clone()
                 };
-                super::init::exec_as_container(&exec_spec)
+                init::exec_as_container(&exec_spec, seccomp.as_deref())
             })();
             let e = match result {
                 Err(e) => e,
@@ -112,15 +154,26 @@ fn run(dir: &std::path::Path, pid: &str, command: &[String]) -> Result<u8, Strin
             eprintln!("stratad exec: {e}");
             std::process::exit(if e.contains("not found") { 127 } else { 126 });
         }
-        ForkResult::Parent { child } => loop {
-            match waitpid(child, None) {
-                Ok(WaitStatus::Exited(_, code)) => return Ok(code as u8),
-                Ok(WaitStatus::Signaled(_, signal, _)) => {
-                    return Ok(128u8.wrapping_add(signal as u8));
+        // The helper stays the command's parent until it has reaped it: were it to die
+        // first, the command would become an orphan of the *host's* PID 1 (orphans go to
+        // the init of the dying parent's namespace). So the daemon's timeout is a SIGTERM,
+        // on which the helper kills the command and waits for it.
+        ForkResult::Parent { child } => {
+            drop(alive);
+            let _alive = alive_w;
+            loop {
+                match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => return Ok(code as u8),
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        return Ok(128u8.wrapping_add(signal as u8));
+                    }
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(format!("waiting for the command: {e}")),
                 }
-                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(format!("waiting for the command: {e}")),
+                if let Ok(Signal::SIGTERM) = signals.wait() {
+                    let _ = kill(child, Signal::SIGKILL);
+                }
             }
-        },
+        }
     }
 }

@@ -24,7 +24,10 @@ use rustix::{
     mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags},
 };
 
-use crate::{runtime::spec::Spec, sys::rootdir::RootDir};
+use crate::{
+    runtime::spec::Spec,
+    sys::rootdir::{Attrs, NodeKind, RootDir},
+};
 
 /// The init's ends of the pipes to the monitor.
 pub struct Pipes {
@@ -76,15 +79,10 @@ fn setup_and_exec(
         .read_exact(&mut byte)
         .map_err(ctx(|| "waiting for the monitor".into()))?;
 
+    // Read while the host's paths are still in reach.
+    let seccomp = read_seccomp(spec)?;
     enter_namespaces(spec)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )
-    .map_err(ctx(|| "making / a slave mount".into()))?;
+    isolate_mounts(spec)?;
     let root = &spec.root.path;
     mount_overlay(spec)?;
     let fifo = rustix::fs::open(
@@ -98,6 +96,7 @@ fn setup_and_exec(
     mount_all(spec, root)?;
     pivot(root)?;
     mask_and_protect(spec)?;
+    make_devices(spec)?;
     if spec.root.readonly {
         mount(
             None::<&str>,
@@ -108,20 +107,7 @@ fn setup_and_exec(
         )
         .map_err(ctx(|| "making the rootfs read-only".into()))?;
     }
-    let cwd = if spec.process.cwd.is_empty() {
-        "/"
-    } else {
-        spec.process.cwd.as_str()
-    };
-    std::fs::create_dir_all(cwd).map_err(ctx(|| format!("creating working directory {cwd}")))?;
-    std::env::set_current_dir(cwd).map_err(ctx(|| format!("entering working directory {cwd}")))?;
-    let here = std::env::current_dir().map_err(ctx(|| "getcwd".into()))?;
-    if !here.is_absolute() || here.to_string_lossy().contains("(unreachable)") {
-        return Err(format!(
-            "working directory {} is outside the rootfs",
-            here.display()
-        ));
-    }
+    enter_working_dir(spec, true)?;
 
     // Standard streams: /dev/null in, the monitor's pipes out.
     let null = File::open("/dev/null").map_err(ctx(|| "opening /dev/null".into()))?;
@@ -148,16 +134,82 @@ fn setup_and_exec(
     drop(fifo);
     set_oom_score_adj(spec, &mut *sync);
     set_rlimits(spec)?;
-    become_container_user(spec)?;
-    close_other_fds(&[sync.as_raw_fd()])?;
+    let never = confine_and_exec(
+        spec,
+        &exe,
+        &args,
+        &env,
+        seccomp.as_deref(),
+        &[sync.as_raw_fd()],
+    )?;
+    match never {}
+}
 
-    let err = nix::unistd::execve(&exe, &args, &env).unwrap_err();
+/// The container's seccomp program, if it has one.
+pub fn read_seccomp(spec: &Spec) -> Result<Option<Vec<u8>>> {
+    spec.strata
+        .seccomp
+        .as_ref()
+        .map(|path| std::fs::read(path).map_err(ctx(|| format!("reading {}", path.display()))))
+        .transpose()
+}
+
+/// The last steps before the container's process runs: its user and capabilities, the
+/// seccomp filter, only the standard descriptors (and `keep`), execve. Without
+/// no_new_privs loading a filter needs CAP_SYS_ADMIN, so it comes before the privileges
+/// go (the filter must then allow the calls that drop them, as RuntimeDefault does);
+/// with no_new_privs it comes last, so that as few calls as possible happen under it.
+/// Returns only on failure.
+fn confine_and_exec(
+    spec: &Spec,
+    exe: &CString,
+    args: &[CString],
+    env: &[CString],
+    seccomp: Option<&[u8]>,
+    keep: &[i32],
+) -> Result<std::convert::Infallible> {
+    let load = |program: &[u8]| {
+        crate::sys::seccomp::load_filter(program)
+            .map_err(ctx(|| "loading the seccomp filter".into()))
+    };
+    if let Some(program) = seccomp
+        && !spec.process.no_new_privileges
+    {
+        load(program)?;
+    }
+    become_container_user(spec)?;
+    close_other_fds(keep)?;
+    if let Some(program) = seccomp
+        && spec.process.no_new_privileges
+    {
+        load(program)?;
+    }
+    let err = nix::unistd::execve(exe, args, env).unwrap_err();
     Err(format!("exec {}: {err}", spec.process.args[0]))
+}
+
+/// Enters the process's working directory, resolved inside the container's root (which is
+/// `/` by now) the safe way: a symlink there, however planted, cannot lead out of it. The
+/// init creates a missing one, as other runtimes do; an exec does not.
+pub fn enter_working_dir(spec: &Spec, create: bool) -> Result<()> {
+    let cwd = if spec.process.cwd.is_empty() {
+        "/"
+    } else {
+        spec.process.cwd.as_str()
+    };
+    let root = RootDir::open_crossing_mounts(Path::new("/"))
+        .map_err(ctx(|| "opening the container's root".into()))?;
+    if create {
+        root.ensure_dir(Path::new(cwd))
+            .map_err(ctx(|| format!("creating working directory {cwd}")))?;
+    }
+    root.enter_dir(Path::new(cwd))
+        .map_err(ctx(|| format!("entering working directory {cwd}")))
 }
 
 /// Applies the OOM score adjustment. Lowering it needs CAP_SYS_RESOURCE, which some hosts'
 /// root lacks: then the inherited value stays and the monitor is told; the start goes on.
-fn set_oom_score_adj(spec: &Spec, sync: &mut File) {
+pub fn set_oom_score_adj(spec: &Spec, sync: &mut impl Write) {
     let Some(adj) = spec.process.oom_score_adj else {
         return;
     };
@@ -167,7 +219,7 @@ fn set_oom_score_adj(spec: &Spec, sync: &mut File) {
 }
 
 /// The spec's resource limits, as root (raising a hard limit needs it).
-fn set_rlimits(spec: &Spec) -> Result<()> {
+pub fn set_rlimits(spec: &Spec) -> Result<()> {
     use rustix::process::{Resource, Rlimit};
     for limit in &spec.process.rlimits {
         let resource = match limit.kind.as_str() {
@@ -210,16 +262,13 @@ fn become_container_user(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Becomes the container's user and execs `spec.process.args` with its environment, for
-/// a process joining a running container. Returns only on failure.
-pub fn exec_as_container(spec: &Spec) -> Result<std::convert::Infallible> {
+/// Becomes the container's user and execs `spec.process.args` with its environment (and
+/// its seccomp filter), for a process joining a running container. Returns only on failure.
+pub fn exec_as_container(spec: &Spec, seccomp: Option<&[u8]>) -> Result<std::convert::Infallible> {
     let exe = resolve_executable(spec)?;
     let args = cstrings(&spec.process.args)?;
     let env = cstrings(&spec.process.env)?;
-    become_container_user(spec)?;
-    close_other_fds(&[])?;
-    let err = nix::unistd::execve(&exe, &args, &env).unwrap_err();
-    Err(format!("exec {}: {err}", spec.process.args[0]))
+    confine_and_exec(spec, &exe, &args, &env, seccomp, &[])
 }
 
 fn cstrings(items: &[String]) -> Result<Vec<CString>> {
@@ -253,6 +302,39 @@ fn enter_namespaces(spec: &Spec) -> Result<()> {
         }
     }
     unshare(fresh).map_err(ctx(|| "unshare".into()))
+}
+
+/// Cuts this mount namespace off from the host's mount events. Normally every mount
+/// becomes a slave: host mounts still show through (rslave volumes), nothing flows back.
+/// A bidirectional (rshared) volume needs its source to stay a peer of the host's mount,
+/// so then the host's mounts stay shared and only the mount holding the rootfs is made
+/// private: the rootfs and everything mounted in it are private from the start, and only
+/// the volume's bind joins the host's peer group.
+fn isolate_mounts(spec: &Spec) -> Result<()> {
+    let bidirectional = spec
+        .mounts
+        .iter()
+        .any(|m| m.options.iter().any(|o| o == "rshared"));
+    if !bidirectional {
+        return mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .map_err(ctx(|| "making / a slave mount".into()));
+    }
+    let parent = crate::sys::mount::mount_point_of(&spec.root.path)
+        .ok_or_else(|| format!("no mount holds {}", spec.root.path.display()))?;
+    mount(
+        None::<&str>,
+        &parent,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(ctx(|| format!("making {} private", parent.display())))
 }
 
 /// The rootfs: an overlay of the init layer and the image's layers (read-only, top-most
@@ -468,10 +550,48 @@ fn populate_dev(dev: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The device nodes the request maps, made in the container's /dev (after the pivot, so
+/// resolved inside the container's root only).
+fn make_devices(spec: &Spec) -> Result<()> {
+    if spec.linux.devices.is_empty() {
+        return Ok(());
+    }
+    let root = RootDir::open_crossing_mounts(Path::new("/"))
+        .map_err(ctx(|| "opening the container's root".into()))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    for d in &spec.linux.devices {
+        let kind = match d.kind.as_str() {
+            "b" => NodeKind::Block,
+            _ => NodeKind::Char,
+        };
+        let attrs = Attrs {
+            uid: d.uid,
+            gid: d.gid,
+            mode: d.file_mode,
+            mtime_secs: now,
+            mtime_nanos: 0,
+        };
+        root.mknod(Path::new(&d.path), kind, d.major, d.minor, &attrs)
+            .map_err(ctx(|| format!("making device {}", d.path)))?;
+    }
+    Ok(())
+}
+
 fn pivot(root: &Path) -> Result<()> {
     std::env::set_current_dir(root).map_err(ctx(|| format!("chdir {}", root.display())))?;
     rustix::process::pivot_root(".", ".").map_err(ctx(|| "pivot_root".into()))?;
-    // The old root is now stacked under the new one at "."; detach it.
+    // The old root is now stacked under the new one at "."; detach it, once it is a slave
+    // so that the detach cannot propagate to the host (its mounts may still be shared).
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(ctx(|| "making the old root a slave".into()))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(ctx(|| "detaching the old root".into()))?;
     std::env::set_current_dir("/").map_err(ctx(|| "chdir /".into()))
 }

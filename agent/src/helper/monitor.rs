@@ -70,10 +70,13 @@ fn monitor(dir: &Path) -> Result<(), String> {
     )
     .map_err(|e| format!("config.json: {e}"))?;
     let cgroups = cgroup::Hierarchy::detect(&spec.strata.cgroup_root).map_err(|e| e.to_string())?;
-    let cgroup = cgroups
+    let container = cgroups
         .cgroup(&spec.linux.cgroups_path)
         .map_err(|e| e.to_string())?;
-    let oom_before = oom_kills(&spec);
+    let cgroup = container
+        .child(cgroup::CONTAINER_LEAF)
+        .map_err(|e| e.to_string())?;
+    let oom_before = container.oom_kills();
 
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -144,7 +147,7 @@ fn monitor(dir: &Path) -> Result<(), String> {
     let exit = Exit {
         exit_code: if exec_error.is_some() { 128 } else { exit_code },
         signal,
-        oom_killed: oom_kills(&spec) > oom_before,
+        oom_killed: container.oom_kills() > oom_before,
         exec_error,
         finished_at: crate::image::now_nanos(),
     };
@@ -279,32 +282,6 @@ fn wait(child: Pid) -> (i32, Option<i32>) {
             Err(_) => return (255, None),
         }
     }
-}
-
-/// The cgroup's count of OOM kills (v1 `memory.oom_control`, v2 `memory.events`).
-fn oom_kills(spec: &Spec) -> u64 {
-    let (file, path) = if spec.strata.cgroup_version == 2 {
-        (
-            "memory.events",
-            spec.strata
-                .cgroup_root
-                .join(spec.linux.cgroups_path.trim_start_matches('/')),
-        )
-    } else {
-        (
-            "memory.oom_control",
-            spec.strata
-                .cgroup_root
-                .join("memory")
-                .join(spec.linux.cgroups_path.trim_start_matches('/')),
-        )
-    };
-    std::fs::read_to_string(path.join(file))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The CRI log file: `<RFC3339Nano> <stream> <P|F> <text>` per line.

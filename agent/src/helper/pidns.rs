@@ -1,12 +1,18 @@
-//! `stratad __pidns DIR`: holds a pod's shared PID namespace. A PID namespace lives only as
+//! `stratad __pidns`: holds a pod's shared PID namespace. A PID namespace lives only as
 //! long as its first process, so unlike the other pod namespaces it cannot be pinned to a
 //! file: this helper forks that first process, which does nothing but reap the orphans
 //! that land on it, until the pod is stopped (SIGKILL from the daemon ends the namespace
-//! and everything in it). The parent prints the holder's pid and exits. `DIR` (the pod's
-//! state directory) is only there to tell whose holder it is.
+//! and everything in it). The parent prints the holder's pid and exits.
+//!
+//! The holder is PID 1 of every container in the pod, so it is confined like a pause
+//! container (`sys::confine`): nothing of the host is reachable through `/proc/1`.
 #![allow(unsafe_code)] // fork()
 
-use std::{io::Write, process::ExitCode};
+use std::{
+    io::{Read, Write},
+    os::fd::AsFd,
+    process::ExitCode,
+};
 
 use nix::{
     sched::{CloneFlags, unshare},
@@ -20,14 +26,22 @@ use nix::{
 pub const PIDNS: &str = "__pidns";
 
 pub fn main(args: &[String]) -> ExitCode {
-    if args.len() != 1 {
-        eprintln!("usage: stratad {PIDNS} POD_DIR");
+    if !args.is_empty() {
+        eprintln!("usage: stratad {PIDNS}");
         return ExitCode::FAILURE;
     }
     if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
         eprintln!("stratad pidns: unshare: {e}");
         return ExitCode::FAILURE;
     }
+    // The holder says on this pipe that it is confined; only then is its pid given out.
+    let (ready_r, ready_w) = match nix::unistd::pipe() {
+        Ok(pipe) => pipe,
+        Err(e) => {
+            eprintln!("stratad pidns: pipe: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     // SAFETY: this helper is single-threaded.
     match unsafe { fork() } {
         Err(e) => {
@@ -35,26 +49,35 @@ pub fn main(args: &[String]) -> ExitCode {
             ExitCode::FAILURE
         }
         Ok(ForkResult::Parent { child }) => {
+            drop(ready_w);
+            let mut byte = [0u8; 1];
+            if std::fs::File::from(ready_r).read_exact(&mut byte).is_err() {
+                eprintln!("stratad pidns: the holder died while confining itself");
+                return ExitCode::FAILURE;
+            }
             println!("{}", child.as_raw());
             let _ = std::io::stdout().flush();
             ExitCode::SUCCESS
         }
-        Ok(ForkResult::Child) => hold(),
+        Ok(ForkResult::Child) => {
+            drop(ready_r);
+            hold(std::fs::File::from(ready_w))
+        }
     }
 }
 
 /// PID 1 of the pod: reap whatever ends up here, for ever.
-fn hold() -> ! {
-    if let Ok(null) = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        let _ = nix::unistd::dup2_stdin(&null);
-        let _ = nix::unistd::dup2_stdout(&null);
-        let _ = nix::unistd::dup2_stderr(&null);
-    }
+fn hold(mut ready: std::fs::File) -> ! {
     let _ = nix::unistd::setsid();
+    if let Err(e) = crate::sys::confine::confine_holder(ready.as_fd()) {
+        // Unconfined, it must not serve as the pod's PID 1.
+        eprintln!("stratad pidns: confining the holder: {e}");
+        std::process::exit(1);
+    }
+    if ready.write_all(b"c").is_err() {
+        std::process::exit(1);
+    }
+    drop(ready);
     let mut set = SigSet::empty();
     set.add(Signal::SIGCHLD);
     let _ = set.thread_block();

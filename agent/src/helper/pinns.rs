@@ -10,9 +10,11 @@ use nix::{
 /// The first argument that selects the namespace-pinning helper.
 pub const PINNS: &str = "__pinns";
 
-/// `stratad __pinns DIR HOSTNAME [net] [ipc] [uts]`: creates the named namespaces, sets the
-/// hostname (uts), brings loopback up (net), and bind-mounts each namespace onto `DIR/<ns>`
-/// so that it lives on with no process in it. Exits 0, or 1 with one line on stderr.
+/// `stratad __pinns DIR HOSTNAME [net] [ipc] [uts] -- [SYSCTL=VALUE]...`: creates the named
+/// namespaces, sets the hostname (uts), brings loopback up (net), sets the sysctls (paths
+/// below /proc/sys, which shows the writer's namespaces), and bind-mounts each namespace
+/// onto `DIR/<ns>` so that it lives on with no process in it. Exits 0, or 1 with one line
+/// on stderr.
 pub fn pinns(args: &[String]) -> ExitCode {
     match pin(args) {
         Ok(()) => ExitCode::SUCCESS,
@@ -24,9 +26,11 @@ pub fn pinns(args: &[String]) -> ExitCode {
 }
 
 fn pin(args: &[String]) -> Result<(), String> {
-    let [dir, hostname, kinds @ ..] = args else {
-        return Err("usage: __pinns DIR HOSTNAME [net] [ipc] [uts]".into());
+    let [dir, hostname, rest @ ..] = args else {
+        return Err("usage: __pinns DIR HOSTNAME [net] [ipc] [uts] -- [SYSCTL=VALUE]...".into());
     };
+    let split = rest.iter().position(|a| a == "--").unwrap_or(rest.len());
+    let (kinds, sysctls) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
     let dir = PathBuf::from(dir);
     let mut flags = CloneFlags::empty();
     for kind in kinds {
@@ -43,6 +47,14 @@ fn pin(args: &[String]) -> Result<(), String> {
     }
     if flags.contains(CloneFlags::CLONE_NEWNET) {
         crate::sys::net::loopback_up().map_err(|e| format!("bringing loopback up: {e}"))?;
+    }
+    for sysctl in sysctls {
+        let (path, value) = sysctl
+            .split_once('=')
+            .ok_or_else(|| format!("bad sysctl {sysctl:?}"))?;
+        // The daemon checked the name: a namespaced sysctl, no `..`.
+        std::fs::write(format!("/proc/sys/{path}"), value)
+            .map_err(|e| format!("setting sysctl {path} to {value:?}: {e}"))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     for kind in kinds {

@@ -25,7 +25,7 @@ pub use commit::{CommitInfo, ConfigChanges};
 pub use digest::Digest;
 pub use pull::{LayerState, Progress, now_nanos};
 pub use push::{BlobState, PushProgress, PushSummary};
-pub use records::ImageRecord;
+pub use records::{ImageRecord, UserPart};
 pub use registry::Credentials;
 
 use crate::config::ImagesConfig;

@@ -41,6 +41,51 @@ pub struct ImageRecord {
     pub stored_at: i64,
 }
 
+/// One part (user or group) of an image's `User`, read the one way the agent reads it
+/// everywhere: digits are an id and never a name, so `ImageStatus` reports exactly the uid
+/// `CreateContainer` runs (a kubelet admits `runAsNonRoot` pods on that report).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserPart<'a> {
+    Empty,
+    Id(u32),
+    /// Digits that are no usable id: 2^32 or more, or 4294967295, which is `(uid_t)-1`
+    /// ("leave unchanged") to setresuid. Refused, never looked up as a name.
+    OutOfRange(&'a str),
+    Name(&'a str),
+}
+
+impl<'a> UserPart<'a> {
+    pub fn parse(text: &'a str) -> Self {
+        if text.is_empty() {
+            UserPart::Empty
+        } else if text.bytes().all(|b| b.is_ascii_digit()) {
+            match text.parse::<u32>() {
+                Ok(id) if id != u32::MAX => UserPart::Id(id),
+                _ => UserPart::OutOfRange(text),
+            }
+        } else {
+            UserPart::Name(text)
+        }
+    }
+}
+
+impl ImageRecord {
+    /// The user part of the config's `User` (`name`, `uid`, `name:group`, `uid:gid`).
+    pub fn user_part(&self) -> UserPart<'_> {
+        UserPart::parse(self.user.split(':').next().unwrap_or_default())
+    }
+}
+
+impl UserPart<'_> {
+    /// A CRI `run_as_user`/`run_as_group` as an id, under the same rule.
+    pub fn from_cri(id: i64) -> std::result::Result<u32, String> {
+        match u32::try_from(id) {
+            Ok(id) if id != u32::MAX => Ok(id),
+            _ => Err(format!("{id} is out of range (0 to 4294967294)")),
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct File {
     images: Vec<ImageRecord>,

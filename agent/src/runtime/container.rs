@@ -14,7 +14,7 @@ use super::{
     sandbox::{NamespaceMode, Sandbox},
     spec::{self, Capabilities, Linux, Mount, Namespace, Process, Root, Spec, Strata, User},
 };
-use crate::cgroup;
+use crate::{cgroup, image::UserPart};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -23,6 +23,15 @@ pub enum Propagation {
     Private,
     HostToContainer,
     Bidirectional,
+}
+
+/// A host device the request maps into the container (CRI `Device`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    pub container_path: String,
+    pub host_path: String,
+    /// `r`, `w`, `m` as CRI gives them.
+    pub permissions: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +54,8 @@ pub struct ContainerSpec {
     pub working_dir: String,
     pub envs: Vec<(String, String)>,
     pub mounts: Vec<MountSpec>,
+    #[serde(default)]
+    pub devices: Vec<DeviceSpec>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub log_path: String,
@@ -66,6 +77,9 @@ pub struct ContainerSpec {
     /// CRI's oom_score_adj (0 means "not set").
     #[serde(default)]
     pub oom_score_adj: i64,
+    /// The seccomp profile asked for (none for a privileged container, whatever it asks).
+    #[serde(default)]
+    pub seccomp: crate::seccomp::Choice,
     #[serde(skip)]
     pub resources: cgroup::Resources,
 }
@@ -170,52 +184,63 @@ pub fn resolve_user(
     passwd: &str,
     group: &str,
 ) -> Result<User, String> {
-    let (user_part, group_part) = match image_user.split_once(':') {
-        Some((u, g)) => (u.to_string(), Some(g.to_string())),
-        None => (image_user.to_string(), None),
-    };
-    let user_part = if let Some(uid) = spec.run_as_user {
-        uid.to_string()
-    } else if !spec.run_as_username.is_empty() {
-        spec.run_as_username.clone()
-    } else if user_part.is_empty() {
-        "0".into()
-    } else {
-        user_part
-    };
-    let (uid, mut gid, name) = match user_part.parse::<u32>() {
-        Ok(uid) => {
-            let entry = entries(passwd).find(|e| e.len() >= 4 && e[2] == user_part);
-            let gid = entry.as_ref().and_then(|e| e[3].parse().ok()).unwrap_or(0);
-            (uid, gid, entry.map(|e| e[0].to_string()))
-        }
-        Err(_) => {
-            let entry = entries(passwd)
-                .find(|e| e.len() >= 4 && e[0] == user_part)
-                .ok_or_else(|| format!("user {user_part:?} is not in the image's /etc/passwd"))?;
-            let uid = entry[2]
-                .parse()
-                .map_err(|_| format!("bad uid for {user_part:?} in /etc/passwd"))?;
-            let gid = entry[3]
-                .parse()
-                .map_err(|_| format!("bad gid for {user_part:?} in /etc/passwd"))?;
-            (uid, gid, Some(user_part.clone()))
-        }
-    };
-    if spec.run_as_user.is_none()
-        && spec.run_as_username.is_empty()
-        && let Some(g) = group_part
+    if spec.run_as_group.is_some() && spec.run_as_user.is_none() && spec.run_as_username.is_empty()
     {
-        gid = match g.parse::<u32>() {
-            Ok(gid) => gid,
-            Err(_) => entries(group)
+        return Err("run_as_group is set without run_as_user or run_as_username".into());
+    }
+    let (image_user, image_group) = match image_user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (image_user, None),
+    };
+    let requested = spec.run_as_user.is_some() || !spec.run_as_username.is_empty();
+    let part = match spec.run_as_user {
+        Some(uid) => UserPart::Id(UserPart::from_cri(uid).map_err(|e| format!("run_as_user {e}"))?),
+        None if !spec.run_as_username.is_empty() => UserPart::parse(&spec.run_as_username),
+        None => UserPart::parse(image_user),
+    };
+    let by_uid = |uid: u32| {
+        let uid_text = uid.to_string();
+        let entry = entries(passwd).find(|e| e.len() >= 4 && e[2] == uid_text);
+        let gid = entry.as_ref().and_then(|e| e[3].parse().ok()).unwrap_or(0);
+        (uid, gid, entry.map(|e| e[0].to_string()))
+    };
+    let (uid, mut gid, name) = match part {
+        UserPart::Empty => by_uid(0),
+        UserPart::Id(uid) => by_uid(uid),
+        UserPart::OutOfRange(text) => {
+            return Err(format!("user {text:?} is out of range (0 to 4294967294)"));
+        }
+        UserPart::Name(user) => {
+            let entry = entries(passwd)
+                .find(|e| e.len() >= 4 && e[0] == user)
+                .ok_or_else(|| format!("user {user:?} is not in the image's /etc/passwd"))?;
+            let id = |field: &str| match UserPart::parse(field) {
+                UserPart::Id(id) => Ok(id),
+                _ => Err(format!(
+                    "bad id {field:?} for {user:?} in the image's /etc/passwd"
+                )),
+            };
+            (id(entry[2])?, id(entry[3])?, Some(user.to_string()))
+        }
+    };
+    if !requested && let Some(g) = image_group {
+        gid = match UserPart::parse(g) {
+            UserPart::Empty => gid,
+            UserPart::Id(gid) => gid,
+            UserPart::OutOfRange(text) => {
+                return Err(format!("group {text:?} is out of range (0 to 4294967294)"));
+            }
+            UserPart::Name(g) => entries(group)
                 .find(|e| e.len() >= 3 && e[0] == g)
-                .and_then(|e| e[2].parse().ok())
+                .and_then(|e| match UserPart::parse(e[2]) {
+                    UserPart::Id(id) => Some(id),
+                    _ => None,
+                })
                 .ok_or_else(|| format!("group {g:?} is not in the image's /etc/group"))?,
         };
     }
     if let Some(g) = spec.run_as_group {
-        gid = u32::try_from(g).map_err(|_| format!("run_as_group {g} is out of range"))?;
+        gid = UserPart::from_cri(g).map_err(|e| format!("run_as_group {e}"))?;
     }
     let mut additional: Vec<u32> = Vec::new();
     if let Some(name) = &name {
@@ -229,9 +254,7 @@ pub fn resolve_user(
         }
     }
     for g in &spec.supplemental_groups {
-        additional.push(
-            u32::try_from(*g).map_err(|_| format!("supplemental group {g} is out of range"))?,
-        );
+        additional.push(UserPart::from_cri(*g).map_err(|e| format!("supplemental group {e}"))?);
     }
     additional.sort_unstable();
     additional.dedup();
@@ -506,6 +529,7 @@ pub fn runtime_spec(
             cgroups_path: container.cgroup.clone(),
             masked_paths: masked,
             readonly_paths: readonly,
+            devices: Vec::new(),
         },
         strata: Strata {
             lowers,
@@ -516,6 +540,7 @@ pub fn runtime_spec(
             exit_file: layout.exit_file(),
             cgroup_root: cgroup_root.to_path_buf(),
             cgroup_version,
+            seccomp: None,
         },
     })
 }
@@ -579,6 +604,54 @@ mod tests {
                 .unwrap_err()
                 .contains("nobody")
         );
+    }
+
+    #[test]
+    fn numeric_users_are_ids_and_never_names() {
+        // A passwd that maps the "names" 4294967296 and 4294967295 to root: numbers must
+        // never be looked up as names, or an image reported as non-root runs as root.
+        let passwd = "root:x:0:0::/:/bin/sh\n4294967296:x:0:0::/:/bin/sh\n\
+                      4294967295:x:0:0::/:/bin/sh\n0x10:x:0:0::/:/bin/sh\n";
+        let mut s = ContainerSpec::default();
+        for user in [
+            "4294967296",
+            "4294967295",
+            "99999999999999999999",
+            "1:4294967296",
+        ] {
+            let err = resolve_user(&s, user, passwd, "").unwrap_err();
+            assert!(err.contains("out of range"), "{user}: {err}");
+        }
+        // Unknown ids are used as they are; "0x10" is a name.
+        assert_eq!(
+            resolve_user(&s, "4294967294", passwd, "").unwrap().uid,
+            4294967294
+        );
+        assert_eq!(resolve_user(&s, "0x10", passwd, "").unwrap().uid, 0);
+        for (uid, ok) in [
+            (-1, false),
+            (1 << 32, false),
+            (u32::MAX as i64, false),
+            (5, true),
+        ] {
+            s.run_as_user = Some(uid);
+            assert_eq!(
+                resolve_user(&s, "", passwd, "").is_ok(),
+                ok,
+                "run_as_user {uid}"
+            );
+        }
+        let s = ContainerSpec {
+            run_as_username: "4294967296".into(),
+            ..Default::default()
+        };
+        assert!(resolve_user(&s, "", passwd, "").is_err());
+        let s = ContainerSpec {
+            run_as_group: Some(7),
+            ..Default::default()
+        };
+        let err = resolve_user(&s, "", passwd, "").unwrap_err();
+        assert!(err.contains("without run_as_user"), "{err}");
     }
 
     #[test]

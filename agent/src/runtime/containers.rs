@@ -1,19 +1,27 @@
 //! Container operations of the runtime: create, start, stop, remove, status, list.
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use tokio::io::AsyncBufReadExt;
 
 use super::{
-    Error, Result, Runtime,
+    Error, PathKind, Result, Runtime,
     container::{self, Container, ContainerSpec, ContainerState, ImageRoot, Layout},
-    io_err,
+    io_err, kill_cgroup,
     sandbox::SandboxState,
 };
-use crate::{helper::monitor::Exit, state, sys::rootdir::RootDir};
+use crate::{
+    cgroup::devices::{Access, DEFAULT_RULES, DeviceKind, DeviceRule},
+    helper::monitor::Exit,
+    runtime::spec::Device,
+    state,
+    sys::rootdir::RootDir,
+};
 
 /// How long a container's init may take to set up before CreateContainer gives up.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -21,6 +29,8 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a SIGKILLed container may take to be reaped.
 const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a monitor may take to reopen a container's log.
+const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Which containers a list asks for; every set field must match.
 #[derive(Debug, Clone, Default)]
@@ -91,6 +101,25 @@ impl Runtime {
             )));
         }
         spec.resources.validate()?;
+        if !spec.log_path.is_empty() {
+            super::check_path("log_path", &spec.log_path, PathKind::Below)?;
+        }
+        for m in &spec.mounts {
+            super::check_path("mount host_path", &m.host_path, PathKind::Absolute)?;
+            super::check_path(
+                "mount container_path",
+                &m.container_path,
+                PathKind::Absolute,
+            )?;
+        }
+        for d in &spec.devices {
+            super::check_path("device host_path", &d.host_path, PathKind::Absolute)?;
+            super::check_path(
+                "device container_path",
+                &d.container_path,
+                PathKind::Absolute,
+            )?;
+        }
         let pid_target = self.pid_target(&spec, &sandbox.id).await?;
         let mut containers = self.containers.lock().await;
         if let Some(other) = containers.values().find(|c| {
@@ -182,6 +211,16 @@ impl Runtime {
             reason,
         })?;
         spec.process.rlimits = self.rlimits.clone();
+        // The devices it may use: the standard ones and those the request maps; a
+        // privileged container has the host's /dev and every device.
+        let mut device_rules = DEFAULT_RULES.to_vec();
+        if !c.spec.privileged {
+            for d in &c.spec.devices {
+                let (device, rule) = resolve_device(d)?;
+                spec.linux.devices.push(device);
+                device_rules.push(rule);
+            }
+        }
         for dir in [
             layout.init(),
             layout.upper(),
@@ -191,6 +230,7 @@ impl Runtime {
             std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         }
         self.write_init_layer(&layout.init(), &sandbox.id, &spec)?;
+        spec.strata.seccomp = write_seccomp(&c, &spec, layout)?;
         let cgroup = self.cgroups.create(&c.cgroup)?;
         let mut resources = c.spec.resources.clone();
         if resources.pids_limit.is_none()
@@ -200,6 +240,11 @@ impl Runtime {
             resources.pids_limit = Some(self.pids_limit);
         }
         cgroup.set(&resources)?;
+        if !c.spec.privileged {
+            // Before the leaf exists, so that it starts from the restricted list.
+            cgroup.set_devices(&device_rules)?;
+        }
+        cgroup.create_leaf(crate::cgroup::CONTAINER_LEAF)?;
         let config = layout.dir.join("config.json");
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|source| Error::Corrupt {
             path: config.clone(),
@@ -224,6 +269,9 @@ impl Runtime {
         for name in ["hosts", "hostname", "resolv.conf"] {
             let target = init.join("etc").join(name);
             std::fs::copy(pod_dir.join(name), &target).map_err(io_err("cannot write", &target))?;
+            // Readable by every user the container may run as (the pod's copies are 0600).
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
+                .map_err(io_err("cannot write", &target))?;
         }
         for m in &spec.mounts {
             let dest = Path::new(&m.destination);
@@ -301,18 +349,23 @@ impl Runtime {
     /// Stops a container: its stop signal, then SIGKILL after `timeout`. Idempotent.
     pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<Container> {
         let mut c = self.container(id).await?;
+        let cgroup = self.cgroups.cgroup(&c.cgroup)?;
         if c.state == ContainerState::Exited {
+            // An init that exited by itself may have left children running.
+            kill_cgroup(&cgroup).await?;
             return Ok(c);
         }
         let layout = self.container_layout(&c.id);
         if let Some(pid) = c.pid {
             if !timeout.is_zero() && c.state == ContainerState::Running {
                 let signal = stop_signal(&c.stop_signal);
-                signal_init(pid, &c.cgroup, signal, &layout);
+                signal_init(pid, &cgroup, signal, &layout);
                 wait_exit(&layout, timeout).await;
             }
             if !layout.exit_file().exists() {
-                signal_init(pid, &c.cgroup, rustix::process::Signal::KILL, &layout);
+                // Everything in the container's cgroup: a container that does not own its
+                // PID namespace (POD, NODE) leaves children behind when its init dies.
+                kill_cgroup(&cgroup).await?;
                 if !wait_exit(&layout, KILL_TIMEOUT).await {
                     return Err(Error::Precondition(format!(
                         "container {} did not die after SIGKILL",
@@ -321,6 +374,7 @@ impl Runtime {
                 }
             }
         }
+        kill_cgroup(&cgroup).await?;
         self.refresh(&mut c);
         self.containers.lock().await.insert(c.id.clone(), c.clone());
         Ok(c)
@@ -425,8 +479,8 @@ fn read_image_file(layers: &[PathBuf], rel: &str) -> String {
 
 /// Starts `stratad __monitor DIR` and waits for its "ready <pid>" line.
 async fn spawn_monitor(dir: &Path) -> Result<u32> {
-    let exe =
-        std::env::current_exe().map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
+    let exe = crate::sys::selfexe::helper_binary()
+        .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
     let mut child = tokio::process::Command::new(exe)
         .arg(crate::helper::monitor::MONITOR)
         .arg(dir)
@@ -512,15 +566,16 @@ fn stop_signal(name: &str) -> rustix::process::Signal {
 
 /// Signals the container's init through a pidfd, so a recycled pid is never hit: the
 /// exit file is checked after the pidfd is opened.
-fn signal_init(pid: u32, cgroup: &str, signal: rustix::process::Signal, layout: &Layout) {
+fn signal_init(
+    pid: u32,
+    cgroup: &crate::cgroup::Cgroup,
+    signal: rustix::process::Signal,
+    layout: &Layout,
+) {
     // A process outside the container's cgroup is not the init: it is gone and the pid
     // belongs to someone else.
     crate::sys::process::signal_if(pid, signal, || {
-        let in_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-            text.lines()
-                .any(|l| l.ends_with(&format!("/{}", cgroup.trim_start_matches('/'))))
-        });
-        in_cgroup && !layout.exit_file().exists()
+        cgroup.holds_container_process(pid) && !layout.exit_file().exists()
     });
 }
 
@@ -548,14 +603,20 @@ pub struct ExecOutput {
 /// Each stream of an ExecSync is cut at this size; the rest is read and dropped.
 pub const EXEC_OUTPUT_CAP: usize = 16 << 20;
 
-async fn read_capped(mut reader: impl tokio::io::AsyncRead + Unpin) -> Vec<u8> {
+async fn read_capped(
+    reader: Option<impl tokio::io::AsyncRead + Unpin>,
+    kept: Arc<std::sync::Mutex<Vec<u8>>>,
+) {
     use tokio::io::AsyncReadExt;
-    let mut kept = Vec::new();
+    let Some(mut reader) = reader else {
+        return;
+    };
     let mut buf = vec![0u8; 64 << 10];
     loop {
         match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
+            Ok(0) | Err(_) => return,
             Ok(n) => {
+                let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
                 let room = EXEC_OUTPUT_CAP.saturating_sub(kept.len());
                 kept.extend_from_slice(&buf[..n.min(room)]);
             }
@@ -585,61 +646,195 @@ impl Runtime {
                 c.id
             )));
         };
-        let exe =
-            std::env::current_exe().map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
         let dir = self.containers_dir.join(&c.id);
-        let mut child = tokio::process::Command::new(exe)
-            .arg(crate::helper::exec::EXEC)
-            .arg(&dir)
-            .arg(pid.to_string())
-            .arg("--")
-            .args(&cmd)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(io_err("cannot exec in", &dir))?;
-        let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-        let run = async {
-            let (out, err) = tokio::join!(
-                async {
-                    match stdout {
-                        Some(s) => read_capped(s).await,
-                        None => Vec::new(),
-                    }
-                },
-                async {
-                    match stderr {
-                        Some(s) => read_capped(s).await,
-                        None => Vec::new(),
-                    }
-                },
-            );
-            let status = child.wait().await;
-            (out, err, status)
-        };
-        let (stdout, stderr, status) = if timeout.is_zero() {
-            run.await
-        } else {
-            match tokio::time::timeout(timeout, run).await {
-                Ok(done) => done,
-                Err(_) => {
-                    // The helper's process group: the helper, and the command that dies with it.
-                    return Err(Error::Timeout(format!(
-                        "command {cmd:?} timed out after {timeout:?}"
-                    )));
-                }
+        // The exec's own leaf beside the container's: whatever the command starts stays
+        // in it, and is killed with it when the call ends.
+        let suffix = super::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;
+        let leaf_name = format!("{}{}", crate::cgroup::EXEC_LEAF_PREFIX, &suffix[..12]);
+        let leaf = self.cgroups.cgroup(&c.cgroup)?.create_leaf(&leaf_name)?;
+        // The exec runs to its end in a task of its own, cleanup included, even if this
+        // call is dropped (the client went away): that cancels it like a timeout.
+        let (cancel_on_drop, cancelled) = tokio::sync::oneshot::channel::<()>();
+        let job = tokio::spawn(async move {
+            let result = run_exec(&dir, pid, &leaf_name, &cmd, timeout, cancelled).await;
+            let path = leaf.path();
+            let cleaned =
+                tokio::task::spawn_blocking(move || leaf.kill_all().and_then(|()| leaf.remove()))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+            if let Err(e) = cleaned {
+                tracing::warn!(container = %c.id, cgroup = %path, error = %e, "cannot clean up after an exec");
             }
-        };
-        let status = status.map_err(io_err("cannot wait for exec in", &dir))?;
-        Ok(ExecOutput {
-            stdout,
-            stderr,
-            exit_code: status.code().unwrap_or(137),
-        })
+            result
+        });
+        let result = job
+            .await
+            .map_err(|e| Error::Precondition(format!("the exec failed: {e}")))?;
+        drop(cancel_on_drop);
+        result
     }
+}
+
+/// Compiles the container's seccomp profile for its capabilities into `seccomp.bpf` in
+/// its directory; `None` for an unconfined or privileged container. A Localhost profile
+/// that is missing or invalid fails the create.
+fn write_seccomp(
+    c: &Container,
+    spec: &super::spec::Spec,
+    layout: &Layout,
+) -> Result<Option<PathBuf>> {
+    use crate::seccomp::{Choice, Profile, compile, runtime_default};
+    let profile = match &c.spec.seccomp {
+        _ if c.spec.privileged => return Ok(None),
+        Choice::Unconfined => return Ok(None),
+        Choice::RuntimeDefault => runtime_default(),
+        Choice::Localhost(path) => Profile::load(path)?,
+    };
+    let started = Instant::now();
+    let program = compile(&profile, &spec.process.capabilities.bounding)?;
+    tracing::debug!(
+        container = %c.id,
+        micros = started.elapsed().as_micros() as u64,
+        instructions = program.len() / 8,
+        "compiled the seccomp profile"
+    );
+    let path = layout.dir.join("seccomp.bpf");
+    state::write_atomic(&path, &program).map_err(io_err("cannot write", &path))?;
+    Ok(Some(path))
+}
+
+/// A device of the request: the host's node (symlinks followed, as other runtimes do) as
+/// a node for the container's /dev, and the rule that lets the container use it.
+fn resolve_device(d: &container::DeviceSpec) -> Result<(Device, DeviceRule)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let invalid = |reason: String| Error::Invalid {
+        what: format!("device {}", d.host_path),
+        reason,
+    };
+    let access = Access::parse(if d.permissions.is_empty() {
+        "rwm"
+    } else {
+        &d.permissions
+    })
+    .ok_or_else(|| {
+        invalid(format!(
+            "permissions {:?} are not of r, w, m",
+            d.permissions
+        ))
+    })?;
+    let meta = std::fs::metadata(&d.host_path).map_err(|e| invalid(e.to_string()))?;
+    let kind = if meta.file_type().is_char_device() {
+        DeviceKind::Char
+    } else if meta.file_type().is_block_device() {
+        DeviceKind::Block
+    } else {
+        return Err(invalid("not a character or block device".into()));
+    };
+    let (major, minor) = (
+        rustix::fs::major(meta.rdev()),
+        rustix::fs::minor(meta.rdev()),
+    );
+    let device = Device {
+        path: d.container_path.clone(),
+        kind: if kind == DeviceKind::Char { "c" } else { "b" }.into(),
+        major,
+        minor,
+        file_mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+    };
+    let rule = DeviceRule {
+        kind,
+        major: Some(major),
+        minor: Some(minor),
+        access,
+    };
+    Ok((device, rule))
+}
+
+/// How long an exec's output may go on after the command exited (a background child
+/// holding its stdout): then what is left of the exec is killed.
+const EXEC_DRAIN: Duration = Duration::from_millis(250);
+/// How long a timed-out exec's helper may take to kill and reap the command.
+const EXEC_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs `stratad __exec` for one ExecSync and collects its output. Whatever is left in the
+/// exec's leaf is the caller's to kill.
+async fn run_exec(
+    dir: &Path,
+    pid: u32,
+    leaf: &str,
+    cmd: &[String],
+    timeout: Duration,
+    cancelled: tokio::sync::oneshot::Receiver<()>,
+) -> Result<ExecOutput> {
+    let exe = crate::sys::selfexe::helper_binary()
+        .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg(crate::helper::exec::EXEC)
+        .arg(dir)
+        .arg(pid.to_string())
+        .arg(leaf)
+        .arg("--")
+        .args(cmd)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(io_err("cannot exec in", dir))?;
+    // Output goes into buffers the call keeps, so that a reader given up on (a background
+    // child still holding the pipe) still leaves what it read.
+    let (out, err) = (Arc::default(), Arc::default());
+    let mut readers = [
+        tokio::spawn(read_capped(child.stdout.take(), Arc::clone(&out))),
+        tokio::spawn(read_capped(child.stderr.take(), Arc::clone(&err))),
+    ];
+    let deadline = async {
+        if timeout.is_zero() {
+            std::future::pending::<()>().await
+        } else {
+            tokio::time::sleep(timeout).await
+        }
+    };
+    let exited = tokio::select! {
+        status = child.wait() => Some(status),
+        () = deadline => None,
+        _ = cancelled => None,
+    };
+    let deadline = tokio::time::Instant::now() + EXEC_DRAIN;
+    for reader in &mut readers {
+        if exited.is_none()
+            || tokio::time::timeout_at(deadline, &mut *reader)
+                .await
+                .is_err()
+        {
+            reader.abort();
+        }
+    }
+    let Some(status) = exited else {
+        // The helper kills the command and reaps it (a SIGKILL of the helper would leave
+        // the command to the host's init); whatever else is left, the caller kills.
+        if let Some(pid) = child.id() {
+            crate::sys::process::signal_if(pid, rustix::process::Signal::TERM, || true);
+        }
+        let _ = tokio::time::timeout(EXEC_KILL_GRACE, child.wait()).await;
+        return Err(Error::Timeout(format!(
+            "command {cmd:?} timed out after {timeout:?}"
+        )));
+    };
+    let status = status.map_err(io_err("cannot wait for exec in", dir))?;
+    let take = |buf: Arc<std::sync::Mutex<Vec<u8>>>| {
+        std::mem::take(&mut *buf.lock().unwrap_or_else(|p| p.into_inner()))
+    };
+    let (stdout, stderr) = (take(out), take(err));
+    Ok(ExecOutput {
+        stdout,
+        stderr,
+        exit_code: status.code().unwrap_or(137),
+    })
 }
 
 impl Runtime {
@@ -728,7 +923,23 @@ impl Runtime {
             .custom_flags(libc::O_NONBLOCK)
             .open(&control)
             .and_then(|mut f| std::io::Write::write_all(&mut f, b"r"));
-        sent.map_err(|e| Error::Precondition(format!("container {}'s monitor is gone: {e}", c.id)))
+        sent.map_err(|e| {
+            Error::Precondition(format!("container {}'s monitor is gone: {e}", c.id))
+        })?;
+        // The call returns once the new file is there, as the kubelet expects: it moved the
+        // old one away, and writes there next.
+        let deadline = Instant::now() + REOPEN_TIMEOUT;
+        while !c.log_path.exists() {
+            if Instant::now() > deadline {
+                return Err(Error::Precondition(format!(
+                    "container {}'s monitor did not reopen {}",
+                    c.id,
+                    c.log_path.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
     }
 
     /// Applies new limits to a container's cgroup.

@@ -38,6 +38,8 @@ pub enum Error {
     Invalid { what: String, reason: String },
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
     #[error("pinning the pod's namespaces: {0}")]
     Namespaces(String),
     #[error("{what} {path}: {source}")]
@@ -242,6 +244,7 @@ impl Runtime {
             namespaces: BTreeMap::new(),
             shm: None,
             pid_holder: None,
+            pid_holder_started: None,
             spec,
         };
         match self.create(sandbox).await {
@@ -269,14 +272,15 @@ impl Runtime {
         }
         let dir = self.sandbox_dir(&sandbox.id);
         attempt!(std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir)));
-        let hostname =
-            if sandbox.spec.network == NamespaceMode::Node && sandbox.spec.hostname.is_empty() {
-                nix::unistd::gethostname()
-                    .map(|h| h.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            } else {
-                sandbox.spec.hostname.clone()
-            };
+        // CRI leaves the hostname optional; without one a pod takes the node's, as on
+        // containerd and CRI-O.
+        let hostname = if sandbox.spec.hostname.is_empty() {
+            nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        } else {
+            sandbox.spec.hostname.clone()
+        };
         let node_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         for (name, content) in [
             ("hostname", format!("{hostname}\n")),
@@ -309,12 +313,21 @@ impl Runtime {
                 .iter()
                 .map(|k| (k.to_string(), ns_dir.join(k)))
                 .collect();
-            attempt!(pin_namespaces(&ns_dir, &hostname, &kinds).await);
+            attempt!(pin_namespaces(&ns_dir, &hostname, &kinds, &sandbox.spec.sysctls).await);
         }
         if sandbox.spec.pid == NamespaceMode::Pod {
             let dir = self.pins.join(&sandbox.id);
             attempt!(std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir)));
-            sandbox.pid_holder = Some(attempt!(spawn_pid_holder(&dir).await));
+            let pid = attempt!(spawn_pid_holder().await);
+            sandbox.pid_holder = Some(pid);
+            sandbox.pid_holder_started = crate::sys::process::start_time(pid);
+            // In the pod's cgroup (a leaf of its own, as v2 keeps processes in leaves).
+            attempt!(
+                cgroup
+                    .create_leaf(crate::cgroup::POD_HOLDER_LEAF)
+                    .and_then(|leaf| leaf.add_pid(pid))
+                    .map_err(Error::from)
+            );
         }
         if sandbox.spec.ipc != NamespaceMode::Node {
             let shm = self.pins.join(&sandbox.id).join("shm");
@@ -330,7 +343,7 @@ impl Runtime {
         stop_pid_holder(sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
         if let Ok(cg) = self.cgroups.cgroup(&sandbox.cgroup)
-            && let Err(e) = cg.remove()
+            && let Err(e) = cg.kill_all().and_then(|()| cg.remove())
         {
             tracing::warn!(error = %e, "cannot remove a pod cgroup");
         }
@@ -355,6 +368,14 @@ impl Runtime {
         let mut sandboxes = self.sandboxes.lock().await;
         let sandbox = find_mut(&mut sandboxes, id)?;
         stop_pid_holder(sandbox, &self.pins.join(&sandbox.id));
+        // Until the holder (and with it the pod's PID namespace) is really gone.
+        kill_cgroup(
+            &self
+                .cgroups
+                .cgroup(&sandbox.cgroup)?
+                .child(crate::cgroup::POD_HOLDER_LEAF)?,
+        )
+        .await?;
         release_pins(&self.pins.join(&sandbox.id));
         if sandbox.state != SandboxState::NotReady {
             let mut stopped = sandbox.clone();
@@ -382,7 +403,9 @@ impl Runtime {
         let sandbox = sandbox.clone();
         stop_pid_holder(&sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
-        self.cgroups.cgroup(&sandbox.cgroup)?.remove()?;
+        let cgroup = self.cgroups.cgroup(&sandbox.cgroup)?;
+        kill_cgroup(&cgroup).await?;
+        cgroup.remove()?;
         let dir = self.sandbox_dir(&sandbox.id);
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
         let _ = std::fs::remove_dir_all(self.pins.join(&sandbox.id));
@@ -457,7 +480,37 @@ fn validate(spec: &PodSpec) -> Result<()> {
             "unknown (strata has only the default handler)",
         );
     }
-    if spec.network != NamespaceMode::Node && !sandbox::valid_hostname(&spec.hostname) {
+    if !spec.log_directory.is_empty() {
+        check_path("log_directory", &spec.log_directory, PathKind::Absolute)?;
+    }
+    for (name, value) in &spec.sysctls {
+        let owned = match sandbox::sysctl_namespace(name) {
+            Some("net") => spec.network != NamespaceMode::Node,
+            Some("ipc") => spec.ipc != NamespaceMode::Node,
+            Some(_) => spec.network != NamespaceMode::Node,
+            None => {
+                return invalid(
+                    &format!("sysctl {name:?}"),
+                    "not a namespaced sysctl: it would change the whole node",
+                );
+            }
+        };
+        let path = sandbox::sysctl_path(name);
+        if !owned {
+            return invalid(
+                &format!("sysctl {name:?}"),
+                "the pod shares that namespace with the node",
+            );
+        }
+        if path
+            .split('/')
+            .any(|part| part.is_empty() || part == "." || part == "..")
+            || value.contains(['\n', '\0'])
+        {
+            return invalid(&format!("sysctl {name:?}"), "malformed name or value");
+        }
+    }
+    if !spec.hostname.is_empty() && !sandbox::valid_hostname(&spec.hostname) {
         return invalid(
             &format!("hostname {:?}", spec.hostname),
             "must be 1-64 letters, digits, '-' or '.'",
@@ -488,15 +541,70 @@ fn validate(spec: &PodSpec) -> Result<()> {
     Ok(())
 }
 
-/// Runs the pinning helper (`stratad __pinns`) for `kinds`.
-async fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[&str]) -> Result<()> {
-    let exe = std::env::current_exe()
+/// Kills every process of a cgroup (freezing it meanwhile), off the async threads.
+pub(super) async fn kill_cgroup(cgroup: &crate::cgroup::Cgroup) -> Result<()> {
+    if !cgroup.exists() {
+        return Ok(());
+    }
+    let cgroup = cgroup.clone();
+    tokio::task::spawn_blocking(move || cgroup.kill_all())
+        .await
+        .map_err(|e| Error::Precondition(format!("killing a cgroup's processes: {e}")))?
+        .map_err(Error::from)
+}
+
+/// What a path from a request must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PathKind {
+    /// A host or container path: never resolved against the daemon's working directory.
+    Absolute,
+    /// A name below a directory the request gave (a log path below the log directory).
+    Below,
+}
+
+/// Refuses a path from a request that is not of `kind`, or that climbs with `..`.
+pub(crate) fn check_path(what: &str, path: &str, kind: PathKind) -> Result<()> {
+    let p = Path::new(path);
+    let reason = if path.contains('\0') {
+        Some("contains a NUL byte")
+    } else if kind == PathKind::Absolute && !p.is_absolute() {
+        Some("must be an absolute path")
+    } else if kind == PathKind::Below && (p.is_absolute() || path.is_empty()) {
+        Some("must be a relative path below its directory")
+    } else if p.components().any(|c| c == std::path::Component::ParentDir) {
+        Some("must not contain '..'")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::Invalid {
+            what: format!("{what} {path:?}"),
+            reason: reason.into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Runs the pinning helper (`stratad __pinns`) for `kinds`, which sets `sysctls` in them.
+async fn pin_namespaces(
+    dir: &Path,
+    hostname: &str,
+    kinds: &[&str],
+    sysctls: &BTreeMap<String, String>,
+) -> Result<()> {
+    let exe = crate::sys::selfexe::helper_binary()
         .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?;
     let output = tokio::process::Command::new(exe)
         .arg(crate::helper::PINNS)
         .arg(dir)
         .arg(hostname)
         .args(kinds)
+        .arg("--")
+        .args(
+            sysctls
+                .iter()
+                .map(|(name, value)| format!("{}={value}", sandbox::sysctl_path(name))),
+        )
         .stdin(std::process::Stdio::null())
         .output()
         .await
@@ -512,13 +620,14 @@ async fn pin_namespaces(dir: &Path, hostname: &str, kinds: &[&str]) -> Result<()
     Ok(())
 }
 
-/// Starts `stratad __pidns DIR` and returns the holder's pid.
-async fn spawn_pid_holder(dir: &Path) -> Result<u32> {
-    let exe = std::env::current_exe()
+/// Starts `stratad __pidns` and returns the holder's pid. Its command line names no host
+/// path: every container of the pod can read it as `/proc/1/cmdline`.
+async fn spawn_pid_holder() -> Result<u32> {
+    let exe = crate::sys::selfexe::helper_binary()
         .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?;
     let output = tokio::process::Command::new(exe)
+        .arg0("stratad")
         .arg(crate::helper::pidns::PIDNS)
-        .arg(dir)
         .stdin(std::process::Stdio::null())
         .process_group(0)
         .output()
@@ -534,14 +643,21 @@ async fn spawn_pid_holder(dir: &Path) -> Result<u32> {
 }
 
 /// Ends a pod's shared PID namespace (and whatever is left in it) by killing its holder,
-/// after checking through a pidfd that the pid is still that holder.
+/// after checking through a pidfd that the pid is still that holder: the process that
+/// started when the holder did (a holder of an older agent: whose command line names the
+/// pod's directory).
 fn stop_pid_holder(sandbox: &Sandbox, dir: &Path) {
     let Some(pid) = sandbox.pid_holder else {
         return;
     };
     crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
+        match sandbox.pid_holder_started {
+            Some(started) => crate::sys::process::start_time(pid) == Some(started),
+            None => {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy())
+            }
+        }
     });
 }
 

@@ -40,6 +40,9 @@ pub struct PodSpec {
     pub ipc: NamespaceMode,
     pub pid: NamespaceMode,
     pub runtime_handler: String,
+    /// Namespaced sysctls, set in the pod's own namespaces when they are made.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
     /// Limits for the whole pod (CRI's pod-level resources plus overhead).
     #[serde(skip)]
     pub resources: crate::cgroup::Resources,
@@ -80,6 +83,9 @@ pub struct Sandbox {
     /// The process holding the pod's shared PID namespace, for a pod in PID mode POD.
     #[serde(default)]
     pub pid_holder: Option<u32>,
+    /// When the holder started (`/proc/<pid>/stat`), which tells it from a recycled pid.
+    #[serde(default)]
+    pub pid_holder_started: Option<u64>,
 }
 
 /// `/etc/hosts` for the pod.
@@ -109,6 +115,42 @@ pub fn resolv_conf(dns: Option<&Dns>, node: &str) -> String {
         text.push_str(&format!("options {}\n", dns.options.join(" ")));
     }
     text
+}
+
+/// The namespace a sysctl belongs to (`net`, `ipc`, `uts`), for the ones that belong to
+/// one; names may use `.` or `/` between their parts. A sysctl of no namespace would change
+/// the whole node, and is not the pod's to set.
+pub fn sysctl_namespace(name: &str) -> Option<&'static str> {
+    let name = name.replace('/', ".");
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if IPC.contains(&name.as_str()) || name.starts_with("fs.mqueue.") {
+        Some("ipc")
+    } else if name.starts_with("net.") {
+        Some("net")
+    } else if name == "kernel.domainname" || name == "kernel.hostname" {
+        Some("uts")
+    } else {
+        None
+    }
+}
+
+/// The file under `/proc/sys` of a sysctl named with dots (`net.ipv4.ip_forward`) or
+/// slashes (`net/ipv4/conf/eth0.100/forwarding`, where a part holds a dot).
+pub fn sysctl_path(name: &str) -> String {
+    if name.contains('/') {
+        name.to_string()
+    } else {
+        name.replace('.', "/")
+    }
 }
 
 /// A hostname the kernel and resolvers accept: 1 to 64 characters of letters, digits,

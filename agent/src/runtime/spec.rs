@@ -86,6 +86,24 @@ pub struct Linux {
     pub masked_paths: Vec<String>,
     #[serde(default)]
     pub readonly_paths: Vec<String>,
+    /// Device nodes the init makes in the container's /dev.
+    #[serde(default)]
+    pub devices: Vec<Device>,
+}
+
+/// A device node in the container (OCI `linux.devices`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    pub path: String,
+    /// `c` or `b`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub major: u32,
+    pub minor: u32,
+    pub file_mode: u32,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// A namespace the container gets: a new one, or (with a path) an existing one to join.
@@ -112,6 +130,9 @@ pub struct Strata {
     /// The cgroup filesystem's root and version, to join and to read OOM kills from.
     pub cgroup_root: PathBuf,
     pub cgroup_version: u8,
+    /// The compiled seccomp program the init and every exec load, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seccomp: Option<PathBuf>,
 }
 
 /// Capabilities a container has by default (the set Docker, containerd and CRI-O give).

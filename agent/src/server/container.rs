@@ -9,9 +9,12 @@ use tonic::Status;
 use super::{Context, runtime::ns_mode};
 use crate::runtime::{
     ContainerFilter,
-    container::{Container, ContainerSpec, ContainerState, ImageRoot, MountSpec, Propagation},
+    container::{
+        Container, ContainerSpec, ContainerState, DeviceSpec, ImageRoot, MountSpec, Propagation,
+    },
     sandbox::NamespaceMode,
 };
+use crate::seccomp;
 
 pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Status> {
     let metadata = config
@@ -56,6 +59,15 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
             .into_iter()
             .map(|kv| (kv.key, kv.value))
             .collect(),
+        devices: config
+            .devices
+            .into_iter()
+            .map(|d| DeviceSpec {
+                container_path: d.container_path,
+                host_path: d.host_path,
+                permissions: d.permissions,
+            })
+            .collect(),
         mounts: config
             .mounts
             .into_iter()
@@ -91,11 +103,36 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         pid: ns_mode(ns.pid),
         target_id: ns.target_id.clone(),
         oom_score_adj: linux.resources.as_ref().map_or(0, |r| r.oom_score_adj),
+        // The deprecated string still comes from kubelets that predate the field.
+        #[allow(deprecated)]
+        seccomp: seccomp_choice(security.seccomp.as_ref(), &security.seccomp_profile_path)
+            .map_err(crate::runtime::Error::from)?,
         resources: linux
             .resources
             .map(super::runtime::resources)
             .unwrap_or_default(),
     })
+}
+
+/// The container's seccomp profile: the `seccomp` field when set, else the deprecated
+/// path string (empty: unconfined, as on containerd).
+fn seccomp_choice(
+    profile: Option<&cri::SecurityProfile>,
+    path: &str,
+) -> Result<seccomp::Choice, seccomp::Error> {
+    use cri::security_profile::ProfileType;
+    let Some(profile) = profile else {
+        return seccomp::Choice::from_path_string(path);
+    };
+    match ProfileType::try_from(profile.profile_type) {
+        Ok(ProfileType::RuntimeDefault) => Ok(seccomp::Choice::RuntimeDefault),
+        Ok(ProfileType::Unconfined) => Ok(seccomp::Choice::Unconfined),
+        Ok(ProfileType::Localhost) => seccomp::Choice::localhost(&profile.localhost_ref),
+        Err(_) => Err(seccomp::Error::Invalid(format!(
+            "unknown profile type {}",
+            profile.profile_type
+        ))),
+    }
 }
 
 /// The image a container runs, resolved in the image store.

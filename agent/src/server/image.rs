@@ -22,7 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::Context;
 use crate::image::{
-    BlobState, Credentials, ImageRecord, LayerState, Progress, PushProgress, PushSummary,
+    BlobState, Credentials, ImageRecord, LayerState, Progress, PushProgress, PushSummary, UserPart,
     chunks::ChunkReader, registry,
 };
 
@@ -65,12 +65,13 @@ fn credentials(auth: Option<cri::AuthConfig>) -> Result<Credentials, Status> {
 
 /// CRI's view of an image record.
 fn to_cri(image: &ImageRecord) -> cri::Image {
-    // `User` may be "name", "uid", "name:group" or "uid:gid"; CRI wants the user part.
-    let user = image.user.split(':').next().unwrap_or_default();
-    let (uid, username) = match user.parse::<i64>() {
-        Ok(uid) => (Some(Int64Value { value: uid }), String::new()),
-        Err(_) if user.is_empty() => (None, String::new()),
-        Err(_) => (None, user.to_string()),
+    // CRI wants the user part, as CreateContainer will read it. An id out of range is
+    // reported as the name it is not, which a kubelet refuses for runAsNonRoot (and
+    // CreateContainer refuses outright).
+    let (uid, username) = match image.user_part() {
+        UserPart::Id(uid) => (Some(Int64Value { value: uid.into() }), String::new()),
+        UserPart::Empty => (None, String::new()),
+        UserPart::OutOfRange(name) | UserPart::Name(name) => (None, name.to_string()),
     };
     cri::Image {
         id: image.id.to_string(),

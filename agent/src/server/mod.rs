@@ -1,6 +1,7 @@
 //! The gRPC face of the agent: one thin handler per RPC. tonic's types live here and
 //! nowhere below.
 
+pub mod authority;
 mod container;
 mod image;
 pub mod listener;

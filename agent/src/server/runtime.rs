@@ -60,6 +60,7 @@ fn pod_spec(config: cri::PodSandboxConfig, runtime_handler: String) -> Result<Po
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         cgroup_parent: linux.cgroup_parent,
+        sysctls: linux.sysctls.into_iter().collect(),
         network: ns_mode(ns.network),
         ipc: ns_mode(ns.ipc),
         pid: ns_mode(ns.pid),

@@ -7,7 +7,7 @@ use tonic::{Code, Status};
 use crate::{
     cgroup,
     image::{self, content, manifest, registry, unpack},
-    runtime,
+    runtime, seccomp,
 };
 
 /// An I/O failure: a full disk is the caller's to fix (ResourceExhausted), the rest is ours.
@@ -90,9 +90,11 @@ fn runtime_code(e: &runtime::Error) -> Code {
         E::Invalid { .. } => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Resource { .. } | cgroup::Error::Path(_)) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Io { source, .. }) | E::Io { source, .. } => io_code(source),
-        E::Cgroup(cgroup::Error::NoHierarchy(_)) | E::Namespaces(_) | E::Corrupt { .. } => {
-            Code::Internal
-        }
+        E::Seccomp(seccomp::Error::Compile(_)) => Code::Internal,
+        E::Seccomp(_) => Code::InvalidArgument,
+        E::Cgroup(cgroup::Error::NoHierarchy(_) | cgroup::Error::Survivors(..))
+        | E::Namespaces(_)
+        | E::Corrupt { .. } => Code::Internal,
     }
 }
 

@@ -1,9 +1,13 @@
 //! Privileged and path-sensitive system calls, behind small safe types.
 
+pub mod bpf;
+pub mod confine;
 pub mod mount;
 pub mod net;
 pub mod process;
 pub mod rootdir;
+pub mod seccomp;
+pub mod selfexe;
 
 use std::{collections::HashSet, os::unix::fs::MetadataExt, path::Path};
 

@@ -33,6 +33,17 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|mount_point| unescape_mount_path(mount_point) == target)
 }
 
+/// The mount point of the mount that holds `path` (the longest mount point above it).
+pub fn mount_point_of(path: &Path) -> Option<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| std::path::PathBuf::from(unescape_mount_path(p)))
+        .filter(|mount_point| path.starts_with(mount_point))
+        .max_by_key(|mount_point| mount_point.components().count())
+}
+
 /// mountinfo escapes spaces, tabs, newlines and backslashes as octal.
 fn unescape_mount_path(s: &str) -> String {
     s.replace("\\040", " ")

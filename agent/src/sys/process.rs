@@ -16,3 +16,12 @@ pub fn signal_if(pid: u32, signal: Signal, is_ours: impl FnOnce() -> bool) {
         let _ = pidfd_send_signal(&pidfd, signal);
     }
 }
+
+/// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22): with the
+/// pid, it names one process for good.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}

@@ -338,6 +338,24 @@ impl RootDir {
         self.dir(&rel).map(drop)
     }
 
+    /// Makes directory `path` inside the root the process's working directory. The lookup
+    /// stays in the root and follows no magic link, so a symlink a container planted
+    /// (`/w -> /proc/1/root`) cannot send a process running as root out of it.
+    pub fn enter_dir(&self, path: &Path) -> io::Result<()> {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        if rel.as_os_str().is_empty() {
+            return Ok(rustix::process::fchdir(&self.fd)?);
+        }
+        let dir = rustix::fs::openat2(
+            &self.fd,
+            rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            self.resolve_flags(),
+        )?;
+        Ok(rustix::process::fchdir(&dir)?)
+    }
+
     /// Sets the modification (and access) time of `path` without following a symlink.
     pub fn set_mtime(&self, path: &Path, attrs: &Attrs) -> io::Result<()> {
         match self.parent(path)? {

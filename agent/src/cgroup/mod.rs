@@ -4,16 +4,31 @@
 //! membership, stats and removal, and a plain filesystem interface that tests can point at
 //! a fake cgroupfs tree (this machine runs v1; new fleets run v2).
 
+pub mod devices;
+
 use std::{
     collections::BTreeMap,
     io,
     path::{Path, PathBuf},
 };
 
+use devices::DeviceRule;
+
 /// v1 controllers the agent places cgroups in.
 const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio",
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
 ];
+
+/// The leaf below a container's cgroup that its processes run in. The limits are on the
+/// container's cgroup, one level up: a process inside that makes a cgroup namespace (whose
+/// root is then the leaf) and mounts cgroupfs can change only the leaf's files, and the
+/// kernel applies the tighter limit of the two.
+pub const CONTAINER_LEAF: &str = "main";
+/// The leaf of a pod's cgroup that its PID-namespace holder runs in.
+pub const POD_HOLDER_LEAF: &str = "pidns";
+/// The leaf each exec runs in, beside the container's, so that everything an exec started
+/// can be found and killed when it ends: `exec-` and a random suffix.
+pub const EXEC_LEAF_PREFIX: &str = "exec-";
 /// v2 controllers enabled for the agent's subtree (those the kernel has).
 const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
 
@@ -25,6 +40,8 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    #[error("cgroup {0}: processes {1:?} survived SIGKILL")]
+    Survivors(String, Vec<u32>),
     #[error("no cgroup hierarchy found under {0}")]
     NoHierarchy(PathBuf),
     #[error("invalid cgroup path {0:?}: it must be relative and stay below the hierarchy's root")]
@@ -218,7 +235,6 @@ impl Hierarchy {
 fn create_v1(controller_root: &Path, rel: &Path, cpuset: bool) -> Result<()> {
     let mut dir = controller_root.to_path_buf();
     for component in rel.components() {
-        let parent = dir.clone();
         dir.push(component);
         if dir.is_dir() {
             continue;
@@ -228,12 +244,7 @@ fn create_v1(controller_root: &Path, rel: &Path, cpuset: bool) -> Result<()> {
             _ => {}
         }
         if cpuset {
-            for file in ["cpuset.cpus", "cpuset.mems"] {
-                let value = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
-                if !value.trim().is_empty() {
-                    write(&dir.join(file), value.trim())?;
-                }
-            }
+            inherit_cpuset(&dir)?;
         }
     }
     Ok(())
@@ -275,6 +286,38 @@ fn create_v2(root: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A new v1 cpuset cgroup starts with empty `cpus` and `mems`: it takes its parent's.
+fn inherit_cpuset(dir: &Path) -> Result<()> {
+    let Some(parent) = dir.parent() else {
+        return Ok(());
+    };
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let value = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
+        if !value.trim().is_empty() {
+            write(&dir.join(file), value.trim())?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes a cgroup directory after the cgroups below it (cgroupfs files go with their
+/// directory; only directories can be removed).
+fn remove_cgroup_dir(dir: &Path) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(io_err(dir))?,
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_dir(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(dir)(e)),
+        _ => Ok(()),
+    }
+}
+
 fn write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(io_err(path))
 }
@@ -289,7 +332,6 @@ pub struct Cgroup {
 
 impl Cgroup {
     /// The path relative to the hierarchy's root, as `/a/b`.
-    #[allow(dead_code)] // reported for containers (the runtime's next step)
     pub fn path(&self) -> String {
         format!("/{}", self.rel.display())
     }
@@ -309,8 +351,156 @@ impl Cgroup {
         self.dirs.iter().any(|(_, d)| d.is_dir())
     }
 
+    /// The cgroup `name` directly below this one, whether or not it exists.
+    pub fn child(&self, name: &str) -> Result<Cgroup> {
+        if name.contains('/') {
+            return Err(Error::Path(name.to_string()));
+        }
+        self.hierarchy
+            .cgroup(&format!("{}/{name}", self.rel.display()))
+    }
+
+    /// Creates the leaf `name` below this cgroup. On v2 no controller is enabled for it:
+    /// the limits stay on this cgroup, and a leaf has no files to raise them with.
+    pub fn create_leaf(&self, name: &str) -> Result<Cgroup> {
+        let mut leaf = self.child(name)?;
+        // A cgroup an older agent made may lack a controller (devices): the leaf does too.
+        leaf.dirs
+            .retain(|(_, dir)| dir.parent().is_some_and(Path::is_dir));
+        let made = leaf.dirs.iter().try_for_each(|(controller, dir)| {
+            match std::fs::create_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(io_err(dir)(e));
+                }
+                _ => {}
+            }
+            if controller == "cpuset" {
+                inherit_cpuset(dir)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = made {
+            let _ = leaf.remove();
+            return Err(e);
+        }
+        Ok(leaf)
+    }
+
+    /// True when `pid` is in exactly this cgroup (as `/proc/<pid>/cgroup` says).
+    pub fn holds(&self, pid: u32) -> bool {
+        let wanted = format!("/{}", self.rel.display());
+        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+            text.lines()
+                .filter_map(|l| l.splitn(3, ':').nth(2))
+                .any(|path| path == wanted)
+        })
+    }
+
+    /// For a container's cgroup: true when `pid` is in its process leaf (or, for a
+    /// container an older agent created, in the container's cgroup itself).
+    pub fn holds_container_process(&self, pid: u32) -> bool {
+        self.holds(pid) || self.child(CONTAINER_LEAF).is_ok_and(|leaf| leaf.holds(pid))
+    }
+
+    /// Every process in this cgroup and the cgroups below it.
+    pub fn procs(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for (_, dir) in &self.dirs {
+            let mut stack = vec![dir.clone()];
+            while let Some(dir) = stack.pop() {
+                let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
+                    continue;
+                };
+                pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        stack.push(entry.path());
+                    }
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// Kills every process in this cgroup and below, and waits (a few seconds at most)
+    /// until none is left. Processes are frozen first where a freezer exists, so that
+    /// nothing forks its way past the kill. Then, briefly, until the killed ones are
+    /// reaped too: a dead process leaves its cgroup at once but stays a zombie (seen by
+    /// `ps` and `pgrep` in the container) until its parent or the namespace's init waits.
+    pub fn kill_all(&self) -> Result<()> {
+        let mut killed = self.procs();
+        if let Hierarchy::V2 { .. } = self.hierarchy
+            && let Some(dir) = self.dir("")
+            && dir.join("cgroup.kill").exists()
+        {
+            write(&dir.join("cgroup.kill"), "1")?;
+        } else {
+            // Frozen or not (no freezer, or one that did not settle), kill them all; and
+            // thaw in any case, or frozen processes could not die.
+            let _ = self.freeze(true);
+            for pid in &killed {
+                self.kill_member(*pid);
+            }
+            if self.dir(self.freezer_controller()).is_some() {
+                self.freeze(false)?;
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let left = self.procs();
+            if left.is_empty() {
+                Self::wait_reaped(&killed);
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Survivors(self.path(), left));
+            }
+            // Killed ones can take a moment to leave; new ones (a fork that raced a
+            // missing freezer) are killed again.
+            for pid in left {
+                self.kill_member(pid);
+                killed.push(pid);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILLs `pid` if it is (still) in this cgroup or below: through a pidfd, so that a
+    /// pid the kernel reused meanwhile is never hit.
+    fn kill_member(&self, pid: u32) {
+        let prefix = format!("/{}", self.rel.display());
+        crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
+            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
+                text.lines()
+                    .filter_map(|l| l.splitn(3, ':').nth(2))
+                    .any(|path| path == prefix || path.starts_with(&format!("{prefix}/")))
+            })
+        });
+    }
+
+    fn freezer_controller(&self) -> &'static str {
+        match self.hierarchy {
+            Hierarchy::V1 { .. } => "freezer",
+            Hierarchy::V2 { .. } => "",
+        }
+    }
+
+    /// Waits up to a second for `pids` to be reaped. A container whose PID 1 never waits
+    /// for orphans keeps its zombies; that is no reason to hold the caller up longer.
+    fn wait_reaped(pids: &[u32]) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        while pids
+            .iter()
+            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Moves process `pid` into this cgroup (in every v1 controller).
-    #[allow(dead_code)] // containers join their cgroups this way (the runtime's next step)
     pub fn add_pid(&self, pid: u32) -> Result<()> {
         for (_, dir) in &self.dirs {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
@@ -413,6 +603,30 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Restricts the devices processes of this cgroup may make and open to `rules`: v1's
+    /// `devices` controller (deny all, then allow each), or a v2 eBPF device filter.
+    pub fn set_devices(&self, rules: &[DeviceRule]) -> Result<()> {
+        match self.hierarchy {
+            Hierarchy::V1 { .. } => {
+                let Some(dir) = self.dir("devices") else {
+                    return Err(Error::NoHierarchy(PathBuf::from("devices")));
+                };
+                write(&dir.join("devices.deny"), "a")?;
+                for rule in rules {
+                    write(&dir.join("devices.allow"), &rule.v1_line())?;
+                }
+                Ok(())
+            }
+            Hierarchy::V2 { .. } => {
+                let Some(dir) = self.dir("") else {
+                    return Err(Error::NoHierarchy(PathBuf::from("cgroup2")));
+                };
+                crate::sys::bpf::attach_device_filter(dir, &devices::program(rules))
+                    .map_err(io_err(dir))
+            }
+        }
+    }
+
     /// Freezes (or thaws) every process in the cgroup, waiting until the kernel says so.
     pub fn freeze(&self, frozen: bool) -> Result<()> {
         let (dir, file, value, done) = match self.hierarchy {
@@ -448,6 +662,37 @@ impl Cgroup {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// How many processes the kernel's OOM killer killed in this cgroup and below. v2's
+    /// `memory.events` counts the subtree already; v1's `memory.oom_control` counts where
+    /// the victim was, so the cgroups below are added up.
+    pub fn oom_kills(&self) -> u64 {
+        let count = |path: &Path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let Some(dir) = self.dir("memory") else {
+            return 0;
+        };
+        if let Hierarchy::V2 { .. } = self.hierarchy {
+            return count(&dir.join("memory.events"));
+        }
+        let mut total = 0;
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            total += count(&dir.join("memory.oom_control"));
+            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        total
     }
 
     /// Usage counters for CRI's stats.
@@ -494,14 +739,11 @@ impl Cgroup {
         }
     }
 
-    /// Removes the cgroup's directories (deepest first is the caller's business: this
-    /// removes only this cgroup). A missing cgroup is fine.
+    /// Removes the cgroup's directories and the cgroups below them, deepest first. A
+    /// missing cgroup is fine; one with processes left is not (the kernel says busy).
     pub fn remove(&self) -> Result<()> {
         for (_, dir) in &self.dirs {
-            match std::fs::remove_dir(dir) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(dir)(e)),
-                _ => {}
-            }
+            remove_cgroup_dir(dir)?;
         }
         Ok(())
     }

@@ -1,0 +1,388 @@
+//! End to end with the ecosystem's own clients: the real `crictl` (cri-tools v1.26.1, from
+//! `../shared/cri-tools`, installed by tests/run.sh), and a raw HTTP/2 client that sends
+//! what Go's gRPC and others send for unix sockets: the socket's path as `:authority`.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    os::unix::net::UnixStream,
+    path::PathBuf,
+    process::Command,
+    time::Duration,
+};
+
+use common::cri::env;
+use prost::Message as _;
+use strata_api::cri::{VersionRequest, VersionResponse};
+
+/// The real crictl: `CRICTL`, or the one tests/run.sh unpacked into target/cri-tools.
+fn crictl_binary() -> PathBuf {
+    let path = std::env::var_os("CRICTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/cri-tools/crictl")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: tests/run.sh installs crictl from ../shared/cri-tools (or set CRICTL)",
+        path.display()
+    );
+    path
+}
+
+struct Crictl {
+    endpoint: String,
+    config: PathBuf,
+}
+
+impl Crictl {
+    fn new(daemon: &common::Daemon) -> Crictl {
+        // An empty config file, so that no /etc/crictl.yaml of the machine applies.
+        let config = daemon.path("crictl.yaml");
+        std::fs::write(&config, "").unwrap();
+        Crictl {
+            endpoint: daemon.endpoint(),
+            config,
+        }
+    }
+
+    /// Runs crictl and returns its stdout; a failure fails the test with what it said.
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new(crictl_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args([
+                "--runtime-endpoint",
+                &self.endpoint,
+                "--image-endpoint",
+                &self.endpoint,
+            ])
+            .args(["--timeout", "30s"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "crictl {args:?} failed: {}\n{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let text = self.run(args);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("crictl {args:?}: {e}: {text}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_crictl_drives_a_whole_lifecycle() {
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+
+    let version = crictl.run(&["version"]);
+    assert!(version.contains("RuntimeName:  strata"), "{version}");
+    assert!(version.contains("RuntimeApiVersion:  v1"), "{version}");
+    let info = crictl.json(&["info"]);
+    assert_eq!(info["status"]["conditions"][0]["type"], "RuntimeReady");
+
+    // Pull through crictl (the harness pulled it once already; pulling again is a no-op
+    // that must still answer with the image).
+    let pulled = crictl.run(&["pull", &env.image]);
+    assert!(
+        pulled.contains("Image is up to date for sha256:"),
+        "{pulled}"
+    );
+    let images = crictl.run(&["images"]);
+    let (repo, tag) = env.image.rsplit_once(':').unwrap();
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with(repo) && l.contains(tag)),
+        "{images}"
+    );
+    let image = crictl.json(&["inspecti", &env.image]);
+    assert_eq!(image["status"]["repoTags"][0], env.image.as_str());
+
+    // The configs crictl's documentation uses: no hostname, `linux: {}`.
+    let logs = d.path("pod-logs");
+    let pod_json = d.path("pod.json");
+    std::fs::write(
+        &pod_json,
+        serde_json::json!({
+            "metadata": {"name": "nginx-sandbox", "namespace": "default", "attempt": 1,
+                         "uid": "hdishd83djaidwnduwk28bcsb"},
+            "log_directory": logs.display().to_string(),
+            "linux": {}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let container_json = d.path("container.json");
+    std::fs::write(
+        &container_json,
+        serde_json::json!({
+            "metadata": {"name": "busybox"},
+            "image": {"image": env.image},
+            "command": ["sh", "-c", "echo started; exec sleep 1000"],
+            "log_path": "busybox.0.log",
+            "linux": {}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pod_path = pod_json.to_str().unwrap();
+    let pod = crictl.run(&["runp", pod_path]).trim().to_string();
+    assert_eq!(pod.len(), 64, "{pod}");
+    let id = crictl
+        .run(&["create", &pod, container_json.to_str().unwrap(), pod_path])
+        .trim()
+        .to_string();
+    crictl.run(&["start", &id]);
+    let ps = crictl.run(&["ps"]);
+    assert!(ps.contains(&id[..13]) && ps.contains("Running"), "{ps}");
+
+    let out = crictl.run(&["exec", "-s", &id, "sh", "-c", "echo hi; hostname"]);
+    let node = nix::unistd::gethostname()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    // crictl prints the output, then stderr, each followed by a newline.
+    assert_eq!(
+        out.trim_end(),
+        format!("hi\n{node}"),
+        "without a hostname, a pod takes the node's"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !crictl.run(&["logs", &id]).contains("started") {
+        assert!(std::time::Instant::now() < deadline, "no log line");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = crictl.json(&["stats", "-o", "json", &id]);
+    assert_eq!(
+        stats["stats"][0]["attributes"]["id"],
+        id.as_str(),
+        "{stats}"
+    );
+    let inspect = crictl.json(&["inspect", &id]);
+    assert_eq!(inspect["status"]["state"], "CONTAINER_RUNNING");
+    let inspectp = crictl.json(&["inspectp", &pod]);
+    assert_eq!(inspectp["status"]["state"], "SANDBOX_READY");
+    assert_eq!(inspectp["status"]["metadata"]["name"], "nginx-sandbox");
+
+    crictl.run(&["stop", &id]);
+    assert_eq!(
+        crictl.json(&["inspect", &id])["status"]["state"],
+        "CONTAINER_EXITED"
+    );
+    crictl.run(&["rm", &id]);
+    assert!(!crictl.run(&["ps", "-a", "-q"]).contains(&id));
+    crictl.run(&["stopp", &pod]);
+    crictl.run(&["rmp", &pod]);
+    assert!(crictl.run(&["pods", "-q"]).trim().is_empty());
+    crictl.run(&["rmi", &env.image]);
+    assert!(!crictl.run(&["images", "-q"]).contains("sha256"));
+}
+
+/// How a request carries its `:authority`.
+#[derive(Debug, Clone, Copy)]
+enum Authority<'a> {
+    New(&'a str),
+    Indexed(u8),
+}
+
+/// A client of raw HTTP/2 frames on the daemon's socket.
+struct RawClient {
+    stream: UnixStream,
+    decoder: loona_hpack::Decoder<'static>,
+}
+
+/// A frame as read: type, flags, stream, payload.
+type Frame = (u8, u8, u32, Vec<u8>);
+
+impl RawClient {
+    fn connect(daemon: &common::Daemon) -> RawClient {
+        let mut stream = UnixStream::connect(&daemon.socket).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .unwrap();
+        let mut client = RawClient {
+            stream,
+            decoder: loona_hpack::Decoder::new(),
+        };
+        client.send(0x4, 0, 0, &[]);
+        client
+    }
+
+    fn send(&mut self, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+        let len = (payload.len() as u32).to_be_bytes();
+        let mut frame = vec![len[1], len[2], len[3], kind, flags];
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    fn read(&mut self) -> Option<Frame> {
+        let mut header = [0u8; 9];
+        self.stream.read_exact(&mut header).ok()?;
+        let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0; len];
+        self.stream.read_exact(&mut payload).ok()?;
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]);
+        Some((header[3], header[4], stream, payload))
+    }
+
+    /// One Version call on `stream` with `authority`; returns the response headers and
+    /// trailers (decoded), and the response message.
+    fn version(
+        &mut self,
+        stream: u32,
+        authority: Authority,
+    ) -> (Vec<(String, String)>, Option<VersionResponse>) {
+        let literal = |name: &str, value: &str| {
+            let mut out = vec![0x00, name.len() as u8];
+            out.extend(name.as_bytes());
+            out.push(value.len() as u8);
+            out.extend(value.as_bytes());
+            out
+        };
+        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+        block.extend(literal(":path", "/runtime.v1.RuntimeService/Version"));
+        match authority {
+            // With incremental indexing, as Go's encoder sends it the first time.
+            Authority::New(value) => {
+                let mut field = literal(":authority", value);
+                field[0] = 0x40;
+                block.extend(field);
+            }
+            // Then by its index in the dynamic table, which only the front can resolve.
+            Authority::Indexed(index) => block.push(0x80 | index),
+        }
+        block.extend(literal("content-type", "application/grpc"));
+        block.extend(literal("te", "trailers"));
+        self.send(0x1, 0x4, stream, &block);
+        let message = VersionRequest {
+            version: "v1".into(),
+        }
+        .encode_to_vec();
+        let mut data = vec![0];
+        data.extend((message.len() as u32).to_be_bytes());
+        data.extend(message);
+        self.send(0x0, 0x1, stream, &data);
+
+        let (mut headers, mut body) = (Vec::new(), Vec::new());
+        while let Some((kind, flags, on, payload)) = self.read() {
+            match kind {
+                0x4 if flags & 1 == 0 => self.send(0x4, 1, 0, &[]), // ack the server's settings
+                0x1 => {
+                    for (n, v) in self.decoder.decode(&payload).expect("the server's HPACK") {
+                        headers.push((
+                            String::from_utf8_lossy(&n).into(),
+                            String::from_utf8_lossy(&v).into(),
+                        ));
+                    }
+                    if on == stream && flags & 1 != 0 {
+                        break;
+                    }
+                }
+                0x0 if on == stream => {
+                    body.extend(payload);
+                    if flags & 1 != 0 {
+                        break;
+                    }
+                }
+                0x3 if on == stream => panic!("the server reset the stream: {payload:?}"),
+                0x7 => panic!("the server closed the connection: {payload:?}"),
+                _ => {}
+            }
+        }
+        let response = (body.len() > 5).then(|| VersionResponse::decode(&body[5..]).unwrap());
+        (headers, response)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_authority_on_the_socket_is_accepted() {
+    let daemon = common::Daemon::start().await;
+    let socket = daemon.socket.display().to_string();
+    let mut client = RawClient::connect(&daemon);
+    for (stream, authority) in [
+        (1, Authority::New(&socket)),
+        (3, Authority::New("")),
+        (5, Authority::New("%2Frun%2Fstrata%2Fstrata.sock")),
+        (7, Authority::New("localhost")),
+        // Four entries later, the first one (the socket's path) is index 62 + 3.
+        (9, Authority::Indexed(65)),
+    ] {
+        let (headers, response) = client.version(stream, authority);
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get(":status"), Some("200"), "{authority:?}: {headers:?}");
+        assert_eq!(get("grpc-status"), Some("0"), "{authority:?}: {headers:?}");
+        assert_eq!(
+            response.map(|r| r.runtime_name),
+            Some("strata".to_string()),
+            "{authority:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_hostile_streams_lose_their_connection_only() {
+    let daemon = common::Daemon::start().await;
+    // Not HTTP/2 at all.
+    let mut garbage = UnixStream::connect(&daemon.socket).unwrap();
+    garbage
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut rest = Vec::new();
+    assert!(
+        garbage.read_to_end(&mut rest).is_ok(),
+        "closed, not left hanging"
+    );
+    // A header block that never ends.
+    let mut endless = RawClient::connect(&daemon);
+    endless.send(0x1, 0, 1, &[0x83]);
+    let closed = (0..40).any(|_| {
+        let ok = endless
+            .stream
+            .write_all(&[0, 0x40, 0, 0x9, 0, 0, 0, 0, 1])
+            .is_ok()
+            && endless.stream.write_all(&[0x86; 0x4000]).is_ok();
+        !ok
+    });
+    // The daemon closes the connection (EOF, not the read timeout).
+    let mut rest = Vec::new();
+    let eof = endless.stream.read_to_end(&mut rest);
+    assert!(closed || eof.is_ok(), "the connection stayed open: {eof:?}");
+    // The daemon and other clients carry on.
+    let v = daemon
+        .runtime()
+        .await
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "strata");
+    let log = daemon.logs();
+    assert!(
+        log.contains("refusing a client connection") && log.contains("connection preface"),
+        "{log}"
+    );
+    assert!(log.contains("header block over"), "{log}");
+}
