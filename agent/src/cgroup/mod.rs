@@ -300,22 +300,35 @@ fn inherit_cpuset(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A cgroup directory and every one below it, parents before their children (none when
+/// it does not exist).
+fn subtree(top: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    let mut stack = vec![top.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+        dirs.push(dir);
+    }
+    dirs
+}
+
 /// Removes a cgroup directory after the cgroups below it (cgroupfs files go with their
 /// directory; only directories can be removed).
 fn remove_cgroup_dir(dir: &Path) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        other => other.map_err(io_err(dir))?,
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_cgroup_dir(&entry.path())?;
+    for dir in subtree(dir).iter().rev() {
+        match std::fs::remove_dir(dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(dir)(e)),
+            _ => {}
         }
     }
-    match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(dir)(e)),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -405,19 +418,9 @@ impl Cgroup {
     /// Every process in this cgroup and the cgroups below it.
     pub fn procs(&self) -> Vec<u32> {
         let mut pids = Vec::new();
-        for (_, dir) in &self.dirs {
-            let mut stack = vec![dir.clone()];
-            while let Some(dir) = stack.pop() {
-                let Ok(text) = std::fs::read_to_string(dir.join("cgroup.procs")) else {
-                    continue;
-                };
-                pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                        stack.push(entry.path());
-                    }
-                }
-            }
+        for dir in self.dirs.iter().flat_map(|(_, dir)| subtree(dir)) {
+            let text = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }
         pids.sort_unstable();
         pids.dedup();
@@ -431,6 +434,11 @@ impl Cgroup {
     /// `ps` and `pgrep` in the container) until its parent or the namespace's init waits.
     pub fn kill_all(&self) -> Result<()> {
         let mut killed = self.procs();
+        if killed.is_empty() {
+            // The usual case (a container whose init took everything with it): no freezer
+            // round trip.
+            return Ok(());
+        }
         if let Hierarchy::V2 { .. } = self.hierarchy
             && let Some(dir) = self.dir("")
             && dir.join("cgroup.kill").exists()
@@ -463,7 +471,7 @@ impl Cgroup {
                 self.kill_member(pid);
                 killed.push(pid);
             }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
@@ -496,7 +504,7 @@ impl Cgroup {
             .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
             && std::time::Instant::now() < deadline
         {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
 
@@ -659,7 +667,7 @@ impl Cgroup {
                     "the freezer did not settle",
                 )));
             }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(std::time::Duration::from_millis(1));
         }
         Ok(())
     }
@@ -682,17 +690,10 @@ impl Cgroup {
         if let Hierarchy::V2 { .. } = self.hierarchy {
             return count(&dir.join("memory.events"));
         }
-        let mut total = 0;
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(dir) = stack.pop() {
-            total += count(&dir.join("memory.oom_control"));
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(entry.path());
-                }
-            }
-        }
-        total
+        subtree(dir)
+            .iter()
+            .map(|d| count(&d.join("memory.oom_control")))
+            .sum()
     }
 
     /// Usage counters for CRI's stats.

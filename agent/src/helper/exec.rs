@@ -46,8 +46,7 @@ pub fn main(args: &[String]) -> ExitCode {
 fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Result<u8, String> {
     // Nothing in the container may ptrace or read /proc of the helper or of the child
     // before it execs (the child keeps this across fork; exec resets it).
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-        .map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
+    crate::sys::process::set_non_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
     if !leaf.starts_with(cgroup::EXEC_LEAF_PREFIX) {
         return Err(format!("bad exec cgroup {leaf:?}"));
     }

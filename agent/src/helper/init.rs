@@ -72,8 +72,7 @@ fn setup_and_exec(
     sync: &mut File,
 ) -> Result<Never> {
     // Not dumpable until exec: nothing can ptrace or read /proc of the half-set-up init.
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
-        .map_err(ctx(|| "prctl(PR_SET_DUMPABLE)".into()))?;
+    crate::sys::process::set_non_dumpable().map_err(ctx(|| "prctl(PR_SET_DUMPABLE)".into()))?;
     let mut byte = [0u8; 1];
     File::from(go)
         .read_exact(&mut byte)
@@ -580,10 +579,14 @@ fn make_devices(spec: &Spec) -> Result<()> {
 }
 
 fn pivot(root: &Path) -> Result<()> {
+    let old_root = File::open("/").map_err(ctx(|| "opening /".into()))?;
     std::env::set_current_dir(root).map_err(ctx(|| format!("chdir {}", root.display())))?;
     rustix::process::pivot_root(".", ".").map_err(ctx(|| "pivot_root".into()))?;
-    // The old root is now stacked under the new one at "."; detach it, once it is a slave
-    // so that the detach cannot propagate to the host (its mounts may still be shared).
+    // The old root is now stacked on the new one. Entered through a descriptor (a path
+    // would name the new root, under it), it is made a slave, so that detaching it
+    // cannot propagate to the host (its mounts may still be shared), then detached.
+    rustix::process::fchdir(&old_root).map_err(ctx(|| "entering the old root".into()))?;
+    drop(old_root);
     mount(
         None::<&str>,
         ".",
@@ -673,15 +676,8 @@ fn resolve_executable(spec: &Spec) -> Result<CString> {
 fn drop_privileges(spec: &Spec) -> Result<()> {
     use rustix::thread::{CapabilitySet, CapabilitySets};
     let allowed = capability_set(&spec.process.capabilities.bounding)?;
-    for bit in 0..64u32 {
-        let cap = CapabilitySet::from_bits_retain(1u64 << bit);
-        if !allowed.contains(cap)
-            && let Ok(true) = rustix::thread::capability_is_in_bounding_set(cap)
-        {
-            rustix::thread::remove_capability_from_bounding_set(cap)
-                .map_err(ctx(|| format!("dropping capability bit {bit}")))?;
-        }
-    }
+    crate::sys::process::limit_bounding_set(allowed)
+        .map_err(ctx(|| "dropping capabilities from the bounding set".into()))?;
     let user = &spec.process.user;
     let groups: Vec<Gid> = user
         .additional_gids

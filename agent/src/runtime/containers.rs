@@ -230,7 +230,7 @@ impl Runtime {
             std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         }
         self.write_init_layer(&layout.init(), &sandbox.id, &spec)?;
-        spec.strata.seccomp = write_seccomp(&c, &spec, layout)?;
+        spec.strata.seccomp = write_seccomp(&self.seccomp, &c, &spec, layout)?;
         let cgroup = self.cgroups.create(&c.cgroup)?;
         let mut resources = c.spec.resources.clone();
         if resources.pids_limit.is_none()
@@ -363,9 +363,13 @@ impl Runtime {
                 wait_exit(&layout, timeout).await;
             }
             if !layout.exit_file().exists() {
-                // Everything in the container's cgroup: a container that does not own its
-                // PID namespace (POD, NODE) leaves children behind when its init dies.
-                kill_cgroup(&cgroup).await?;
+                // A container that owns its PID namespace dies with its init; one that does
+                // not (POD, NODE) would leave children behind: everything in its cgroup.
+                if c.spec.pid == super::sandbox::NamespaceMode::Container {
+                    signal_init(pid, &cgroup, rustix::process::Signal::KILL, &layout);
+                } else {
+                    kill_cgroup(&cgroup).await?;
+                }
                 if !wait_exit(&layout, KILL_TIMEOUT).await {
                     return Err(Error::Precondition(format!(
                         "container {} did not die after SIGKILL",
@@ -680,11 +684,12 @@ impl Runtime {
 /// its directory; `None` for an unconfined or privileged container. A Localhost profile
 /// that is missing or invalid fails the create.
 fn write_seccomp(
+    cache: &crate::seccomp::Cache,
     c: &Container,
     spec: &super::spec::Spec,
     layout: &Layout,
 ) -> Result<Option<PathBuf>> {
-    use crate::seccomp::{Choice, Profile, compile, runtime_default};
+    use crate::seccomp::{Choice, Profile, runtime_default};
     let profile = match &c.spec.seccomp {
         _ if c.spec.privileged => return Ok(None),
         Choice::Unconfined => return Ok(None),
@@ -692,12 +697,12 @@ fn write_seccomp(
         Choice::Localhost(path) => Profile::load(path)?,
     };
     let started = Instant::now();
-    let program = compile(&profile, &spec.process.capabilities.bounding)?;
+    let program = cache.program(&profile, &spec.process.capabilities.bounding)?;
     tracing::debug!(
         container = %c.id,
         micros = started.elapsed().as_micros() as u64,
         instructions = program.len() / 8,
-        "compiled the seccomp profile"
+        "seccomp program ready"
     );
     let path = layout.dir.join("seccomp.bpf");
     state::write_atomic(&path, &program).map_err(io_err("cannot write", &path))?;

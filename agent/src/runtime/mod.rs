@@ -94,6 +94,8 @@ pub struct Runtime {
     pids_limit: i64,
     /// Resource limits every container starts with.
     rlimits: Vec<spec::Rlimit>,
+    /// Compiled seccomp programs.
+    seccomp: crate::seccomp::Cache,
 }
 
 impl Runtime {
@@ -175,6 +177,7 @@ impl Runtime {
             containers: tokio::sync::Mutex::new(containers),
             pids_limit: 0,
             rlimits: Vec::new(),
+            seccomp: crate::seccomp::Cache::default(),
         })
     }
 

@@ -7,7 +7,12 @@
 
 mod default;
 
-use std::{io::Read as _, io::Seek as _, path::Path};
+use std::{
+    collections::HashMap,
+    io::{Read as _, Seek as _},
+    path::Path,
+    sync::Arc,
+};
 
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
@@ -261,6 +266,45 @@ fn applies(rule: &Rule, caps: &[String], arch: &str, kernel: (u32, u32)) -> bool
             .is_none_or(|min| kernel < min)
 }
 
+/// Compiled programs by profile and capabilities: libseccomp takes milliseconds for the
+/// RuntimeDefault profile, and most containers of a node share a few such pairs.
+#[derive(Default)]
+pub struct Cache {
+    programs: std::sync::Mutex<Programs>,
+}
+
+/// Programs by (the profile as JSON, the sorted capabilities).
+type Programs = HashMap<(Vec<u8>, Vec<String>), Arc<Vec<u8>>>;
+
+/// Past this many programs the cache starts over (a node of many distinct profiles).
+const CACHE_ENTRIES: usize = 64;
+
+impl Cache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Programs> {
+        self.programs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The program for `profile` and `caps`, compiled once.
+    pub fn program(&self, profile: &Profile, caps: &[String]) -> Result<Arc<Vec<u8>>> {
+        let mut caps = caps.to_vec();
+        caps.sort();
+        let key = (
+            serde_json::to_vec(profile).map_err(|e| Error::Invalid(e.to_string()))?,
+            caps,
+        );
+        if let Some(program) = self.lock().get(&key) {
+            return Ok(Arc::clone(program));
+        }
+        let program = Arc::new(compile(profile, &key.1)?);
+        let mut programs = self.lock();
+        if programs.len() >= CACHE_ENTRIES {
+            programs.clear();
+        }
+        programs.insert(key, Arc::clone(&program));
+        Ok(program)
+    }
+}
+
 /// Compiles `profile` for a container whose bounding capabilities are `caps` into the BPF
 /// program (an array of `struct sock_filter`) that seccomp(2) loads.
 pub fn compile(profile: &Profile, caps: &[String]) -> Result<Vec<u8>> {
@@ -269,6 +313,9 @@ pub fn compile(profile: &Profile, caps: &[String]) -> Result<Vec<u8>> {
     let mut ctx = ScmpFilterContext::new(default).map_err(fail)?;
     // The filter must not set no_new_privs itself: that is the container's choice.
     ctx.set_ctl_nnp(false).map_err(fail)?;
+    // A binary tree of the syscall numbers rather than a list: every system call of the
+    // container is checked against the program, so its length is paid all the time.
+    ctx.set_ctl_optimize(2).map_err(fail)?;
     let (arch, native) = native_arch();
     // The native architecture is always there; the others a profile lists are added when
     // they run on this node (x86 and x32 on x86-64), so that a 32-bit call cannot bypass it.
@@ -450,6 +497,28 @@ mod tests {
             (4, 4)
         ));
         assert_eq!(parse_version("6.18.44-fc-v657"), Some((6, 18)));
+    }
+
+    #[test]
+    fn the_cache_compiles_once_per_profile_and_capabilities() {
+        let cache = Cache::default();
+        let profile = runtime_default();
+        let a = cache
+            .program(&profile, &caps(&["CAP_CHOWN", "CAP_KILL"]))
+            .unwrap();
+        let b = cache
+            .program(&profile, &caps(&["CAP_KILL", "CAP_CHOWN"]))
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the same set in another order is the same entry"
+        );
+        let admin = cache.program(&profile, &caps(&["CAP_SYS_ADMIN"])).unwrap();
+        assert!(!Arc::ptr_eq(&a, &admin));
+        assert_eq!(
+            *a,
+            compile(&profile, &caps(&["CAP_CHOWN", "CAP_KILL"])).unwrap()
+        );
     }
 
     #[test]

@@ -62,12 +62,7 @@ pub fn confine_holder(keep: BorrowedFd<'_>) -> io::Result<()> {
         let _ = nix::unistd::close(fd);
     }
     // Nobody, with no groups and so no capabilities; never to gain any back.
-    for bit in 0..64u32 {
-        let cap = rustix::thread::CapabilitySet::from_bits_retain(1u64 << bit);
-        if rustix::thread::capability_is_in_bounding_set(cap).unwrap_or(false) {
-            rustix::thread::remove_capability_from_bounding_set(cap)?;
-        }
-    }
+    super::process::limit_bounding_set(rustix::thread::CapabilitySet::empty())?;
     nix::unistd::setgroups(&[])?;
     nix::unistd::setresgid(
         Gid::from_raw(NOBODY),
@@ -81,6 +76,5 @@ pub fn confine_holder(keep: BorrowedFd<'_>) -> io::Result<()> {
     )?;
     rustix::thread::set_no_new_privs(true)?;
     // After the uid change, which resets it: /proc/1 of the pod is root's, unreadable.
-    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
-    Ok(())
+    super::process::set_non_dumpable()
 }

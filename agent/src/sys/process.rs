@@ -25,3 +25,26 @@ pub fn start_time(pid: u32) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
 }
+
+/// Drops every capability not in `keep` from the bounding set, for good (needs
+/// CAP_SETPCAP). Bits the kernel does not have are skipped.
+pub fn limit_bounding_set(keep: rustix::thread::CapabilitySet) -> std::io::Result<()> {
+    use rustix::thread::{
+        CapabilitySet, capability_is_in_bounding_set, remove_capability_from_bounding_set,
+    };
+    for bit in 0..64u32 {
+        let cap = CapabilitySet::from_bits_retain(1u64 << bit);
+        if !keep.contains(cap) && capability_is_in_bounding_set(cap).unwrap_or(false) {
+            remove_capability_from_bounding_set(cap)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes this process non-dumpable: its /proc entries become root's and unreadable to
+/// the rest, and nothing can ptrace it without CAP_SYS_PTRACE. An exec resets it.
+pub fn set_non_dumpable() -> std::io::Result<()> {
+    Ok(rustix::process::set_dumpable_behavior(
+        rustix::process::DumpableBehavior::NotDumpable,
+    )?)
+}
