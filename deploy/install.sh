@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 prefix=${PREFIX:-/usr/local}
+# The seccomp compiler links Debian's libseccomp (libseccomp2 at run time).
+if ! dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null | grep -q "install ok installed"; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libseccomp-dev pkg-config
+fi
 cargo build --release --locked -p strata-agent -p strata-ctl
 install -D -m 0755 target/release/stratad "$prefix/bin/stratad"
 install -D -m 0755 target/release/stratactl "$prefix/bin/stratactl"

@@ -1293,3 +1293,69 @@ async fn commit_saves_the_read_write_layer_only() {
             .unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_whose_monitor_dies_is_reported_exited_and_can_be_removed() {
+    let mut env = env().await;
+    let pod = env.pod("orphan").await;
+    let image = env.image.clone();
+    let id = env
+        .start_sleeper(&pod, "watched", &image, "exec sleep 7771")
+        .await;
+    // The container's record names its monitor.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            env.daemon
+                .root
+                .join("containers")
+                .join(&id)
+                .join("state.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let monitor = record["monitor"][0].as_i64().expect("the monitor's pid") as i32;
+    assert!(
+        std::fs::read(format!("/proc/{monitor}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor"))
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let st = loop {
+        let st = env.status(&id).await;
+        if st.state == cri::ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "still {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(st.exit_code, 255, "{st:?}");
+    assert!(st.message.contains("monitor died"), "{st:?}");
+    // Its processes went with it, and it stops and goes like any other.
+    let cgroup = format!("{}/pod-{pod}/{id}", env.daemon.cgroup_parent);
+    for dir in common::cgroup_dirs(&cgroup) {
+        let procs = std::fs::read_to_string(dir.join("main/cgroup.procs")).unwrap_or_default();
+        assert!(
+            procs.trim().is_empty(),
+            "left in {}: {procs}",
+            dir.display()
+        );
+    }
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

@@ -305,8 +305,8 @@ async fn helpers_a_container_can_see_never_run_the_hosts_binary() {
         "peek",
         &image,
         "for p in /proc/[0-9]*; do stat -L -c \"$p %d:%i\" $p/exe 2>/dev/null; \
-         echo \"exe $(readlink $p/exe)\"; (printf x >> $p/exe) 2>/dev/null && echo wrote $p; \
-         done; echo done",
+         echo \"exe $(readlink $p/exe)\"; echo \"cmd $(tr '\\0' ' ' < $p/cmdline)\"; \
+         (printf x >> $p/exe) 2>/dev/null && echo wrote $p; done; echo done",
     );
     peek.linux = Some(pid_mode(cri::NamespaceMode::Pod));
     let peek = with_caps(peek, &["SYS_PTRACE"]);
@@ -318,7 +318,18 @@ async fn helpers_a_container_can_see_never_run_the_hosts_binary() {
         lines.iter().any(|l| l.starts_with("exe /memfd:stratad")),
         "{lines:?}"
     );
+    // No command line a container sees names a host path (the waiting init's is the
+    // monitor's: `stratad __monitor`).
+    let root = env.daemon.path("").display().to_string();
+    assert!(
+        lines.iter().any(|l| l.trim() == "cmd stratad __monitor"),
+        "{lines:?}"
+    );
     for line in &lines {
+        assert!(
+            !line.contains(root.trim_end_matches('/')),
+            "a host path: {line}"
+        );
         assert!(
             !line.ends_with(&format!(" {host_id}")),
             "runs the host binary: {line}"
@@ -859,6 +870,10 @@ async fn seccomp_in_every_form_for_the_init_and_every_exec() {
     let broken = env.daemon.path("broken.json");
     std::fs::write(&broken, "{not json").unwrap();
     let broken = broken.display().to_string();
+    // A FIFO nobody writes: reading it would block the create for ever.
+    let fifo = env.daemon.path("fifo.json");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo = fifo.display().to_string();
     for (what, profile, path) in [
         (
             "a missing Localhost profile",
@@ -868,6 +883,11 @@ async fn seccomp_in_every_form_for_the_init_and_every_exec() {
         (
             "an invalid Localhost profile",
             profile(ProfileType::Localhost, &broken),
+            "",
+        ),
+        (
+            "a FIFO for a profile",
+            profile(ProfileType::Localhost, &fifo),
             "",
         ),
         (

@@ -305,8 +305,9 @@ impl Drop for Daemon {
     }
 }
 
-/// SIGKILLs every process in the cgroups below `cgroup_parent` and every process whose
-/// command line names `dir` (the monitors), then waits for the cgroups to empty.
+/// SIGKILLs every process in the cgroups below `cgroup_parent`, the monitors the
+/// daemon's records name, and every process whose command line names `dir`, then waits
+/// for the cgroups to empty.
 fn kill_leftovers(dir: &Path, cgroup_parent: &str) {
     let dir_text = dir.to_string_lossy().into_owned();
     let cgroup_pids = || -> Vec<i32> {
@@ -327,6 +328,23 @@ fn kill_leftovers(dir: &Path, cgroup_parent: &str) {
         pids
     };
     let mut victims = cgroup_pids();
+    // Monitors: their records name them (their command lines name no path).
+    for entry in std::fs::read_dir(dir.join("root/containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let record: serde_json::Value = std::fs::read(entry.path().join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if let Some(pid) = record["monitor"][0].as_i64()
+            && std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor"))
+        {
+            victims.push(pid as i32);
+        }
+    }
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
             .file_name()

@@ -1,5 +1,6 @@
-//! `stratad __exec DIR PID LEAF -- CMD...`: runs a command inside a running container for
-//! ExecSync. It joins the exec's leaf below the container's cgroup (which the daemon made,
+//! `stratad __exec PID LEAF -- CMD...`, the container's DIR on stdin (the child is visible
+//! in the container's PID namespace until it execs, and its command line with it): runs a
+//! command inside a running container for ExecSync. It joins the exec's leaf below the container's cgroup (which the daemon made,
 //! and kills and removes when the call ends, with whatever the command left there) and
 //! the namespaces of the container's init (PID), then forks so that the child is inside
 //! the container's PID namespace. The child enters the working directory the safe way,
@@ -25,12 +26,22 @@ use crate::{cgroup, runtime::spec::Spec};
 pub const EXEC: &str = "__exec";
 
 pub fn main(args: &[String]) -> ExitCode {
+    let mut line = String::new();
     let (dir, pid, leaf, command) = match args {
-        [dir, pid, leaf, sep, command @ ..] if sep == "--" && !command.is_empty() => {
-            (PathBuf::from(dir), pid, leaf, command)
+        [pid, leaf, sep, command @ ..]
+            if sep == "--"
+                && !command.is_empty()
+                && std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 1) =>
+        {
+            (
+                PathBuf::from(line.trim_end_matches('\n')),
+                pid,
+                leaf,
+                command,
+            )
         }
         _ => {
-            eprintln!("usage: stratad {EXEC} CONTAINER_DIR PID LEAF -- CMD...");
+            eprintln!("usage: echo CONTAINER_DIR | stratad {EXEC} PID LEAF -- CMD...");
             return ExitCode::from(126);
         }
     };

@@ -1,4 +1,5 @@
-//! The per-container monitor (`stratad __monitor DIR`): single-threaded, no async runtime.
+//! The per-container monitor (`stratad __monitor`, its container's DIR on stdin):
+//! single-threaded, no async runtime.
 //! It forks the container's init (into a new PID namespace when the container has one),
 //! puts it in its cgroup, tells the daemon when the container is created, writes the
 //! container's output to the CRI log, waits for the exit, and records it in `DIR/exit.json`,
@@ -45,11 +46,16 @@ pub struct Exit {
 const MAX_LINE: usize = 16 << 10;
 
 pub fn main(args: &[String]) -> ExitCode {
-    let [dir] = args else {
-        eprintln!("usage: stratad {MONITOR} CONTAINER_DIR");
+    // The container's directory comes on stdin, not in argv: until it execs, the init is
+    // this process's copy, and other containers of a pod sharing its PID namespace can read
+    // its command line.
+    let mut line = String::new();
+    if !args.is_empty() || std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty()
+    {
+        eprintln!("usage: echo CONTAINER_DIR | stratad {MONITOR}");
         return ExitCode::FAILURE;
-    };
-    let dir = PathBuf::from(dir);
+    }
+    let dir = PathBuf::from(line.trim_end_matches('\n'));
     match monitor(&dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

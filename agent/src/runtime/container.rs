@@ -124,6 +124,10 @@ pub struct Container {
     pub message: String,
     /// The init's pid on the host, while it runs.
     pub pid: Option<u32>,
+    /// The monitor's pid and start time (`/proc/<pid>/stat`), to tell whether it still
+    /// watches the container.
+    #[serde(default)]
+    pub monitor: Option<(u32, u64)>,
     pub log_path: PathBuf,
     pub cgroup: String,
     pub stop_signal: String,

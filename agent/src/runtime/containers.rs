@@ -67,6 +67,7 @@ impl Runtime {
             if c.state == ContainerState::Created && layout.started().exists() {
                 c.state = ContainerState::Running;
             }
+            self.check_monitor(c, &layout);
             return;
         };
         let Ok(exit) = serde_json::from_slice::<Exit>(&bytes) else {
@@ -82,6 +83,37 @@ impl Runtime {
             (None, false, 0) => ("Completed".into(), String::new()),
             (None, false, _) => ("Error".into(), String::new()),
         };
+        if let Err(e) = self.save_container(c) {
+            tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
+        }
+    }
+
+    /// A container whose monitor died (killed, OOM-killed) has no one to record its exit or
+    /// write its log: its processes are killed and it is reported exited, its status
+    /// unknown, so that it can be stopped and removed like any other.
+    fn check_monitor(&self, c: &mut Container, layout: &Layout) {
+        let Some((pid, started)) = c.monitor else {
+            return;
+        };
+        if crate::sys::process::start_time(pid) == Some(started) {
+            return;
+        }
+        // It may have recorded the exit just before it went.
+        if layout.exit_file().exists() {
+            return;
+        }
+        if let Ok(cgroup) = self.cgroups.cgroup(&c.cgroup)
+            && let Err(e) = cgroup.kill_all()
+        {
+            tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
+        }
+        tracing::warn!(container = %c.id, monitor = pid, "the container's monitor died");
+        c.state = ContainerState::Exited;
+        c.finished_at = crate::image::now_nanos();
+        c.exit_code = 255;
+        c.pid = None;
+        c.reason = "Error".into();
+        c.message = "the container's monitor died; its exit status is unknown".into();
         if let Err(e) = self.save_container(c) {
             tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
         }
@@ -161,6 +193,7 @@ impl Runtime {
             reason: String::new(),
             message: String::new(),
             pid: None,
+            monitor: None,
             log_path,
             stop_signal: image.stop_signal.clone(),
             user,
@@ -255,7 +288,9 @@ impl Runtime {
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .map_err(|e| io_err("cannot create", &fifo)(e.into()))?;
         }
-        c.pid = Some(spawn_monitor(&layout.dir).await?);
+        let (init, monitor) = spawn_monitor(&layout.dir).await?;
+        c.pid = Some(init);
+        c.monitor = crate::sys::process::start_time(monitor).map(|started| (monitor, started));
         self.save_container(&c)?;
         Ok(c)
     }
@@ -482,19 +517,37 @@ fn read_image_file(layers: &[PathBuf], rel: &str) -> String {
 }
 
 /// Starts `stratad __monitor DIR` and waits for its "ready <pid>" line.
-async fn spawn_monitor(dir: &Path) -> Result<u32> {
+/// Gives a helper its container's directory on stdin, then EOF: in argv it would be a host
+/// path every container sharing the PID namespace can read.
+async fn send_dir(stdin: Option<tokio::process::ChildStdin>, dir: &Path) -> Result<()> {
+    use tokio::io::AsyncWriteExt as _;
+    let Some(mut stdin) = stdin else {
+        return Ok(());
+    };
+    let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
+    line.push(b'\n');
+    stdin
+        .write_all(&line)
+        .await
+        .map_err(io_err("cannot start a helper for", dir))
+}
+
+/// Starts the container's monitor; returns the init's pid and the monitor's.
+async fn spawn_monitor(dir: &Path) -> Result<(u32, u32)> {
     let exe = crate::sys::selfexe::helper_binary()
         .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
     let mut child = tokio::process::Command::new(exe)
+        .arg0("stratad")
         .arg(crate::helper::monitor::MONITOR)
-        .arg(dir)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         // Its own process group: signals to the daemon's group do not reach containers.
         .process_group(0)
         .spawn()
         .map_err(io_err("cannot start the monitor for", dir))?;
+    let monitor = child.id().unwrap_or_default();
+    send_dir(child.stdin.take(), dir).await?;
     let stdout = child
         .stdout
         .take()
@@ -517,7 +570,7 @@ async fn spawn_monitor(dir: &Path) -> Result<u32> {
         Ok(Ok(_)) => {
             let line = line.trim();
             if let Some(pid) = line.strip_prefix("ready ").and_then(|p| p.parse().ok()) {
-                Ok(pid)
+                Ok((pid, monitor))
             } else {
                 Err(Error::CreateFailed(
                     line.strip_prefix("error: ").unwrap_or(line).to_string(),
@@ -777,19 +830,20 @@ async fn run_exec(
     let exe = crate::sys::selfexe::helper_binary()
         .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
     let mut child = tokio::process::Command::new(exe)
+        .arg0("stratad")
         .arg(crate::helper::exec::EXEC)
-        .arg(dir)
         .arg(pid.to_string())
         .arg(leaf)
         .arg("--")
         .args(cmd)
-        .stdin(std::process::Stdio::null())
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(io_err("cannot exec in", dir))?;
+    send_dir(child.stdin.take(), dir).await?;
     // Output goes into buffers the call keeps, so that a reader given up on (a background
     // child still holding the pipe) still leaves what it read.
     let (out, err) = (Arc::default(), Arc::default());

@@ -144,13 +144,22 @@ pub struct Condition {
 }
 
 impl Profile {
-    /// Reads a Localhost profile file (at most 1 MiB of JSON).
+    /// Reads a Localhost profile file (at most 1 MiB of JSON). Opened without blocking: a
+    /// FIFO or a device there must not hang the create that asked for it.
     pub fn load(path: &str) -> Result<Profile> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let err = |reason: String| Error::Profile {
             path: path.to_string(),
             reason,
         };
-        let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| err(e.to_string()))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(err("not a regular file".into()));
+        }
         let mut text = Vec::new();
         file.take(1 << 20)
             .read_to_end(&mut text)
