@@ -32,6 +32,15 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the real binaries: build them before the tests look for them.
 cargo build --workspace --locked
-cargo test --workspace --locked
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$out/cargo-test.log"
 # The CRI conformance suite, against the same build.
-tests/critest.sh
+tests/critest.sh 2>&1 | tee "$out/critest.log"
+
+# One closing line for the whole suite (any failure has ended the script above): the
+# cargo tests, and the critest specs that must pass.
+tests=$(awk '/^test result:/ {n += $4} END {print n + 0}' "$out/cargo-test.log")
+specs=$(sed -n 's/.*(\([0-9]*\) specs passed).*/\1/p' "$out/critest.log" | tail -n 1)
+echo "suite: $tests cargo tests and ${specs:-0} critest specs passed"
+echo "suite: $((tests + ${specs:-0})) passed, 0 failed"
