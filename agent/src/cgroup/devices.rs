@@ -142,7 +142,9 @@ const ALU32_AND_K: u8 = 0x54; // BPF_ALU | BPF_AND | BPF_K
 const ALU32_RSH_K: u8 = 0x74; // BPF_ALU | BPF_RSH | BPF_K
 const ALU32_MOV_X: u8 = 0xbc; // BPF_ALU | BPF_MOV | BPF_X
 const ALU64_MOV_K: u8 = 0xb7; // BPF_ALU64 | BPF_MOV | BPF_K
-const JMP_JNE_K: u8 = 0x55; // BPF_JMP | BPF_JNE | BPF_K
+/// Compares the low 32 bits: majors, minors and the access type are 32-bit values, and a
+/// 64-bit compare would sign-extend an immediate above i32::MAX.
+const JMP32_JNE_K: u8 = 0x56; // BPF_JMP32 | BPF_JNE | BPF_K
 const JMP_EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
 
 const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
@@ -178,7 +180,7 @@ pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
             },
         )];
         if let Some(major) = rule.major {
-            checks.push((4, major as i32));
+            checks.push((4, major as i32)); // the bits, as JMP32 compares them
         }
         if let Some(minor) = rule.minor {
             checks.push((5, minor as i32));
@@ -189,7 +191,7 @@ pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
         let len = checks.len() + if partial { 3 } else { 0 } + 2;
         for (i, (reg, value)) in checks.iter().enumerate() {
             let skip = (len - i - 1) as i16;
-            prog.push(insn(JMP_JNE_K, *reg, 0, skip, *value));
+            prog.push(insn(JMP32_JNE_K, *reg, 0, skip, *value));
         }
         if partial {
             // Allowed only if the access asks for nothing outside the rule's bits.
@@ -201,7 +203,7 @@ pub fn program(rules: &[DeviceRule]) -> Vec<Insn> {
                 0,
                 i32::from(!rule.access.bits() & 7),
             ));
-            prog.push(insn(JMP_JNE_K, 1, 0, 2, 0));
+            prog.push(insn(JMP32_JNE_K, 1, 0, 2, 0));
         }
         prog.push(insn(ALU64_MOV_K, 0, 0, 0, 1));
         prog.push(insn(JMP_EXIT, 0, 0, 0, 0));
@@ -236,8 +238,8 @@ mod tests {
                 ALU32_RSH_K => r[dst] = u64::from((r[dst] as u32) >> i.imm),
                 ALU32_MOV_X => r[dst] = u64::from(r[src] as u32),
                 ALU64_MOV_K => r[dst] = i.imm as i64 as u64,
-                JMP_JNE_K => {
-                    if r[dst] != i.imm as i64 as u64 {
+                JMP32_JNE_K => {
+                    if r[dst] as u32 != i.imm as u32 {
                         pc = (pc as isize + isize::from(i.off)) as usize;
                     }
                 }

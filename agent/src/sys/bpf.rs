@@ -47,7 +47,12 @@ struct ProgAttach {
     pad: [u32; 27],
 }
 
-fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
+/// The attribute blocks this module hands the kernel, and only those.
+trait BpfAttr {}
+impl BpfAttr for ProgLoad {}
+impl BpfAttr for ProgAttach {}
+
+fn bpf<T: BpfAttr>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a live, initialised #[repr(C)] bpf_attr of the size passed; the
     // kernel reads (and for a load, writes the verifier log to a buffer we own) only that.
     let ret = unsafe {
