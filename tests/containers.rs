@@ -1359,3 +1359,62 @@ async fn a_container_whose_monitor_dies_is_reported_exited_and_can_be_removed() 
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_create_does_not_stall_the_other_calls() {
+    let mut env = env().await;
+    let pod = env.pod("slow").await;
+    let image = env.image.clone();
+    let other = env
+        .start_sleeper(&pod, "other", &image, "exec sleep 6661")
+        .await;
+    // A frozen pod cgroup holds the new container's init as soon as it joins its cgroup,
+    // so the create waits (as one on a slow disk or a huge image would).
+    let freezer = common::cgroup_dirs(&format!("{}/pod-{pod}", env.daemon.cgroup_parent))
+        .into_iter()
+        .find(|d| d.join("freezer.state").exists())
+        .expect("a v1 freezer");
+    std::fs::write(freezer.join("freezer.state"), "FROZEN").unwrap();
+    let mut rt = env.rt.clone();
+    let config = container_config("stalled", &image, "true");
+    let pod_id = pod.clone();
+    let create = tokio::spawn(async move {
+        rt.create_container(cri::CreateContainerRequest {
+            pod_sandbox_id: pod_id,
+            config: Some(config),
+            sandbox_config: None,
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Meanwhile the other container's status and the list answer at once.
+    let started = Instant::now();
+    let status = tokio::time::timeout(
+        Duration::from_secs(2),
+        env.rt.container_status(ContainerStatusRequest {
+            container_id: other.clone(),
+            verbose: false,
+        }),
+    )
+    .await;
+    let listed = tokio::time::timeout(
+        Duration::from_secs(2),
+        env.rt
+            .list_containers(cri::ListContainersRequest::default()),
+    )
+    .await;
+    let waited = started.elapsed();
+    std::fs::write(freezer.join("freezer.state"), "THAWED").unwrap();
+    let created = create.await.unwrap();
+    assert!(
+        status.is_ok() && listed.is_ok(),
+        "status and list waited {waited:?} for a create"
+    );
+    assert!(created.is_ok(), "{created:?}");
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+}

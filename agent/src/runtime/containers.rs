@@ -153,15 +153,26 @@ impl Runtime {
             )?;
         }
         let pid_target = self.pid_target(&spec, &sandbox.id).await?;
-        let mut containers = self.containers.lock().await;
-        if let Some(other) = containers.values().find(|c| {
-            c.pod_id == sandbox.id && c.spec.name == spec.name && c.spec.attempt == spec.attempt
-        }) {
-            return Err(Error::ContainerExists {
-                name: format!("{}_{}", spec.name, spec.attempt),
-                id: other.id.clone(),
-            });
-        }
+        // The name is reserved under the lock; the container is built without it (up to the
+        // init's start-up timeout), so that no other call waits for a slow create.
+        let _reserved = {
+            let containers = self.containers.lock().await;
+            let name = format!("{}_{}", spec.name, spec.attempt);
+            if let Some(other) = containers.values().find(|c| {
+                c.pod_id == sandbox.id && c.spec.name == spec.name && c.spec.attempt == spec.attempt
+            }) {
+                return Err(Error::ContainerExists {
+                    name,
+                    id: other.id.clone(),
+                });
+            }
+            NameReservation::take(&self.creating, format!("{}/{name}", sandbox.id)).ok_or(
+                Error::ContainerExists {
+                    name,
+                    id: "(being created)".into(),
+                },
+            )?
+        };
         let id = super::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;
         let layout = self.container_layout(&id);
         let log_path = if !sandbox.spec.log_directory.is_empty() && !spec.log_path.is_empty() {
@@ -203,8 +214,21 @@ impl Runtime {
             .build_container(container, &sandbox, &image, &layout, pid_target)
             .await
         {
+            // The pod may have been stopped or removed meanwhile: then the container goes.
+            Ok(c)
+                if !self
+                    .pod(&c.pod_id)
+                    .await
+                    .is_ok_and(|p| p.state == SandboxState::Ready) =>
+            {
+                self.destroy_container(&id, &c.cgroup);
+                Err(Error::Precondition(format!(
+                    "pod sandbox {} was stopped while the container was created",
+                    c.pod_id
+                )))
+            }
             Ok(c) => {
-                containers.insert(id, c.clone());
+                self.containers.lock().await.insert(id, c.clone());
                 Ok(c)
             }
             Err(e) => {
@@ -328,7 +352,7 @@ impl Runtime {
     /// Removes a container's directory and cgroup; best effort.
     fn destroy_container(&self, id: &str, cgroup: &str) {
         if let Ok(cg) = self.cgroups.cgroup(cgroup)
-            && let Err(e) = cg.remove()
+            && let Err(e) = cg.kill_all().and_then(|()| cg.remove())
         {
             tracing::warn!(container = %id, error = %e, "cannot remove a container cgroup");
         }
@@ -730,6 +754,35 @@ impl Runtime {
             .map_err(|e| Error::Precondition(format!("the exec failed: {e}")))?;
         drop(cancel_on_drop);
         result
+    }
+}
+
+/// A container name being created, held until the create ends either way.
+struct NameReservation<'a> {
+    names: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    name: String,
+}
+
+impl<'a> NameReservation<'a> {
+    /// `None` when another create holds the name.
+    fn take(
+        names: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+        name: String,
+    ) -> Option<NameReservation<'a>> {
+        let fresh = names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone());
+        fresh.then_some(NameReservation { names, name })
+    }
+}
+
+impl Drop for NameReservation<'_> {
+    fn drop(&mut self) {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
     }
 }
 

@@ -96,6 +96,8 @@ pub struct Runtime {
     rlimits: Vec<spec::Rlimit>,
     /// Compiled seccomp programs.
     seccomp: crate::seccomp::Cache,
+    /// Names (`<pod>/<name>_<attempt>`) of containers being created.
+    creating: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Runtime {
@@ -178,6 +180,7 @@ impl Runtime {
             pids_limit: 0,
             rlimits: Vec::new(),
             seccomp: crate::seccomp::Cache::default(),
+            creating: Default::default(),
         })
     }
 
