@@ -1021,18 +1021,9 @@ async fn a_pod_shares_one_pid_namespace_when_asked() {
         })
         .await
         .unwrap();
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            env.daemon
-                .root
-                .join("sandboxes")
-                .join(&pod)
-                .join("state.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let holder = record["pid_holder"].as_u64().expect("the holder's pid");
+    let holder = env.record("sandboxes", &pod)["pid_holder"]
+        .as_u64()
+        .expect("the holder's pid");
     assert!(
         !std::fs::read(format!("/proc/{holder}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__pidns")),
@@ -1303,18 +1294,9 @@ async fn a_container_whose_monitor_dies_is_reported_exited_and_can_be_removed() 
         .start_sleeper(&pod, "watched", &image, "exec sleep 7771")
         .await;
     // The container's record names its monitor.
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            env.daemon
-                .root
-                .join("containers")
-                .join(&id)
-                .join("state.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let monitor = record["monitor"][0].as_i64().expect("the monitor's pid") as i32;
+    let monitor = env.record("containers", &id)["monitor"][0]
+        .as_i64()
+        .expect("the monitor's pid") as i32;
     assert!(
         std::fs::read(format!("/proc/{monitor}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor"))
@@ -1352,12 +1334,7 @@ async fn a_container_whose_monitor_dies_is_reported_exited_and_can_be_removed() 
         })
         .await
         .unwrap();
-    env.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1411,10 +1388,5 @@ async fn a_slow_create_does_not_stall_the_other_calls() {
         "status and list waited {waited:?} for a create"
     );
     assert!(created.is_ok(), "{created:?}");
-    env.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    env.remove_pods(vec![pod]).await;
 }

@@ -15,8 +15,8 @@ use common::{
     oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
 };
 use strata_api::cri::{
-    self, ExecSyncRequest, ImageSpec, ImageStatusRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, image_service_client::ImageServiceClient,
+    self, ExecSyncRequest, ImageSpec, ImageStatusRequest, RunPodSandboxRequest,
+    image_service_client::ImageServiceClient,
 };
 use tonic::Code;
 
@@ -87,15 +87,6 @@ async fn wait_for_file(env: &Env, id: &str, file: &str) {
     }
 }
 
-async fn remove_pod(env: &mut Env, pod: String) {
-    env.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
-}
-
 fn with_caps(mut config: cri::ContainerConfig, add: &[&str]) -> cri::ContainerConfig {
     let linux = config.linux.get_or_insert_with(Default::default);
     let security = linux.security_context.get_or_insert_with(Default::default);
@@ -108,18 +99,7 @@ fn with_caps(mut config: cri::ContainerConfig, add: &[&str]) -> cri::ContainerCo
 
 /// The pid of the pod's PID-namespace holder, from the pod's record.
 fn pid_holder(env: &Env, pod: &str) -> u32 {
-    let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(
-            env.daemon
-                .root
-                .join("sandboxes")
-                .join(pod)
-                .join("state.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    record["pid_holder"]
+    env.record("sandboxes", pod)["pid_holder"]
         .as_u64()
         .expect("a PID-namespace holder") as u32
 }
@@ -211,7 +191,7 @@ async fn exec_working_dir_never_leads_to_the_host() {
                 .any(|l| l.contains("host-secret"))
         );
     }
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +263,7 @@ async fn the_pods_pid_1_is_confined_like_a_pause_container() {
         assert!(Instant::now() < deadline, "the holder outlived its pod");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +326,7 @@ async fn helpers_a_container_can_see_never_run_the_hosts_binary() {
         })
         .await
         .unwrap();
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -422,7 +402,7 @@ async fn execs_take_the_containers_limits_and_end_with_everything_they_started()
             .collect();
         assert_eq!(leaves, ["main"], "in {}", dir.display());
     }
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,7 +463,7 @@ async fn stop_kills_every_process_of_a_container_sharing_the_pods_pids() {
         env.status(&id).await.state,
         cri::ContainerState::ContainerExited as i32
     );
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -512,7 +492,7 @@ async fn init_layer_files_are_readable_by_any_user_and_pids_are_limited_by_defau
         .find_map(|d| std::fs::read_to_string(d.join("pids.max")).ok())
         .expect("a pids controller");
     assert_eq!(max.trim(), "1024", "the default pids limit");
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -579,7 +559,7 @@ async fn paths_from_requests_never_leave_their_place() {
     std::fs::create_dir_all(logs.join("good")).unwrap();
     let (lines, _) = env.run_config(&pod, c).await;
     assert_eq!(lines, ["ok"]);
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -644,7 +624,7 @@ async fn numeric_users_are_ids_everywhere_and_never_names() {
         let err = env.create(&pod, c).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
     }
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -703,7 +683,7 @@ async fn host_devices_cannot_be_opened_unless_mapped() {
     }];
     let err = env.create(&pod, bad).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 fn with_seccomp(
@@ -903,7 +883,7 @@ async fn seccomp_in_every_form_for_the_init_and_every_exec() {
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
         assert!(err.message().contains("seccomp"), "{what}: {err:?}");
     }
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }
 
 /// A static program that makes a cgroup namespace, mounts the v1 `CONTROLLER` hierarchy
@@ -998,5 +978,5 @@ async fn a_container_cannot_raise_its_own_cgroup_limits() {
         "{lines:?}"
     );
     assert_eq!(read("pids.max"), "1024", "{lines:?}");
-    remove_pod(&mut env, pod).await;
+    env.remove_pods(vec![pod]).await;
 }

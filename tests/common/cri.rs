@@ -233,6 +233,13 @@ impl Node {
         }
     }
 
+    /// The daemon's record of a pod (`kind` "sandboxes") or container ("containers").
+    pub fn record(&self, kind: &str, id: &str) -> serde_json::Value {
+        let path = self.daemon.root.join(kind).join(id).join("state.json");
+        serde_json::from_slice(&std::fs::read(&path).expect("the record"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
     pub async fn remove_pods(&mut self, pods: Vec<String>) {
         for pod_sandbox_id in pods {
             self.rt

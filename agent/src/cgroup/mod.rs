@@ -300,6 +300,16 @@ fn inherit_cpuset(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The cgroup paths `pid` is in, one per hierarchy (`/proc/<pid>/cgroup`); none when the
+/// process is gone.
+fn cgroups_of(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2).map(str::to_string))
+        .collect()
+}
+
 /// A cgroup directory and every one below it, parents before their children (none when
 /// it does not exist).
 fn subtree(top: &Path) -> Vec<PathBuf> {
@@ -402,11 +412,7 @@ impl Cgroup {
     /// True when `pid` is in exactly this cgroup (as `/proc/<pid>/cgroup` says).
     pub fn holds(&self, pid: u32) -> bool {
         let wanted = format!("/{}", self.rel.display());
-        std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-            text.lines()
-                .filter_map(|l| l.splitn(3, ':').nth(2))
-                .any(|path| path == wanted)
-        })
+        cgroups_of(pid).contains(&wanted)
     }
 
     /// For a container's cgroup: true when `pid` is in its process leaf (or, for a
@@ -479,12 +485,11 @@ impl Cgroup {
     /// pid the kernel reused meanwhile is never hit.
     fn kill_member(&self, pid: u32) {
         let prefix = format!("/{}", self.rel.display());
+        let below = format!("{prefix}/");
         crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
-            std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|text| {
-                text.lines()
-                    .filter_map(|l| l.splitn(3, ':').nth(2))
-                    .any(|path| path == prefix || path.starts_with(&format!("{prefix}/")))
-            })
+            cgroups_of(pid)
+                .iter()
+                .any(|path| *path == prefix || path.starts_with(&below))
         });
     }
 
