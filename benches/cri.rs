@@ -1,6 +1,7 @@
 //! CRI benchmark, strata against containerd 1.6 + runc (Debian's packages), in one run:
 //! `stratactl bench` drives each endpoint with the same image and the same host-network
-//! pods, and reports RPC latencies, 50 pods started back to back, and memory.
+//! pods, and reports RPC latencies, 50 pods started back to back, and memory; then 40 pods
+//! started by one client and by 8 clients at once (`--parallel`), summed up side by side.
 //!
 //! Run `cargo build --release --workspace` first; then `cargo bench --bench cri`.
 //! Needs root, docker-registry, busybox-static, containerd and runc.
@@ -34,7 +35,12 @@ async fn pull(endpoint: &str, image: &str) {
         .unwrap_or_else(|e| panic!("pull {image} on {endpoint}: {e}"));
 }
 
-fn bench(endpoint: &str, image: &str, daemon_pid: u32, helper: &str) -> String {
+/// Extra `stratactl bench` arguments of the main run, and of the 1- and 8-client runs.
+const MAIN: &[&str] = &["--iterations", "20", "--pods", "50"];
+const PARALLEL_1: &[&str] = &["--iterations", "1", "--pods", "40", "--parallel", "1"];
+const PARALLEL_8: &[&str] = &["--iterations", "1", "--pods", "40", "--parallel", "8"];
+
+fn bench(endpoint: &str, image: &str, daemon_pid: u32, helper: &str, args: &[&str]) -> String {
     let out = Command::new(common::bin("stratactl"))
         .args([
             "--endpoint",
@@ -45,7 +51,7 @@ fn bench(endpoint: &str, image: &str, daemon_pid: u32, helper: &str) -> String {
             "--image",
             image,
         ])
-        .args(["--iterations", "20", "--pods", "50"])
+        .args(args)
         .args([
             "--daemon-pid",
             &daemon_pid.to_string(),
@@ -84,14 +90,12 @@ async fn main() {
     // strata.
     let daemon = Daemon::start().await;
     pull(&daemon.endpoint(), &reference).await;
-    let strata = bench(
-        &daemon.endpoint(),
-        &reference,
-        daemon.pid().as_raw() as u32,
-        "__monitor",
-    );
-    drop(daemon);
+    let (ours, pid) = (daemon.endpoint(), daemon.pid().as_raw() as u32);
+    let strata = bench(&ours, &reference, pid, "__monitor", MAIN);
     println!("=== strata ===\n{strata}");
+    let strata_one = bench(&ours, &reference, pid, "__monitor", PARALLEL_1);
+    let strata_eight = bench(&ours, &reference, pid, "__monitor", PARALLEL_8);
+    drop(daemon);
 
     // containerd + runc, on a root of its own.
     let dir = tempfile::Builder::new()
@@ -139,7 +143,10 @@ state = "{state}"
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     pull(&endpoint, &reference).await;
-    let theirs = bench(&endpoint, &reference, containerd.0.id(), "containerd-shim");
+    let pid = containerd.0.id();
+    let theirs = bench(&endpoint, &reference, pid, "containerd-shim", MAIN);
+    let theirs_one = bench(&endpoint, &reference, pid, "containerd-shim", PARALLEL_1);
+    let theirs_eight = bench(&endpoint, &reference, pid, "containerd-shim", PARALLEL_8);
     containerd.stop();
     // containerd leaves its shims' mounts and its own state; clear them.
     for mount in common::mounts_below(dir.path()).into_iter().rev() {
@@ -147,6 +154,25 @@ state = "{state}"
     }
 
     println!("=== containerd 1.6 + runc ===\n{theirs}");
+
+    println!("=== 40 pods with one container each: one client, then 8 clients at once ===");
+    for (runtime, output) in [
+        ("strata", &strata_one),
+        ("containerd 1.6", &theirs_one),
+        ("strata", &strata_eight),
+        ("containerd 1.6", &theirs_eight),
+    ] {
+        println!("{runtime:<16}{}", pods_line(output));
+    }
+}
+
+/// The many-pods line of a `stratactl bench` output, without its "N pods with one container
+/// each, " opening: "started back to back: ..." or "8 clients in parallel: ...".
+fn pods_line(output: &str) -> &str {
+    output
+        .lines()
+        .find_map(|l| l.split_once(" pods with one container each, "))
+        .map_or("(no many-pods line)", |(_, rest)| rest)
 }
 
 /// A child process that is terminated when dropped.

@@ -8,6 +8,10 @@ use common::{
     cri::{container_config, env, env_with, pid_mode},
     oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
 };
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use strata_api::cri::{
     self, ContainerStatusRequest, RemoveContainerRequest, RemovePodSandboxRequest,
     StartContainerRequest, StopContainerRequest,
@@ -1301,11 +1305,7 @@ async fn a_container_whose_monitor_dies_is_reported_exited_and_can_be_removed() 
         std::fs::read(format!("/proc/{monitor}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor"))
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(monitor),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill(Pid::from_raw(monitor), Signal::SIGKILL).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let st = loop {
         let st = env.status(&id).await;
@@ -1388,5 +1388,369 @@ async fn a_slow_create_does_not_stall_the_other_calls() {
         "status and list waited {waited:?} for a create"
     );
     assert!(created.is_ok(), "{created:?}");
+    env.remove_pods(vec![pod]).await;
+}
+
+/// The state letter (`/proc/<pid>/stat`) of the process that has had `pid` since `started`,
+/// while it is there (a zombie, `Z`, still is: nobody has reaped it yet).
+fn still_there(pid: i32, started: u64) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from its end.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Field 22, the start time; a different one means the pid was reused.
+    let start: u64 = fields.nth(18)?.parse().ok()?;
+    (start == started).then_some(state)
+}
+
+/// The start time (`/proc/<pid>/stat`) of `what`, which must be running as `pid`.
+fn start_time_of(pid: i32, what: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("{what} (pid {pid}) is not running: {e}"));
+    stat[stat.rfind(')').expect("a stat line") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .expect("the start time in /proc/<pid>/stat")
+}
+
+/// Waits until the process that has had `pid` since `started` is gone and reaped: the
+/// daemon tells a live monitor by its start time, which a zombie keeps.
+async fn wait_reaped(pid: i32, started: u64, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Some(state) = still_there(pid, started) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (pid {pid}) is still there, in state {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// SIGKILLs the process that has had `pid` since `started` (unless it is gone already) and
+/// waits until it is reaped.
+async fn kill_and_reap(pid: i32, started: u64, what: &str) {
+    if still_there(pid, started).is_some() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    wait_reaped(pid, started, what).await;
+}
+
+/// A container's monitor and init, by pid and start time, from its record.
+fn monitor_and_init(env: &common::cri::Env, id: &str) -> [(i32, u64, &'static str); 2] {
+    let record = env.record("containers", id);
+    let monitor = record["monitor"][0].as_i64().expect("the monitor's pid") as i32;
+    let monitor_started = record["monitor"][1]
+        .as_u64()
+        .expect("the monitor's start time");
+    assert_eq!(
+        start_time_of(monitor, "the monitor"),
+        monitor_started,
+        "the record names another process as the monitor"
+    );
+    assert!(
+        std::fs::read(format!("/proc/{monitor}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor")),
+        "pid {monitor} is not a monitor"
+    );
+    let init = record["pid"].as_i64().expect("the init's pid") as i32;
+    let init_started = start_time_of(init, "the container's init");
+    [
+        (monitor, monitor_started, "the monitor"),
+        (init, init_started, "the container's init"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_killed_with_its_monitor_while_the_daemon_is_down_is_exited_after_restart() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut env = env().await;
+    let pod = env.pod("crashed").await;
+    let image = env.image.clone();
+    let id = env
+        .start_sleeper(&pod, "unwatched", &image, "exec sleep 7772")
+        .await;
+    let processes = monitor_and_init(&env, &id);
+    let init = processes[1].0;
+    assert!(
+        std::fs::read(format!("/proc/{init}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("7772")),
+        "the record's pid is not the container's sleep"
+    );
+    let holder = env.record("sandboxes", &pod)["pid_holder"]
+        .as_i64()
+        .map(|pid| pid as i32);
+    let holder_started = holder.map(|pid| start_time_of(pid, "the pod's PID holder"));
+
+    // The daemon crashes; then the monitor goes (first, so that no exit is recorded) and the
+    // container's init with it.
+    let status = env.daemon.stop_with(Signal::SIGKILL).await;
+    assert_eq!(status.signal(), Some(Signal::SIGKILL as i32), "{status}");
+    for (pid, started, what) in processes {
+        kill_and_reap(pid, started, what).await;
+    }
+    env.daemon.launch(common::Options::default()).await;
+    env.rt = env.daemon.runtime().await;
+
+    // The list (asked first: it looks at the monitor as well) and the status call it exited.
+    let running = env
+        .rt
+        .list_containers(cri::ListContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                state: Some(cri::ContainerStateValue {
+                    state: cri::ContainerState::ContainerRunning as i32,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(running.is_empty(), "listed as running: {running:?}");
+    let listed = env
+        .rt
+        .list_containers(cri::ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(
+        listed.iter().find(|c| c.id == id).map(|c| c.state),
+        Some(cri::ContainerState::ContainerExited as i32),
+        "{listed:?}"
+    );
+    let st = env.status(&id).await;
+    assert_eq!(
+        st.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{st:?}"
+    );
+    assert_eq!(st.exit_code, 255, "{st:?}");
+    assert!(st.message.contains("monitor died"), "{st:?}");
+
+    // It stops and goes like any other, and so does its pod, leaving nothing.
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(!env.daemon.root.join("containers").join(&id).exists());
+    let err = env
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    env.rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    common::assert_pod_gone(&env.daemon, &pod);
+    let mounts = common::mounts_below(&env.daemon.root);
+    assert!(mounts.is_empty(), "mounts left below the root: {mounts:?}");
+    for (pid, started, what) in processes {
+        assert_eq!(
+            still_there(pid, started),
+            None,
+            "{what} (pid {pid}) is back"
+        );
+    }
+    if let (Some(pid), Some(started)) = (holder, holder_started) {
+        // Killed by the stop; reaped by whoever adopted it when the first daemon died.
+        wait_reaped(pid, started, "the pod's PID holder").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_namespaces_are_gone_after_a_reboot_is_not_ready_and_removable() {
+    let mut env = env().await;
+    let pod = env.pod("rebooted").await;
+    let image = env.image.clone();
+    let id = env
+        .start_sleeper(&pod, "before", &image, "exec sleep 7773")
+        .await;
+    let mut processes = monitor_and_init(&env, &id).to_vec();
+    if let Some(holder) = env.record("sandboxes", &pod)["pid_holder"].as_i64() {
+        let holder = holder as i32;
+        let started = start_time_of(holder, "the pod's PID holder");
+        processes.push((holder, started, "the pod's PID holder"));
+    }
+
+    // A reboot: the daemon stops, every process goes (the monitor first, so that no exit
+    // is recorded), and so do the mounts pinning the pod's namespaces and its /dev/shm.
+    assert!(env.daemon.stop().await.success());
+    for &(pid, started, what) in &processes {
+        kill_and_reap(pid, started, what).await;
+    }
+    let pins = env.daemon.state_dir.join("sandboxes").join(&pod);
+    let mounts = common::mounts_below(&env.daemon.state_dir);
+    for pin in ["ns/net", "ns/ipc", "ns/uts", "shm"] {
+        assert!(
+            mounts.contains(&pins.join(pin)),
+            "{pin} is not mounted: {mounts:?}"
+        );
+    }
+    for mount_point in mounts.iter().rev() {
+        nix::mount::umount2(mount_point, nix::mount::MntFlags::MNT_DETACH)
+            .unwrap_or_else(|e| panic!("umount -l {}: {e}", mount_point.display()));
+    }
+    let left = common::mounts_below(&env.daemon.state_dir);
+    assert!(left.is_empty(), "still mounted: {left:?}");
+    env.daemon.launch(common::Options::default()).await;
+    env.rt = env.daemon.runtime().await;
+
+    // The pod is NotReady and takes no new containers; its container is exited.
+    let pod_status = env
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+        .unwrap();
+    assert_eq!(
+        pod_status.state,
+        cri::PodSandboxState::SandboxNotready as i32,
+        "{pod_status:?}"
+    );
+    let err = env
+        .create(&pod, container_config("after", &image, "true"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let st = env.status(&id).await;
+    assert_eq!(
+        st.state,
+        cri::ContainerState::ContainerExited as i32,
+        "{st:?}"
+    );
+    assert_eq!(st.exit_code, 255, "no exit was recorded: {st:?}");
+
+    // Both stop and go, leaving nothing: no record, pin, mount, cgroup or process.
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_container(RemoveContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(!env.daemon.root.join("containers").join(&id).exists());
+    env.rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    common::assert_pod_gone(&env.daemon, &pod);
+    let mounts = common::mounts_below(&env.daemon.state_dir);
+    assert!(
+        mounts.is_empty(),
+        "mounts left in the state dir: {mounts:?}"
+    );
+    for (pid, started, what) in processes {
+        assert_eq!(
+            still_there(pid, started),
+            None,
+            "{what} (pid {pid}) is back"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_containers_config_json_is_an_oci_runtime_spec() {
+    let mut env = env().await;
+    let pod = env.pod("bundle").await;
+    let image = env.image.clone();
+    let id = env
+        .start_sleeper(&pod, "bundled", &image, "exec sleep 8881")
+        .await;
+    let path = env
+        .daemon
+        .root
+        .join("containers")
+        .join(&id)
+        .join("config.json");
+    let text = std::fs::read_to_string(&path).expect("config.json");
+    // Read by the OCI runtime spec's own types (as runc, crun and tools read a bundle).
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not an OCI runtime spec: {e}"));
+    let process = spec.process().as_ref().expect("process");
+    assert_eq!(
+        process.args().as_deref(),
+        Some(&["/bin/sh".to_string(), "-c".into(), "exec sleep 8881".into()][..])
+    );
+    let root = spec.root().as_ref().expect("root");
+    assert!(root.path().ends_with("rootfs"), "{root:?}");
+    let linux = spec.linux().as_ref().expect("linux");
+    use oci_spec::runtime::LinuxNamespaceType as Kind;
+    let namespaces = linux.namespaces().clone().expect("namespaces");
+    let find = |kind: Kind| namespaces.iter().find(|n| n.typ() == kind).cloned();
+    for kind in [Kind::Mount, Kind::Pid] {
+        let ns = find(kind).unwrap_or_else(|| panic!("no {kind:?} in {namespaces:?}"));
+        assert!(ns.path().is_none(), "a new one: {ns:?}");
+    }
+    let net = find(Kind::Network).expect("the pod's network namespace");
+    assert!(net.path().is_some(), "joined, not new: {net:?}");
+    assert!(
+        linux
+            .cgroups_path()
+            .as_ref()
+            .is_some_and(|p| p.to_string_lossy().contains(&id)),
+        "{:?}",
+        linux.cgroups_path()
+    );
+    let bounding = process
+        .capabilities()
+        .as_ref()
+        .and_then(|c| c.bounding().clone())
+        .expect("capabilities");
+    assert!(
+        bounding.contains(&oci_spec::runtime::Capability::Chown)
+            && !bounding.contains(&oci_spec::runtime::Capability::SysAdmin),
+        "{bounding:?}"
+    );
+    let mounts = spec.mounts().as_ref().expect("mounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m.destination() == std::path::Path::new("/proc")
+                && m.typ().as_deref() == Some("proc")),
+        "{mounts:?}"
+    );
     env.remove_pods(vec![pod]).await;
 }

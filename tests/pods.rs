@@ -9,7 +9,7 @@ use std::{
     process::Command,
 };
 
-use common::{Daemon, Options, cgroup_dirs, mounts_below};
+use common::{Daemon, Options, assert_pod_gone, cgroup_dirs, mounts_below, pod_cgroup};
 use strata_api::cri::{
     self, ListPodSandboxRequest, PodSandboxConfig, PodSandboxFilter, PodSandboxStateValue,
     PodSandboxStatusRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest,
@@ -76,26 +76,6 @@ fn nsenter(kind: &str, file: &Path, cmd: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pod_cgroup(daemon: &Daemon, id: &str) -> String {
-    format!("{}/pod-{id}", daemon.cgroup_parent)
-}
-
-/// Nothing of pod `id` is left: no record, no pins, no mounts, no cgroup.
-fn assert_gone(daemon: &Daemon, id: &str) {
-    assert!(
-        !daemon.root.join("sandboxes").join(id).exists(),
-        "record left"
-    );
-    assert!(
-        !daemon.state_dir.join("sandboxes").join(id).exists(),
-        "pins left"
-    );
-    let mounts = mounts_below(&daemon.state_dir.join("sandboxes").join(id));
-    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
-    let cgroups = cgroup_dirs(&pod_cgroup(daemon, id));
-    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,8 +210,8 @@ async fn a_pod_owns_pinned_namespaces_its_files_and_a_cgroup() {
     daemon.ctl(["rmp", &id]).ok();
     assert!(!cgroup_dirs(&pod_cgroup(&daemon, &other)).is_empty());
     daemon.ctl(["rmp", "--force", &other]).ok();
-    assert_gone(&daemon, &id);
-    assert_gone(&daemon, &other);
+    assert_pod_gone(&daemon, &id);
+    assert_pod_gone(&daemon, &other);
     // Removing again is not an error.
     client
         .remove_pod_sandbox(RemovePodSandboxRequest {
@@ -335,8 +315,8 @@ async fn lists_filter_by_id_state_and_labels() {
     assert!(streamed.message().await.unwrap().is_none());
 
     daemon.ctl(["rmp", "--all", "--force"]).ok();
-    assert_gone(&daemon, &a);
-    assert_gone(&daemon, &b);
+    assert_pod_gone(&daemon, &a);
+    assert_pod_gone(&daemon, &b);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -445,7 +425,7 @@ async fn bad_requests_are_refused_and_leave_nothing() {
         })
         .await
         .unwrap();
-    assert_gone(&daemon, &id);
+    assert_pod_gone(&daemon, &id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -525,6 +505,6 @@ async fn host_network_pods_and_restarts() {
             })
             .await
             .unwrap();
-        assert_gone(&daemon, id);
+        assert_pod_gone(&daemon, id);
     }
 }

@@ -3,14 +3,17 @@
 #![deny(unsafe_code)]
 
 mod cgroup;
+mod clock;
 mod config;
 mod daemon;
-mod helper;
 mod image;
+mod oci;
 mod report;
+mod rootfs;
 mod runtime;
 mod seccomp;
 mod server;
+mod shim;
 mod state;
 mod sys;
 
@@ -50,12 +53,14 @@ struct Cli {
 fn main() -> ExitCode {
     // Helper modes run before anything else: no runtime, no threads, no logging set-up.
     let args: Vec<String> = std::env::args().collect();
-    match args.get(1).map(String::as_str) {
-        Some(helper::PINNS) => return helper::pinns(&args[2..]),
-        Some(helper::monitor::MONITOR) => return helper::monitor::main(&args[2..]),
-        Some(helper::exec::EXEC) => return helper::exec::main(&args[2..]),
-        Some(helper::pidns::PIDNS) => return helper::pidns::main(&args[2..]),
-        _ => {}
+    if let Some(helper) = args.get(1).and_then(|a| oci::Helper::from_arg(a)) {
+        let rest = &args[2..];
+        return match helper {
+            oci::Helper::Pinns => shim::pinns::main(rest),
+            oci::Helper::Pidns => shim::pidns::main(rest),
+            oci::Helper::Monitor => shim::monitor::main(rest),
+            oci::Helper::Exec => shim::exec::main(rest),
+        };
     }
     let cli = Cli::parse();
     let config = match Config::load(Overrides {

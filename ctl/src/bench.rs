@@ -1,14 +1,18 @@
 //! `stratactl bench`: measures a CRI endpoint (strata, containerd, CRI-O alike): the
-//! latency of each lifecycle RPC, the time to start many pods back to back, and the memory
-//! of the daemon and of its per-container helpers at 0, 1 and many running containers.
+//! latency of each lifecycle RPC, the time to start many pods back to back (or from several
+//! clients at once, as a kubelet syncing many pods does), and the memory of the daemon and of
+//! its per-container helpers at 0, 1 and many running containers.
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use strata_api::cri::{
     self, ContainerConfig, CreateContainerRequest, PodSandboxConfig, RemoveContainerRequest,
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    StopPodSandboxRequest, runtime_service_client::RuntimeServiceClient,
 };
+use tokio::task::JoinSet;
+use tonic::transport::Channel;
 
 use crate::Client;
 
@@ -20,6 +24,8 @@ pub struct Options {
     pub helper_match: Option<String>,
     /// Containers under RuntimeDefault seccomp instead of unconfined.
     pub seccomp_default: bool,
+    /// Clients starting the many pods at once; 1: one client, back to back.
+    pub parallel: usize,
 }
 
 fn pod_config(name: &str) -> PodSandboxConfig {
@@ -92,6 +98,102 @@ impl Samples {
             ms(pick(0.99))
         )
     }
+
+    /// The `p` quantile (0.0 to 1.0) by nearest rank, as in `line`; zero without samples.
+    fn quantile(&self, p: f64) -> Duration {
+        let mut v = self.0.clone();
+        v.sort();
+        if v.is_empty() {
+            return Duration::ZERO;
+        }
+        v[((v.len() as f64 - 1.0) * p).round() as usize]
+    }
+}
+
+/// What one client made in the many-pods phase.
+struct Share {
+    /// (pod sandbox id, container id), in the order they were started.
+    made: Vec<(String, String)>,
+    /// Per pod: RunPodSandbox + CreateContainer + StartContainer, wall time.
+    times: Vec<Duration>,
+    /// When this client's last StartContainer returned.
+    done: Instant,
+}
+
+/// One client's share of the many-pods phase: `count` pods named `{prefix}-{i}`, each run,
+/// its container created and started, one after another.
+async fn start_share(
+    mut rt: RuntimeServiceClient<Channel>,
+    container: ContainerConfig,
+    prefix: String,
+    count: usize,
+) -> anyhow::Result<Share> {
+    let mut share = Share {
+        made: Vec::with_capacity(count),
+        times: Vec::with_capacity(count),
+        done: Instant::now(),
+    };
+    for i in 0..count {
+        let name = format!("{prefix}-{i}");
+        let begun = Instant::now();
+        let pod = rt
+            .run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(pod_config(&name)),
+                runtime_handler: String::new(),
+            })
+            .await
+            .with_context(|| format!("RunPodSandbox {name}"))?
+            .into_inner()
+            .pod_sandbox_id;
+        let id = rt
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(container.clone()),
+                sandbox_config: Some(pod_config(&name)),
+            })
+            .await
+            .with_context(|| format!("CreateContainer in {name}"))?
+            .into_inner()
+            .container_id;
+        rt.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .with_context(|| format!("StartContainer in {name}"))?;
+        share.done = Instant::now();
+        share.times.push(share.done - begun);
+        share.made.push((pod, id));
+    }
+    Ok(share)
+}
+
+/// Stops and removes the containers and pods of a share, one after another.
+async fn remove_share(
+    mut rt: RuntimeServiceClient<Channel>,
+    made: Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    for (pod, id) in made {
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .context("StopContainer")?;
+        rt.remove_container(RemoveContainerRequest { container_id: id })
+            .await
+            .context("RemoveContainer")?;
+        rt.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .context("StopPodSandbox")?;
+        rt.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .context("RemovePodSandbox")?;
+    }
+    Ok(())
 }
 
 async fn timed<T, F: Future<Output = Result<T, tonic::Status>>>(
@@ -166,6 +268,7 @@ fn memory_line(label: &str, options: &Options) -> String {
 }
 
 pub async fn run(client: &Client, options: Options) -> anyhow::Result<()> {
+    anyhow::ensure!(options.parallel >= 1, "--parallel must be at least 1");
     let mut rt = client.runtime();
     let names = [
         "RunPodSandbox",
@@ -255,62 +358,73 @@ pub async fn run(client: &Client, options: Options) -> anyhow::Result<()> {
         .collect();
     println!("  {}", Samples(start_path).line("pod+create+start"));
 
-    // Many pods, one container each, back to back.
+    // Many pods, one container each: back to back from one client, or split over several
+    // clients at once (each its own RuntimeService client on the same channel).
+    let container = container_config(&options);
     let started = Instant::now();
-    let mut made = Vec::new();
-    for i in 0..options.pods {
-        let name = format!("many-{i}");
-        let pod = rt
-            .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod_config(&name)),
-                runtime_handler: String::new(),
-            })
-            .await?
-            .into_inner()
-            .pod_sandbox_id;
-        let id = rt
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(container_config(&options)),
-                sandbox_config: Some(pod_config(&name)),
-            })
-            .await?
-            .into_inner()
-            .container_id;
-        rt.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await?;
-        made.push((pod, id));
-    }
-    let elapsed = started.elapsed();
-    println!(
-        "{} pods with one container each, started back to back: {:.1} ms ({:.1} ms per pod)",
-        options.pods,
-        elapsed.as_secs_f64() * 1e3,
-        elapsed.as_secs_f64() * 1e3 / options.pods.max(1) as f64
-    );
+    let shares = if options.parallel == 1 {
+        let share = start_share(client.runtime(), container, "many".into(), options.pods).await?;
+        let elapsed = started.elapsed();
+        println!(
+            "{} pods with one container each, started back to back: {:.1} ms ({:.1} ms per pod)",
+            options.pods,
+            elapsed.as_secs_f64() * 1e3,
+            elapsed.as_secs_f64() * 1e3 / options.pods.max(1) as f64
+        );
+        vec![share]
+    } else {
+        // No more clients than pods: each client starts at least one.
+        let clients = options.parallel.min(options.pods).max(1);
+        let mut tasks = JoinSet::new();
+        for task in 0..clients {
+            let count = options.pods / clients + usize::from(task < options.pods % clients);
+            tasks.spawn(start_share(
+                client.runtime(),
+                container.clone(),
+                format!("par-{task}"),
+                count,
+            ));
+        }
+        let mut shares = Vec::with_capacity(clients);
+        while let Some(joined) = tasks.join_next().await {
+            shares.push(joined.context("a bench client task")??);
+        }
+        let elapsed = shares
+            .iter()
+            .map(|s| s.done)
+            .max()
+            .unwrap_or(started)
+            .saturating_duration_since(started);
+        let times = Samples(
+            shares
+                .iter()
+                .flat_map(|s| s.times.iter().copied())
+                .collect(),
+        );
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!(
+            "{} pods with one container each, {} clients in parallel: {:.1} ms ({:.1} ms per pod; \
+             per-pod start p50 {:.1} ms, p99 {:.1} ms)",
+            options.pods,
+            clients,
+            ms(elapsed),
+            ms(elapsed) / options.pods.max(1) as f64,
+            ms(times.quantile(0.5)),
+            ms(times.quantile(0.99))
+        );
+        shares
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
     println!(
         "{}",
         memory_line(&format!("{} containers:", options.pods), &options)
     );
-    for (pod, id) in made {
-        rt.stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 0,
-        })
-        .await?;
-        rt.remove_container(RemoveContainerRequest { container_id: id })
-            .await?;
-        rt.stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await?;
-        rt.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await?;
+    let mut tasks = JoinSet::new();
+    for share in shares {
+        tasks.spawn(remove_share(client.runtime(), share.made));
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a bench client task")??;
     }
     Ok(())
 }

@@ -278,7 +278,7 @@ enum Command {
         /// Rounds of run/create/start/stop/remove for the latency figures
         #[arg(long, default_value = "20")]
         iterations: usize,
-        /// Pods (one container each) started back to back
+        /// Pods (one container each) started back to back, or by --parallel clients
         #[arg(long, default_value = "50")]
         pods: usize,
         /// The daemon's pid, to report its memory
@@ -290,6 +290,10 @@ enum Command {
         /// Run the containers under the runtime's default seccomp profile (RuntimeDefault)
         #[arg(long)]
         seccomp_default: bool,
+        /// Clients starting the --pods pods at once, each its share one after another, as a
+        /// kubelet syncing many pods does (1: one client, back to back)
+        #[arg(long, default_value = "1")]
+        parallel: usize,
     },
     /// Remove pod sandboxes
     Rmp {
@@ -506,6 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon_pid,
             helper_match,
             seccomp_default,
+            parallel,
         } => {
             let options = bench::Options {
                 image,
@@ -514,6 +519,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 daemon_pid,
                 helper_match,
                 seccomp_default,
+                parallel,
             };
             bench::run(&client, options).await
         }

@@ -388,6 +388,28 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
     dirs.into_iter().filter(|d| d.is_dir()).collect()
 }
 
+/// The cgroup of pod `id`, relative to the hierarchies' roots.
+pub fn pod_cgroup(daemon: &Daemon, id: &str) -> String {
+    format!("{}/pod-{id}", daemon.cgroup_parent)
+}
+
+/// Nothing of pod `id` is left: no record, no pins, no mounts, no cgroup.
+#[track_caller]
+pub fn assert_pod_gone(daemon: &Daemon, id: &str) {
+    assert!(
+        !daemon.root.join("sandboxes").join(id).exists(),
+        "record left"
+    );
+    assert!(
+        !daemon.state_dir.join("sandboxes").join(id).exists(),
+        "pins left"
+    );
+    let mounts = mounts_below(&daemon.state_dir.join("sandboxes").join(id));
+    assert!(mounts.is_empty(), "mounts left: {mounts:?}");
+    let cgroups = cgroup_dirs(&pod_cgroup(daemon, id));
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
+}
+
 /// Removes cgroup `rel` and everything below it, deepest first, in every hierarchy.
 pub fn remove_cgroup_tree(rel: &str) {
     for top in cgroup_dirs(rel) {

@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+pub use crate::sys::bpf::Insn;
+
 /// The kind of device a rule covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
@@ -114,27 +116,6 @@ pub const DEFAULT_RULES: &[DeviceRule] = &[
     DeviceRule::char(5, Some(2)),
     DeviceRule::char(136, None),
 ];
-
-/// One eBPF instruction, as the kernel takes it (`struct bpf_insn`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    pub code: u8,
-    /// dst_reg in the low nibble, src_reg in the high one.
-    pub regs: u8,
-    pub off: i16,
-    pub imm: i32,
-}
-
-impl Insn {
-    /// The 8 bytes the kernel reads.
-    pub fn to_bytes(self) -> [u8; 8] {
-        let off = self.off.to_ne_bytes();
-        let imm = self.imm.to_ne_bytes();
-        [
-            self.code, self.regs, off[0], off[1], imm[0], imm[1], imm[2], imm[3],
-        ]
-    }
-}
 
 // The opcodes the program uses (linux/bpf.h, linux/bpf_common.h).
 const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
@@ -323,5 +304,47 @@ mod tests {
         }
         let bytes = insn(LDX_W, 2, 1, 4, 0).to_bytes();
         assert_eq!(bytes[..4], [0x61, 0x12, 4, 0]);
+    }
+
+    /// On the real kernel (as root): a shell in a cgroup with the default filter opens
+    /// /dev/null and is refused /dev/kmsg.
+    #[test]
+    fn the_default_filter_holds_on_the_real_kernel() {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && !p.join("tasks").exists())
+            .expect("a cgroup v2 hierarchy (unified or hybrid) to attach to");
+        let dir = root.join(format!("strata-bpf-test-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let attached = crate::sys::bpf::attach_device_filter(&dir, &program(DEFAULT_RULES));
+        let out = attached.as_ref().ok().map(|()| {
+            std::process::Command::new("/bin/sh")
+                .arg("-c")
+                .arg(format!(
+                    "echo $$ > {}/cgroup.procs || exit 1; (exec 3</dev/null) && echo null; \
+                     (exec 3</dev/kmsg) 2>/dev/null && echo kmsg; echo done",
+                    dir.display()
+                ))
+                .output()
+                .unwrap()
+        });
+        // The shell has exited: its cgroup can go.
+        let mut removed = std::fs::remove_dir(&dir);
+        for _ in 0..100 {
+            if removed.is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            removed = std::fs::remove_dir(&dir);
+        }
+        attached.unwrap();
+        removed.unwrap();
+        let out = out.unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "null\ndone\n",
+            "{out:?}"
+        );
     }
 }

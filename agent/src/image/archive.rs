@@ -604,7 +604,7 @@ impl ImageStore {
                     .as_ref()
                     .and_then(|c| c.user.clone())
                     .unwrap_or_default(),
-                stored_at: super::now_nanos(),
+                stored_at: crate::clock::now_nanos(),
             });
         }
         self.content.sync()?;

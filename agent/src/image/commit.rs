@@ -271,7 +271,7 @@ impl ImageStore {
         self.unpack_stored(&layer_digest, &diff_id, manifest::Compression::Gzip)?;
 
         // The config: the parent's, plus the layer and a history entry.
-        let now = crate::helper::monitor::rfc3339_nano(std::time::SystemTime::now());
+        let now = crate::clock::rfc3339_nano(std::time::SystemTime::now());
         config["created"] = now.clone().into();
         if !info.author.is_empty() {
             config["author"] = info.author.clone().into();
@@ -343,7 +343,7 @@ impl ImageStore {
                 .user
                 .clone()
                 .unwrap_or_else(|| parent.user.clone()),
-            stored_at: super::now_nanos(),
+            stored_at: crate::clock::now_nanos(),
         };
         let mut records = self.records();
         records.update(|all| super::pull::record_new(all, record))?;

@@ -23,7 +23,7 @@ use std::{
 
 pub use commit::{CommitInfo, ConfigChanges};
 pub use digest::Digest;
-pub use pull::{LayerState, Progress, now_nanos};
+pub use pull::{LayerState, Progress};
 pub use push::{BlobState, PushProgress, PushSummary};
 pub use records::{ImageRecord, UserPart};
 pub use registry::Credentials;

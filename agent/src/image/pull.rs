@@ -212,7 +212,7 @@ impl ImageStore {
                 .as_ref()
                 .and_then(|c| c.user.clone())
                 .unwrap_or_default(),
-            stored_at: now_nanos(),
+            stored_at: crate::clock::now_nanos(),
         };
         self.content.sync()?;
         self.layers.sync()?;
@@ -573,10 +573,4 @@ pub(super) fn record_new(all: &mut Vec<ImageRecord>, new: ImageRecord) {
         }
         None => all.push(new),
     }
-}
-
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }

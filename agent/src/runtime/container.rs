@@ -9,12 +9,15 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    caps,
-    sandbox::{NamespaceMode, Sandbox},
-    spec::{self, Capabilities, Linux, Mount, Namespace, Process, Root, Spec, Strata, User},
+use super::sandbox::{NamespaceMode, Sandbox};
+use crate::{
+    cgroup,
+    image::UserPart,
+    oci::{
+        caps,
+        spec::{self, Capabilities, Linux, Mount, Namespace, Process, Root, Spec, Strata, User},
+    },
 };
-use crate::{cgroup, image::UserPart};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -1,7 +1,6 @@
 //! Container operations of the runtime: create, start, stop, remove, status, list.
 
 use std::{
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
@@ -17,10 +16,9 @@ use super::{
 };
 use crate::{
     cgroup::devices::{Access, DEFAULT_RULES, DeviceKind, DeviceRule},
-    helper::monitor::Exit,
-    runtime::spec::Device,
-    state,
-    sys::rootdir::RootDir,
+    oci::{self, Exit, Helper, Message, spec::Device},
+    rootfs, state,
+    sys::{rootdir::RootDir, watch::Watched},
 };
 
 /// How long a container's init may take to set up before CreateContainer gives up.
@@ -49,29 +47,32 @@ impl Runtime {
     }
 
     fn save_container(&self, c: &Container) -> Result<()> {
-        let path = self.containers_dir.join(&c.id).join("state.json");
-        let bytes = serde_json::to_vec_pretty(c).map_err(|source| Error::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        state::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
+        save_record(&self.containers_dir.join(&c.id).join("state.json"), c)
     }
 
-    /// Brings a record up to date with what the monitor recorded.
-    fn refresh(&self, c: &mut Container) {
+    /// Brings a record up to date with what the monitor recorded, in memory only (the
+    /// caller may hold the containers lock): what it returns is to be [`settle`]d once the
+    /// lock is released.
+    ///
+    /// [`settle`]: Runtime::settle
+    fn refresh(&self, c: &mut Container) -> Refreshed {
         if c.state == ContainerState::Exited {
-            return;
+            return Refreshed::Unchanged;
         }
         let layout = self.container_layout(&c.id);
         let Ok(bytes) = std::fs::read(layout.exit_file()) else {
+            let mut changed = Refreshed::Unchanged;
             if c.state == ContainerState::Created && layout.started().exists() {
                 c.state = ContainerState::Running;
+                changed = Refreshed::Changed;
             }
-            self.check_monitor(c, &layout);
-            return;
+            if self.monitor_is_gone(c, &layout) {
+                return Refreshed::Orphaned;
+            }
+            return changed;
         };
         let Ok(exit) = serde_json::from_slice::<Exit>(&bytes) else {
-            return;
+            return Refreshed::Unchanged;
         };
         c.state = ContainerState::Exited;
         c.finished_at = exit.finished_at;
@@ -83,40 +84,106 @@ impl Runtime {
             (None, false, 0) => ("Completed".into(), String::new()),
             (None, false, _) => ("Error".into(), String::new()),
         };
-        if let Err(e) = self.save_container(c) {
-            tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
-        }
+        Refreshed::Changed
     }
 
-    /// A container whose monitor died (killed, OOM-killed) has no one to record its exit or
-    /// write its log: its processes are killed and it is reported exited, its status
-    /// unknown, so that it can be stopped and removed like any other.
-    fn check_monitor(&self, c: &mut Container, layout: &Layout) {
+    /// A container whose monitor died (killed, OOM-killed, a reboot) has no one to record
+    /// its exit or write its log: it is reported exited, its status unknown, so that it
+    /// can be stopped and removed like any other; [`settle`](Runtime::settle) kills what is
+    /// left of it.
+    fn monitor_is_gone(&self, c: &mut Container, layout: &Layout) -> bool {
         let Some((pid, started)) = c.monitor else {
-            return;
+            return false;
         };
         if crate::sys::process::start_time(pid) == Some(started) {
-            return;
+            return false;
         }
         // It may have recorded the exit just before it went.
         if layout.exit_file().exists() {
-            return;
-        }
-        if let Ok(cgroup) = self.cgroups.cgroup(&c.cgroup)
-            && let Err(e) = cgroup.kill_all()
-        {
-            tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
+            return false;
         }
         tracing::warn!(container = %c.id, monitor = pid, "the container's monitor died");
         c.state = ContainerState::Exited;
-        c.finished_at = crate::image::now_nanos();
+        c.finished_at = crate::clock::now_nanos();
         c.exit_code = 255;
         c.pid = None;
         c.reason = "Error".into();
         c.message = "the container's monitor died; its exit status is unknown".into();
-        if let Err(e) = self.save_container(c) {
-            tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
+        true
+    }
+
+    /// Persists what [`refresh`](Runtime::refresh) found, outside every lock and off the
+    /// async threads: fsynced records, and the processes of orphaned containers killed.
+    async fn settle(&self, changed: Vec<(Container, Refreshed)>) {
+        if changed.is_empty() {
+            return;
         }
+        let work: Vec<_> = changed
+            .into_iter()
+            .filter(|(_, r)| *r != Refreshed::Unchanged)
+            .map(|(c, r)| {
+                let cgroup = (r == Refreshed::Orphaned)
+                    .then(|| self.cgroups.cgroup(&c.cgroup).ok())
+                    .flatten();
+                (
+                    self.containers_dir.join(&c.id).join("state.json"),
+                    c,
+                    cgroup,
+                )
+            })
+            .collect();
+        let done = tokio::task::spawn_blocking(move || {
+            for (path, c, cgroup) in work {
+                if let Some(cgroup) = cgroup
+                    && let Err(e) = cgroup.kill_all()
+                {
+                    tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
+                }
+                if let Err(e) = save_record(&path, &c) {
+                    tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "cannot record container states");
+        }
+    }
+
+    /// At start-up: every container brought up to date with the machine before the first
+    /// call (exits recorded while the daemon was down; containers whose monitor is gone are
+    /// exited and what is left of them killed).
+    pub(super) fn reconcile_containers(&self) {
+        // Nothing else can hold the lock before the runtime is handed out.
+        let Ok(mut containers) = self.containers.try_lock() else {
+            return;
+        };
+        for c in containers.values_mut() {
+            let refreshed = self.refresh(c);
+            if refreshed == Refreshed::Orphaned
+                && let Ok(cgroup) = self.cgroups.cgroup(&c.cgroup)
+                && let Err(e) = cgroup.kill_all()
+            {
+                tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
+            }
+            if refreshed != Refreshed::Unchanged
+                && let Err(e) = self.save_container(c)
+            {
+                tracing::warn!(container = %c.id, error = %e, "cannot record a container's state");
+            }
+        }
+    }
+
+    /// The lock of one container's operations (start, stop, remove): two of them on the
+    /// same container wait for each other, on different containers never.
+    async fn op_lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
+            // Locks of removed containers go when nothing holds them.
+            locks.retain(|_, l| Arc::strong_count(l) > 1);
+            Arc::clone(locks.entry(id.to_string()).or_default())
+        };
+        lock.lock_owned().await
     }
 
     pub async fn create_container(
@@ -197,7 +264,7 @@ impl Runtime {
             image_id: image.id.clone(),
             diff_ids: image.diff_ids.clone(),
             state: ContainerState::Created,
-            created_at: crate::image::now_nanos(),
+            created_at: crate::clock::now_nanos(),
             started_at: 0,
             finished_at: 0,
             exit_code: 0,
@@ -286,7 +353,9 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         }
-        self.write_init_layer(&layout.init(), &sandbox.id, &spec)?;
+        let init = layout.init();
+        rootfs::write_init_layer(&init, &self.sandbox_dir(&sandbox.id), &spec)
+            .map_err(io_err("cannot write the init layer", &init))?;
         spec.strata.seccomp = write_seccomp(&self.seccomp, &c, &spec, layout)?;
         let cgroup = self.cgroups.create(&c.cgroup)?;
         let mut resources = c.spec.resources.clone();
@@ -319,36 +388,6 @@ impl Runtime {
         Ok(c)
     }
 
-    /// The init layer: the pod's hosts, hostname and resolv.conf, and every mount point, so
-    /// none of them is ever written to the container's read-write layer.
-    fn write_init_layer(&self, init: &Path, pod_id: &str, spec: &super::spec::Spec) -> Result<()> {
-        let root = RootDir::open(init).map_err(io_err("cannot open", init))?;
-        let pod_dir = self.sandbox_dir(pod_id);
-        std::fs::create_dir_all(init.join("etc")).map_err(io_err("cannot create", init))?;
-        for name in ["hosts", "hostname", "resolv.conf"] {
-            let target = init.join("etc").join(name);
-            std::fs::copy(pod_dir.join(name), &target).map_err(io_err("cannot write", &target))?;
-            // Readable by every user the container may run as (the pod's copies are 0600).
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))
-                .map_err(io_err("cannot write", &target))?;
-        }
-        for m in &spec.mounts {
-            let dest = Path::new(&m.destination);
-            let is_file =
-                m.kind == "bind" && Path::new(&m.source).metadata().is_ok_and(|md| !md.is_dir());
-            let made = if is_file {
-                root.ensure_file(dest)
-            } else {
-                root.ensure_dir(dest)
-            };
-            made.map_err(io_err(
-                "cannot create mount point",
-                &init.join(dest.strip_prefix("/").unwrap_or(dest)),
-            ))?;
-        }
-        Ok(())
-    }
-
     /// Removes a container's directory and cgroup; best effort.
     fn destroy_container(&self, id: &str, cgroup: &str) {
         if let Ok(cg) = self.cgroups.cgroup(cgroup)
@@ -365,41 +404,53 @@ impl Runtime {
     }
 
     pub async fn start_container(&self, id: &str) -> Result<Container> {
-        let mut c = self.container(id).await?;
+        let id = self.container(id).await?.id;
+        let _op = self.op_lock(&id).await;
+        let mut c = self.container(&id).await?;
         if c.state != ContainerState::Created {
             return Err(Error::Precondition(
                 format!("container {} is {:?}, not created", c.id, c.state).to_lowercase(),
             ));
         }
         let layout = self.container_layout(&c.id);
-        let (fifo, exit_file) = (layout.fifo(), layout.exit_file());
-        // Opening the FIFO releases the init; it answers with one byte, then execs.
-        let released = tokio::task::spawn_blocking(move || release_init(&fifo, &exit_file))
-            .await
-            .map_err(|e| Error::Precondition(format!("start task failed: {e}")))?;
-        if let Err(e) = released {
-            return Err(Error::Precondition(format!(
-                "container {} cannot start: {e}",
-                c.id
-            )));
+        // Opening the FIFO releases the init; it says "started" and execs (the FIFO closes
+        // then), or says why it could not.
+        let fifo = layout.fifo();
+        let released = tokio::select! {
+            r = tokio::time::timeout(START_TIMEOUT, release_init(&fifo)) => r,
+            () = monitor_exit(c.monitor) => Ok(Err("the container's init has exited".into())),
+        };
+        let failure = match released {
+            Err(_) => Some(format!(
+                "the container's init did not start within {START_TIMEOUT:?}"
+            )),
+            Ok(Err(e)) => Some(e),
+            Ok(Ok(())) => None,
+        };
+        if failure.is_some() {
+            // The monitor records why; give it the time to.
+            wait_exit(&layout, c.monitor, KILL_TIMEOUT).await;
         }
-        let deadline = Instant::now() + START_TIMEOUT;
-        while !layout.started().exists()
-            && !layout.exit_file().exists()
-            && Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        c.started_at = crate::image::now_nanos();
+        c.started_at = crate::clock::now_nanos();
         c.state = ContainerState::Running;
-        self.refresh(&mut c);
+        let refreshed = self.refresh(&mut c);
         self.save_container(&c)?;
-        let mut containers = self.containers.lock().await;
-        containers.insert(c.id.clone(), c.clone());
+        self.containers.lock().await.insert(c.id.clone(), c.clone());
+        if refreshed == Refreshed::Orphaned {
+            self.settle(vec![(c.clone(), refreshed)]).await;
+        }
         if c.reason == "StartError" {
             return Err(Error::Precondition(format!(
                 "container {} failed to start: {}",
                 c.id, c.message
+            )));
+        }
+        if let Some(e) = failure
+            && c.state != ContainerState::Exited
+        {
+            return Err(Error::Precondition(format!(
+                "container {} cannot start: {e}",
+                c.id
             )));
         }
         Ok(c)
@@ -407,6 +458,13 @@ impl Runtime {
 
     /// Stops a container: its stop signal, then SIGKILL after `timeout`. Idempotent.
     pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<Container> {
+        let id = self.container(id).await?.id;
+        let _op = self.op_lock(&id).await;
+        self.stop_locked(&id, timeout).await
+    }
+
+    /// [`stop_container`](Runtime::stop_container), under the container's operation lock.
+    async fn stop_locked(&self, id: &str, timeout: Duration) -> Result<Container> {
         let mut c = self.container(id).await?;
         let cgroup = self.cgroups.cgroup(&c.cgroup)?;
         if c.state == ContainerState::Exited {
@@ -419,7 +477,7 @@ impl Runtime {
             if !timeout.is_zero() && c.state == ContainerState::Running {
                 let signal = stop_signal(&c.stop_signal);
                 signal_init(pid, &cgroup, signal, &layout);
-                wait_exit(&layout, timeout).await;
+                wait_exit(&layout, c.monitor, timeout).await;
             }
             if !layout.exit_file().exists() {
                 // A container that owns its PID namespace dies with its init; one that does
@@ -429,7 +487,7 @@ impl Runtime {
                 } else {
                     kill_cgroup(&cgroup).await?;
                 }
-                if !wait_exit(&layout, KILL_TIMEOUT).await {
+                if !wait_exit(&layout, c.monitor, KILL_TIMEOUT).await {
                     return Err(Error::Precondition(format!(
                         "container {} did not die after SIGKILL",
                         c.id
@@ -438,8 +496,9 @@ impl Runtime {
             }
         }
         kill_cgroup(&cgroup).await?;
-        self.refresh(&mut c);
+        let refreshed = self.refresh(&mut c);
         self.containers.lock().await.insert(c.id.clone(), c.clone());
+        self.settle(vec![(c.clone(), refreshed)]).await;
         Ok(c)
     }
 
@@ -450,7 +509,13 @@ impl Runtime {
             Err(Error::ContainerNotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
-        let c = self.stop_container(&c.id, Duration::ZERO).await?;
+        let _op = self.op_lock(&c.id).await;
+        let c = match self.stop_locked(&c.id, Duration::ZERO).await {
+            Ok(c) => c,
+            // Removed meanwhile by another call.
+            Err(Error::ContainerNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
         self.cgroups.cgroup(&c.cgroup)?.remove()?;
         let dir = self.containers_dir.join(&c.id);
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
@@ -485,15 +550,22 @@ impl Runtime {
         let c = containers
             .get_mut(&key)
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
-        self.refresh(c);
-        Ok(c.clone())
+        let refreshed = self.refresh(c);
+        let c = c.clone();
+        drop(containers);
+        self.settle(vec![(c.clone(), refreshed)]).await;
+        Ok(c)
     }
 
     pub async fn containers(&self, filter: &ContainerFilter) -> Vec<Container> {
         let mut containers = self.containers.lock().await;
         let mut out = Vec::new();
+        let mut changed = Vec::new();
         for c in containers.values_mut() {
-            self.refresh(c);
+            let refreshed = self.refresh(c);
+            if refreshed != Refreshed::Unchanged {
+                changed.push((c.clone(), refreshed));
+            }
             let keep = filter
                 .id
                 .as_ref()
@@ -511,6 +583,8 @@ impl Runtime {
                 out.push(c.clone());
             }
         }
+        drop(containers);
+        self.settle(changed).await;
         out
     }
 
@@ -540,38 +614,19 @@ fn read_image_file(layers: &[PathBuf], rel: &str) -> String {
     String::new()
 }
 
-/// Starts `stratad __monitor DIR` and waits for its "ready <pid>" line.
-/// Gives a helper its container's directory on stdin, then EOF: in argv it would be a host
-/// path every container sharing the PID namespace can read.
-async fn send_dir(stdin: Option<tokio::process::ChildStdin>, dir: &Path) -> Result<()> {
-    use tokio::io::AsyncWriteExt as _;
-    let Some(mut stdin) = stdin else {
-        return Ok(());
-    };
-    let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
-    line.push(b'\n');
-    stdin
-        .write_all(&line)
-        .await
-        .map_err(io_err("cannot start a helper for", dir))
-}
-
-/// Starts the container's monitor; returns the init's pid and the monitor's.
+/// Starts the container's monitor and waits for its `ready` (with the init's pid) or its
+/// failure; returns the init's pid and the monitor's.
 async fn spawn_monitor(dir: &Path) -> Result<(u32, u32)> {
-    let exe = crate::sys::selfexe::helper_binary()
-        .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
-    let mut child = tokio::process::Command::new(exe)
-        .arg0("stratad")
-        .arg(crate::helper::monitor::MONITOR)
-        .stdin(std::process::Stdio::piped())
+    let mut child = oci::helper_command(Helper::Monitor)
+        .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        // Its own process group: signals to the daemon's group do not reach containers.
-        .process_group(0)
         .spawn()
         .map_err(io_err("cannot start the monitor for", dir))?;
     let monitor = child.id().unwrap_or_default();
-    send_dir(child.stdin.take(), dir).await?;
+    oci::send_dir(child.stdin.take(), dir)
+        .await
+        .map_err(io_err("cannot start a helper for", dir))?;
     let stdout = child
         .stdout
         .take()
@@ -591,42 +646,74 @@ async fn spawn_monitor(dir: &Path) -> Result<(u32, u32)> {
             "the container's init did not get ready within {CREATE_TIMEOUT:?}"
         ))),
         Ok(Err(e)) => Err(io_err("cannot read from the monitor of", dir)(e)),
-        Ok(Ok(_)) => {
-            let line = line.trim();
-            if let Some(pid) = line.strip_prefix("ready ").and_then(|p| p.parse().ok()) {
-                Ok((pid, monitor))
-            } else {
-                Err(Error::CreateFailed(
-                    line.strip_prefix("error: ").unwrap_or(line).to_string(),
-                ))
+        Ok(Ok(0)) => Err(Error::CreateFailed(
+            "the container's monitor exited without a word".into(),
+        )),
+        Ok(Ok(_)) => match oci::parse(&line) {
+            Ok(Message::Ready { pid: Some(pid) }) => Ok((pid, monitor)),
+            Ok(Message::Failure { stage, message }) => {
+                tracing::debug!(?stage, %message, "the container's init failed");
+                Err(Error::CreateFailed(message))
             }
-        }
+            Ok(other) => Err(Error::CreateFailed(format!(
+                "unexpected {other:?} from the container's monitor"
+            ))),
+            Err(e) => Err(Error::CreateFailed(e.to_string())),
+        },
     }
 }
 
-/// Opens the start FIFO (the init is blocked opening its other end) and reads its byte.
-fn release_init(fifo: &Path, exit_file: &Path) -> std::io::Result<()> {
-    use std::io::Read;
-    let mut file = std::fs::OpenOptions::new()
+/// Opens the start FIFO (the init is blocked opening its other end, which releases it)
+/// and reads what the init says until end of file: `started`, then the end at its exec;
+/// or a failure. Event-driven: a FIFO no writer has opened yet is not readable.
+async fn release_init(fifo: &Path) -> std::result::Result<(), String> {
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
-        .open(fifo)?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    let mut byte = [0u8; 1];
+        .open(fifo)
+        .map_err(|e| format!("opening {}: {e}", fifo.display()))?;
+    let watched =
+        Watched::new(file.into()).map_err(|e| format!("watching {}: {e}", fifo.display()))?;
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
     loop {
-        match file.read(&mut byte) {
-            Ok(1) => return Ok(()),
-            Ok(_) | Err(_) if exit_file.exists() => {
-                return Err(std::io::Error::other("the container's init has exited"));
-            }
-            Ok(_) | Err(_) if Instant::now() > deadline => {
-                return Err(std::io::Error::other(
-                    "the container's init is not waiting to start",
-                ));
-            }
-            _ => std::thread::sleep(Duration::from_millis(1)),
+        match watched.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => said.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("reading {}: {e}", fifo.display())),
         }
     }
+    let text = String::from_utf8_lossy(&said);
+    let mut started = false;
+    for line in text.lines() {
+        match oci::parse(line) {
+            Ok(Message::Started) => started = true,
+            Ok(Message::Failure { message, .. }) => return Err(message),
+            Ok(other) => return Err(format!("unexpected {other:?} from the container's init")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    if started {
+        Ok(())
+    } else {
+        Err("the container's init has exited".into())
+    }
+}
+
+/// Resolves when the monitor `(pid, start time)` has exited (its pidfd turns readable);
+/// never, if it is unknown or not that process any more.
+async fn monitor_exit(monitor: Option<(u32, u64)>) {
+    match watch_monitor(monitor) {
+        Some(watched) => {
+            let _ = watched.readable().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn watch_monitor(monitor: Option<(u32, u64)>) -> Option<Watched> {
+    let (pid, started) = monitor?;
+    Watched::new(crate::sys::process::pidfd_of(pid, started)?).ok()
 }
 
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -660,17 +747,25 @@ fn signal_init(
     });
 }
 
-async fn wait_exit(layout: &Layout, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if layout.exit_file().exists() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// Waits up to `timeout` for the container's exit to be recorded: the monitor records it,
+/// then exits, so its pidfd says when. A container whose monitor is unknown (a record of
+/// an older agent) is checked every few milliseconds.
+async fn wait_exit(layout: &Layout, monitor: Option<(u32, u64)>, timeout: Duration) -> bool {
+    if layout.exit_file().exists() {
+        return true;
     }
+    match watch_monitor(monitor) {
+        Some(watch) => {
+            let _ = tokio::time::timeout(timeout, watch.readable()).await;
+        }
+        None => {
+            let deadline = Instant::now() + timeout;
+            while !layout.exit_file().exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    layout.exit_file().exists()
 }
 
 /// What an ExecSync produced.
@@ -758,14 +853,14 @@ impl Runtime {
 }
 
 /// A container name being created, held until the create ends either way.
-struct NameReservation<'a> {
+pub(super) struct NameReservation<'a> {
     names: &'a std::sync::Mutex<std::collections::HashSet<String>>,
     name: String,
 }
 
 impl<'a> NameReservation<'a> {
     /// `None` when another create holds the name.
-    fn take(
+    pub(super) fn take(
         names: &'a std::sync::Mutex<std::collections::HashSet<String>>,
         name: String,
     ) -> Option<NameReservation<'a>> {
@@ -792,7 +887,7 @@ impl Drop for NameReservation<'_> {
 fn write_seccomp(
     cache: &crate::seccomp::Cache,
     c: &Container,
-    spec: &super::spec::Spec,
+    spec: &oci::spec::Spec,
     layout: &Layout,
 ) -> Result<Option<PathBuf>> {
     use crate::seccomp::{Choice, Profile, runtime_default};
@@ -880,23 +975,20 @@ async fn run_exec(
     timeout: Duration,
     cancelled: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<ExecOutput> {
-    let exe = crate::sys::selfexe::helper_binary()
-        .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?;
-    let mut child = tokio::process::Command::new(exe)
-        .arg0("stratad")
-        .arg(crate::helper::exec::EXEC)
+    let mut child = oci::helper_command(Helper::Exec)
+        .map_err(io_err("cannot find", Path::new("/proc/self/exe")))?
         .arg(pid.to_string())
         .arg(leaf)
         .arg("--")
         .args(cmd)
-        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(io_err("cannot exec in", dir))?;
-    send_dir(child.stdin.take(), dir).await?;
+    oci::send_dir(child.stdin.take(), dir)
+        .await
+        .map_err(io_err("cannot start a helper for", dir))?;
     // Output goes into buffers the call keeps, so that a reader given up on (a background
     // child still holding the pipe) still leaves what it read.
     let (out, err) = (Arc::default(), Arc::default());
@@ -1081,4 +1173,22 @@ impl Drop for Frozen {
             tracing::error!(error = %e, "cannot thaw a container after a commit");
         }
     }
+}
+
+/// What [`Runtime::refresh`] changed in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refreshed {
+    Unchanged,
+    /// To be saved.
+    Changed,
+    /// Its monitor died: to be saved, and what is left of it killed.
+    Orphaned,
+}
+
+fn save_record(path: &Path, c: &Container) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(c).map_err(|source| Error::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    state::write_atomic(path, &bytes).map_err(io_err("cannot write", path))
 }

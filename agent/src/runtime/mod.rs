@@ -1,11 +1,9 @@
 //! Pods and containers: their records, their namespaces and cgroups. Nothing here knows
 //! about gRPC; the server converts CRI messages to and from these types.
 
-pub mod caps;
 pub mod container;
 mod containers;
 pub mod sandbox;
-pub mod spec;
 
 use std::{
     collections::BTreeMap,
@@ -16,7 +14,12 @@ use container::Container;
 pub use containers::ContainerFilter;
 use sandbox::{NamespaceMode, PodSpec, Sandbox, SandboxState};
 
-use crate::{cgroup, state, sys::mount::is_mount_point};
+use crate::{
+    cgroup,
+    oci::{self, Helper, spec},
+    state,
+    sys::mount::is_mount_point,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -98,6 +101,11 @@ pub struct Runtime {
     seccomp: crate::seccomp::Cache,
     /// Names (`<pod>/<name>_<attempt>`) of containers being created.
     creating: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Full names of pods being created.
+    creating_pods: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Per-container operation locks (see `op_lock`).
+    op_locks:
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Runtime {
@@ -168,7 +176,7 @@ impl Runtime {
                 Err(e) => return Err(io_err("cannot read", &record)(e)),
             }
         }
-        Ok(Runtime {
+        let runtime = Runtime {
             records,
             pins,
             cgroups,
@@ -181,7 +189,11 @@ impl Runtime {
             rlimits: Vec::new(),
             seccomp: crate::seccomp::Cache::default(),
             creating: Default::default(),
-        })
+            creating_pods: Default::default(),
+            op_locks: Default::default(),
+        };
+        runtime.reconcile_containers();
+        Ok(runtime)
     }
 
     pub fn set_pids_limit(&mut self, limit: i64) {
@@ -226,16 +238,26 @@ impl Runtime {
 
     pub async fn run_pod(&self, spec: PodSpec) -> Result<Sandbox> {
         validate(&spec)?;
-        let mut sandboxes = self.sandboxes.lock().await;
-        if let Some(existing) = sandboxes
-            .values()
-            .find(|s| s.spec.full_name() == spec.full_name())
-        {
-            return Err(Error::SandboxExists {
-                name: spec.full_name(),
-                id: existing.id.clone(),
-            });
-        }
+        // The name is reserved under the lock; the pod is built without it (namespaces
+        // pinned, the PID holder spawned), so that no other call waits for it.
+        let _reserved = {
+            let sandboxes = self.sandboxes.lock().await;
+            if let Some(existing) = sandboxes
+                .values()
+                .find(|s| s.spec.full_name() == spec.full_name())
+            {
+                return Err(Error::SandboxExists {
+                    name: spec.full_name(),
+                    id: existing.id.clone(),
+                });
+            }
+            containers::NameReservation::take(&self.creating_pods, spec.full_name()).ok_or(
+                Error::SandboxExists {
+                    name: spec.full_name(),
+                    id: "(being created)".into(),
+                },
+            )?
+        };
         let id = new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;
         let parent = if spec.cgroup_parent.is_empty() {
             self.cgroup_parent.clone()
@@ -246,7 +268,7 @@ impl Runtime {
             cgroup: format!("{parent}/pod-{id}"),
             id: id.clone(),
             state: SandboxState::Ready,
-            created_at: crate::image::now_nanos(),
+            created_at: crate::clock::now_nanos(),
             namespaces: BTreeMap::new(),
             shm: None,
             pid_holder: None,
@@ -255,7 +277,7 @@ impl Runtime {
         };
         match self.create(sandbox).await {
             Ok(sandbox) => {
-                sandboxes.insert(id, sandbox.clone());
+                self.sandboxes.lock().await.insert(id, sandbox.clone());
                 Ok(sandbox)
             }
             Err((e, partial)) => {
@@ -598,10 +620,8 @@ async fn pin_namespaces(
     kinds: &[&str],
     sysctls: &BTreeMap<String, String>,
 ) -> Result<()> {
-    let exe = crate::sys::selfexe::helper_binary()
-        .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?;
-    let output = tokio::process::Command::new(exe)
-        .arg(crate::helper::PINNS)
+    let output = oci::helper_command(Helper::Pinns)
+        .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?
         .arg(dir)
         .arg(hostname)
         .args(kinds)
@@ -629,13 +649,9 @@ async fn pin_namespaces(
 /// Starts `stratad __pidns` and returns the holder's pid. Its command line names no host
 /// path: every container of the pod can read it as `/proc/1/cmdline`.
 async fn spawn_pid_holder() -> Result<u32> {
-    let exe = crate::sys::selfexe::helper_binary()
-        .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?;
-    let output = tokio::process::Command::new(exe)
-        .arg0("stratad")
-        .arg(crate::helper::pidns::PIDNS)
+    let output = oci::helper_command(Helper::Pidns)
+        .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?
         .stdin(std::process::Stdio::null())
-        .process_group(0)
         .output()
         .await
         .map_err(|e| Error::Namespaces(format!("running the PID namespace holder: {e}")))?;

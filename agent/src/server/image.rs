@@ -216,7 +216,7 @@ impl ImageService for Images {
             .map_err(|e| Status::internal(format!("usage task failed: {e}")))?;
         Ok(Response::new(ImageFsInfoResponse {
             image_filesystems: vec![FilesystemUsage {
-                timestamp: crate::image::now_nanos(),
+                timestamp: crate::clock::now_nanos(),
                 fs_id: Some(FilesystemIdentifier {
                     mountpoint: self.ctx.images.root().display().to_string(),
                 }),

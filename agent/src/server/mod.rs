@@ -2,7 +2,7 @@
 //! nowhere below.
 
 pub mod authority;
-mod container;
+mod convert;
 mod image;
 pub mod listener;
 mod runtime;

@@ -11,131 +11,14 @@ use strata_api::cri::{
 };
 use tonic::{Request, Response, Status};
 
-use super::Context;
-use crate::runtime::{
-    SandboxFilter,
-    sandbox::{Dns, NamespaceMode, PodSpec, Sandbox, SandboxState},
+use super::{
+    Context,
+    convert::{
+        container as container_convert,
+        pod::{cri_pod, cri_pod_status, pod_spec, resources, sandbox_filter},
+    },
 };
-
-pub(super) fn ns_mode(mode: i32) -> NamespaceMode {
-    match cri::NamespaceMode::try_from(mode) {
-        Ok(cri::NamespaceMode::Container) => NamespaceMode::Container,
-        Ok(cri::NamespaceMode::Node) => NamespaceMode::Node,
-        Ok(cri::NamespaceMode::Target) => NamespaceMode::Target,
-        _ => NamespaceMode::Pod,
-    }
-}
-
-fn cri_ns_mode(mode: NamespaceMode) -> i32 {
-    (match mode {
-        NamespaceMode::Pod => cri::NamespaceMode::Pod,
-        NamespaceMode::Container => cri::NamespaceMode::Container,
-        NamespaceMode::Node => cri::NamespaceMode::Node,
-        NamespaceMode::Target => cri::NamespaceMode::Target,
-    }) as i32
-}
-
-/// CRI's pod config → the runtime's pod spec.
-fn pod_spec(config: cri::PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Status> {
-    let metadata = config
-        .metadata
-        .ok_or_else(|| Status::invalid_argument("pod sandbox config has no metadata"))?;
-    let linux = config.linux.unwrap_or_default();
-    let ns = linux
-        .security_context
-        .and_then(|s| s.namespace_options)
-        .unwrap_or_default();
-    Ok(PodSpec {
-        name: metadata.name,
-        uid: metadata.uid,
-        namespace: metadata.namespace,
-        attempt: metadata.attempt,
-        hostname: config.hostname,
-        log_directory: config.log_directory,
-        dns: config.dns_config.map(|d| Dns {
-            servers: d.servers,
-            searches: d.searches,
-            options: d.options,
-        }),
-        labels: config.labels.into_iter().collect(),
-        annotations: config.annotations.into_iter().collect(),
-        cgroup_parent: linux.cgroup_parent,
-        sysctls: linux.sysctls.into_iter().collect(),
-        network: ns_mode(ns.network),
-        ipc: ns_mode(ns.ipc),
-        pid: ns_mode(ns.pid),
-        runtime_handler,
-        resources: linux.resources.map(resources).unwrap_or_default(),
-    })
-}
-
-/// CRI's resources (0 or empty meaning "not set") → cgroup limits.
-pub fn resources(r: cri::LinuxContainerResources) -> crate::cgroup::Resources {
-    let positive = |v: i64| (v != 0).then_some(v);
-    crate::cgroup::Resources {
-        memory_limit: positive(r.memory_limit_in_bytes),
-        memory_swap_limit: positive(r.memory_swap_limit_in_bytes),
-        cpu_shares: (r.cpu_shares != 0).then_some(r.cpu_shares.max(0) as u64),
-        cpu_quota: positive(r.cpu_quota),
-        cpu_period: (r.cpu_period != 0).then_some(r.cpu_period.max(0) as u64),
-        cpuset_cpus: Some(r.cpuset_cpus).filter(|s| !s.is_empty()),
-        cpuset_mems: Some(r.cpuset_mems).filter(|s| !s.is_empty()),
-        pids_limit: None,
-        unified: r.unified.into_iter().collect(),
-    }
-}
-
-fn cri_state(state: SandboxState) -> i32 {
-    (match state {
-        SandboxState::Ready => cri::PodSandboxState::SandboxReady,
-        SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
-    }) as i32
-}
-
-fn cri_metadata(spec: &PodSpec) -> cri::PodSandboxMetadata {
-    cri::PodSandboxMetadata {
-        name: spec.name.clone(),
-        uid: spec.uid.clone(),
-        namespace: spec.namespace.clone(),
-        attempt: spec.attempt,
-    }
-}
-
-fn cri_pod(s: &Sandbox) -> cri::PodSandbox {
-    cri::PodSandbox {
-        id: s.id.clone(),
-        metadata: Some(cri_metadata(&s.spec)),
-        state: cri_state(s.state),
-        created_at: s.created_at,
-        labels: s.spec.labels.clone().into_iter().collect(),
-        annotations: s.spec.annotations.clone().into_iter().collect(),
-        runtime_handler: s.spec.runtime_handler.clone(),
-    }
-}
-
-fn cri_pod_status(s: &Sandbox) -> cri::PodSandboxStatus {
-    cri::PodSandboxStatus {
-        id: s.id.clone(),
-        metadata: Some(cri_metadata(&s.spec)),
-        state: cri_state(s.state),
-        created_at: s.created_at,
-        // No pod network yet: a pod has loopback only (or the node's network).
-        network: Some(cri::PodSandboxNetworkStatus::default()),
-        linux: Some(cri::LinuxPodSandboxStatus {
-            namespaces: Some(cri::Namespace {
-                options: Some(cri::NamespaceOption {
-                    network: cri_ns_mode(s.spec.network),
-                    pid: cri_ns_mode(s.spec.pid),
-                    ipc: cri_ns_mode(s.spec.ipc),
-                    ..Default::default()
-                }),
-            }),
-        }),
-        labels: s.spec.labels.clone().into_iter().collect(),
-        annotations: s.spec.annotations.clone().into_iter().collect(),
-        runtime_handler: s.spec.runtime_handler.clone(),
-    }
-}
+use crate::runtime::{SandboxFilter, sandbox::SandboxState};
 
 /// Pods per message of a streamed list.
 const STREAM_CHUNK: usize = 500;
@@ -166,23 +49,6 @@ impl Runtime {
             ..Default::default()
         };
         self.ctx.runtime.containers(&filter).await
-    }
-}
-
-fn sandbox_filter(filter: Option<cri::PodSandboxFilter>) -> SandboxFilter {
-    let Some(filter) = filter else {
-        return SandboxFilter::default();
-    };
-    SandboxFilter {
-        id: Some(filter.id).filter(|id| !id.is_empty()),
-        state: filter.state.map(|s| {
-            if s.state == cri::PodSandboxState::SandboxReady as i32 {
-                SandboxState::Ready
-            } else {
-                SandboxState::NotReady
-            }
-        }),
-        labels: filter.label_selector.into_iter().collect(),
     }
 }
 
@@ -315,7 +181,7 @@ impl RuntimeService for Runtime {
             status: Some(cri_pod_status(&sandbox)),
             info,
             containers_statuses: vec![],
-            timestamp: crate::image::now_nanos(),
+            timestamp: crate::clock::now_nanos(),
         }))
     }
 
@@ -367,8 +233,8 @@ impl RuntimeService for Runtime {
         let config = request
             .config
             .ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
-        let spec = super::container::container_spec(config)?;
-        let image = super::container::image_root(&self.ctx, &spec.image)?;
+        let spec = container_convert::container_spec(config)?;
+        let image = container_convert::image_root(&self.ctx, &spec.image)?;
         // Held from before the container exists, so image removal cannot race its creation.
         let claim = format!(
             "creating-{}",
@@ -414,7 +280,7 @@ impl RuntimeService for Runtime {
             .runtime
             .stop_container(
                 &request.container_id,
-                super::container::stop_timeout(request.timeout),
+                container_convert::stop_timeout(request.timeout),
             )
             .await?;
         Ok(Response::new(cri::StopContainerResponse {}))
@@ -443,9 +309,9 @@ impl RuntimeService for Runtime {
         let request = request.into_inner();
         let c = self.ctx.runtime.container(&request.container_id).await?;
         Ok(Response::new(cri::ContainerStatusResponse {
-            status: Some(super::container::cri_status(&c)),
+            status: Some(container_convert::cri_status(&c)),
             info: if request.verbose {
-                super::container::verbose_info(&c)
+                container_convert::verbose_info(&c)
             } else {
                 HashMap::new()
             },
@@ -456,12 +322,12 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::ListContainersRequest>,
     ) -> Result<Response<cri::ListContainersResponse>, Status> {
-        let filter = super::container::filter(request.into_inner().filter);
+        let filter = container_convert::filter(request.into_inner().filter);
         let containers = self.ctx.runtime.containers(&filter).await;
         Ok(Response::new(cri::ListContainersResponse {
             containers: containers
                 .iter()
-                .map(super::container::cri_container)
+                .map(container_convert::cri_container)
                 .collect(),
         }))
     }
@@ -477,7 +343,7 @@ impl RuntimeService for Runtime {
             .exec_sync(
                 &request.container_id,
                 request.cmd,
-                super::container::stop_timeout(request.timeout),
+                container_convert::stop_timeout(request.timeout),
             )
             .await?;
         Ok(Response::new(cri::ExecSyncResponse {
@@ -497,7 +363,7 @@ impl RuntimeService for Runtime {
             .container(&request.into_inner().container_id)
             .await?;
         Ok(Response::new(cri::ContainerStatsResponse {
-            stats: Some(super::container::container_stats(&self.ctx, &c)),
+            stats: Some(container_convert::container_stats(&self.ctx, &c)),
         }))
     }
 
@@ -516,7 +382,7 @@ impl RuntimeService for Runtime {
         Ok(Response::new(cri::ListContainerStatsResponse {
             stats: containers
                 .iter()
-                .map(|c| super::container::container_stats(&self.ctx, c))
+                .map(|c| container_convert::container_stats(&self.ctx, c))
                 .collect(),
         }))
     }
@@ -532,7 +398,7 @@ impl RuntimeService for Runtime {
             .await?;
         let containers = self.pod_running_containers(&sandbox.id).await;
         Ok(Response::new(cri::PodSandboxStatsResponse {
-            stats: Some(super::container::pod_stats(
+            stats: Some(container_convert::pod_stats(
                 &self.ctx,
                 &sandbox,
                 &containers,
@@ -553,7 +419,7 @@ impl RuntimeService for Runtime {
         let mut stats = Vec::new();
         for sandbox in self.ctx.runtime.pods(&filter).await {
             let containers = self.pod_running_containers(&sandbox.id).await;
-            stats.push(super::container::pod_stats(
+            stats.push(container_convert::pod_stats(
                 &self.ctx,
                 &sandbox,
                 &containers,

@@ -8,6 +8,8 @@ pub mod process;
 pub mod rootdir;
 pub mod seccomp;
 pub mod selfexe;
+pub mod syscall;
+pub mod watch;
 
 use std::{collections::HashSet, os::unix::fs::MetadataExt, path::Path};
 

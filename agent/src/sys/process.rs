@@ -48,3 +48,84 @@ pub fn set_non_dumpable() -> std::io::Result<()> {
         rustix::process::DumpableBehavior::NotDumpable,
     )?)
 }
+
+/// Borrows a raw descriptor number for one call.
+#[allow(unsafe_code)]
+fn borrow_raw(fd: i32) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only for fcntl(F_SETFD), which fails harmlessly on a closed descriptor;
+    // the borrow does not outlive the call.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+/// Marks every descriptor but 0-2 and `keep` close-on-exec, so that what runs next starts
+/// with exactly its standard streams.
+pub fn close_other_fds(keep: &[i32]) -> std::io::Result<()> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // Descriptors that vanished meanwhile (the directory listing's own) are fine.
+            let _ = rustix::io::fcntl_setfd(borrow_raw(fd), rustix::io::FdFlags::CLOEXEC);
+        }
+    }
+    Ok(())
+}
+
+/// Which side of a [`fork`] this is.
+pub enum Forked {
+    Child,
+    Parent(nix::unistd::Pid),
+}
+
+/// Proof that the process was single-threaded when it was checked: helpers take it at
+/// their start (while /proc is still the host's) and never start threads. Not `Send`.
+pub struct SingleThreaded(std::marker::PhantomData<*const ()>);
+
+/// Checks that this process has one thread.
+pub fn single_threaded() -> std::io::Result<SingleThreaded> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse::<u32>().ok());
+    if threads != Some(1) {
+        return Err(std::io::Error::other(
+            "the process is not single-threaded: it may not fork",
+        ));
+    }
+    Ok(SingleThreaded(std::marker::PhantomData))
+}
+
+/// Forks this (single-threaded) process: only then may the child run arbitrary code, as
+/// no other thread can hold a lock the child would need.
+pub fn fork(_: &SingleThreaded) -> std::io::Result<Forked> {
+    #[allow(unsafe_code)]
+    // SAFETY: the process has one thread (the token says so), so the child may run any code.
+    let forked = unsafe { nix::unistd::fork() }?;
+    Ok(match forked {
+        nix::unistd::ForkResult::Child => Forked::Child,
+        nix::unistd::ForkResult::Parent { child } => Forked::Parent(child),
+    })
+}
+
+/// The calling process dies with SIGKILL when its parent does.
+pub fn die_with_parent() -> std::io::Result<()> {
+    Ok(rustix::process::set_parent_process_death_signal(Some(
+        Signal::KILL,
+    ))?)
+}
+
+/// Sets the hostname of the calling process's UTS namespace.
+pub fn set_hostname(name: &str) -> std::io::Result<()> {
+    Ok(nix::unistd::sethostname(name)?)
+}
+
+/// A pidfd of the process `pid` if it is the one that started at `started` (checked after
+/// the pidfd pins it): it turns readable when the process exits.
+pub fn pidfd_of(pid: u32, started: u64) -> Option<std::os::fd::OwnedFd> {
+    let raw = i32::try_from(pid).ok().and_then(Pid::from_raw)?;
+    let pidfd = pidfd_open(raw, PidfdFlags::empty()).ok()?;
+    (start_time(pid) == Some(started)).then_some(pidfd)
+}

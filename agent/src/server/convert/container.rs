@@ -6,7 +6,7 @@ use std::{collections::HashMap, time::Duration};
 use strata_api::cri;
 use tonic::Status;
 
-use super::{Context, runtime::ns_mode};
+use super::pod::ns_mode;
 use crate::runtime::{
     ContainerFilter,
     container::{
@@ -15,6 +15,7 @@ use crate::runtime::{
     sandbox::NamespaceMode,
 };
 use crate::seccomp;
+use crate::server::Context;
 
 pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Status> {
     let metadata = config
@@ -109,7 +110,7 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
             .map_err(crate::runtime::Error::from)?,
         resources: linux
             .resources
-            .map(super::runtime::resources)
+            .map(super::pod::resources)
             .unwrap_or_default(),
     })
 }
@@ -313,7 +314,7 @@ fn memory(stats: &crate::cgroup::Stats, now: i64) -> cri::MemoryUsage {
 }
 
 pub fn container_stats(ctx: &Context, c: &Container) -> cri::ContainerStats {
-    let now = crate::image::now_nanos();
+    let now = crate::clock::now_nanos();
     let (stats, (bytes, inodes), upper) = ctx.runtime.container_stats(c);
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
@@ -342,7 +343,7 @@ pub fn pod_stats(
     sandbox: &crate::runtime::sandbox::Sandbox,
     containers: &[Container],
 ) -> cri::PodSandboxStats {
-    let now = crate::image::now_nanos();
+    let now = crate::clock::now_nanos();
     let stats = ctx.runtime.pod_stats(sandbox);
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {

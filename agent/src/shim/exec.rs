@@ -7,23 +7,23 @@
 //! takes the container's OOM score, rlimits, user, capabilities and environment, and
 //! execs. The helper exits with the command's status; the child dies with it
 //! (PDEATHSIG).
-#![allow(unsafe_code)] // fork()
 
 use std::{fs::File, os::fd::AsFd, path::PathBuf, process::ExitCode};
 
-use nix::{
-    sched::{CloneFlags, setns},
-    sys::{
-        signal::{SigSet, Signal, kill},
-        wait::{WaitPidFlag, WaitStatus, waitpid},
-    },
-    unistd::{ForkResult, fork},
+use nix::sys::{
+    signal::{SigSet, Signal, kill},
+    wait::{WaitPidFlag, WaitStatus, waitpid},
 };
 
-use super::init;
-use crate::{cgroup, runtime::spec::Spec};
-
-pub const EXEC: &str = "__exec";
+use super::{Error, Result, at, init};
+use crate::{
+    cgroup,
+    oci::{Helper, Stage, spec::Spec},
+    sys::{
+        process::{Forked, fork, single_threaded},
+        syscall::{Linux, Namespace, Syscall},
+    },
+};
 
 pub fn main(args: &[String]) -> ExitCode {
     let mut line = String::new();
@@ -41,7 +41,10 @@ pub fn main(args: &[String]) -> ExitCode {
             )
         }
         _ => {
-            eprintln!("usage: echo CONTAINER_DIR | stratad {EXEC} PID LEAF -- CMD...");
+            eprintln!(
+                "usage: echo CONTAINER_DIR | stratad {} PID LEAF -- CMD...",
+                Helper::Exec.arg()
+            );
             return ExitCode::from(126);
         }
     };
@@ -54,58 +57,81 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Result<u8, String> {
+fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Result<u8> {
+    let mut sys = Linux::default();
+    let one_thread = single_threaded().map_err(at(Stage::Setup, || "fork".into()))?;
     // Nothing in the container may ptrace or read /proc of the helper or of the child
     // before it execs (the child keeps this across fork; exec resets it).
-    crate::sys::process::set_non_dumpable().map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
+    sys.set_non_dumpable()
+        .map_err(at(Stage::Setup, || "prctl(PR_SET_DUMPABLE)".into()))?;
     if !leaf.starts_with(cgroup::EXEC_LEAF_PREFIX) {
-        return Err(format!("bad exec cgroup {leaf:?}"));
+        return Err(Error::Usage(format!("bad exec cgroup {leaf:?}")));
     }
     let spec: Spec = serde_json::from_slice(
-        &std::fs::read(dir.join("config.json")).map_err(|e| format!("config.json: {e}"))?,
+        &std::fs::read(dir.join("config.json"))
+            .map_err(at(Stage::Setup, || "reading config.json".into()))?,
     )
-    .map_err(|e| format!("config.json: {e}"))?;
-    let pid: u32 = pid.parse().map_err(|_| format!("bad pid {pid:?}"))?;
+    .map_err(|e| Error::Spec(format!("config.json: {e}")))?;
+    let pid: u32 = pid
+        .parse()
+        .map_err(|_| Error::Usage(format!("bad pid {pid:?}")))?;
+    let not_running = |e: std::io::Error| Error::Sys {
+        stage: Stage::Namespaces,
+        what: "the container is not running".into(),
+        source: e,
+    };
     // Open every namespace first: once in the container's mount namespace, the host's
-    // /proc is out of reach.
+    // /proc is out of reach. Paths through /proc/self/fd keep them reachable.
     let mut namespaces = Vec::new();
-    for (kind, flag) in [
-        ("ipc", CloneFlags::CLONE_NEWIPC),
-        ("uts", CloneFlags::CLONE_NEWUTS),
-        ("net", CloneFlags::CLONE_NEWNET),
-        ("pid", CloneFlags::CLONE_NEWPID),
-        ("mnt", CloneFlags::CLONE_NEWNS),
+    for kind in [
+        Namespace::Ipc,
+        Namespace::Uts,
+        Namespace::Network,
+        Namespace::Pid,
+        Namespace::Mount,
     ] {
-        let file = File::open(format!("/proc/{pid}/ns/{kind}"))
-            .map_err(|e| format!("the container is not running ({kind}: {e})"))?;
-        namespaces.push((kind, flag, file));
+        let file =
+            File::open(format!("/proc/{pid}/ns/{}", kind.proc_name())).map_err(not_running)?;
+        namespaces.push((kind, file));
     }
     // The pid must still be the container's init: it is in the container's cgroup.
+    let cgroup_err = |what: &str| {
+        let what = what.to_string();
+        move |e: cgroup::Error| Error::Sys {
+            stage: Stage::Cgroup,
+            what,
+            source: std::io::Error::other(e.to_string()),
+        }
+    };
     let container = cgroup::Hierarchy::detect(&spec.strata.cgroup_root)
         .and_then(|h| h.cgroup(&spec.linux.cgroups_path))
-        .map_err(|e| e.to_string())?;
+        .map_err(cgroup_err("the container's cgroup"))?;
     if !container.holds_container_process(pid) {
-        return Err("the container is not running".into());
+        return Err(not_running(std::io::ErrorKind::NotFound.into()));
     }
     container
         .child(leaf)
         .and_then(|c| c.add_pid(std::process::id()))
-        .map_err(|e| format!("joining the exec's cgroup: {e}"))?;
+        .map_err(cgroup_err("joining the exec's cgroup"))?;
     // Read while the host's paths are still in reach.
     let seccomp = init::read_seccomp(&spec)?;
-    for (kind, flag, file) in &namespaces {
+    for (kind, file) in &namespaces {
         // Sharing the host's namespace (a host-network pod): nothing to join.
-        if std::fs::metadata(format!("/proc/self/ns/{kind}"))
+        let ino = |m: std::fs::Metadata| std::os::unix::fs::MetadataExt::ino(&m);
+        if std::fs::metadata(format!("/proc/self/ns/{}", kind.proc_name()))
             .ok()
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            == file
-                .metadata()
-                .ok()
-                .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .map(ino)
+            == file.metadata().ok().map(ino)
         {
             continue;
         }
-        setns(file.as_fd(), *flag).map_err(|e| format!("joining the {kind} namespace: {e}"))?;
+        let path = PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(file)
+        ));
+        sys.join(*kind, &path).map_err(at(Stage::Namespaces, || {
+            format!("joining the {} namespace", kind.proc_name())
+        }))?;
     }
     drop(namespaces);
     // Blocked before the fork so that no SIGTERM is lost; the child unblocks them.
@@ -114,21 +140,18 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
     signals.add(Signal::SIGCHLD);
     signals
         .thread_block()
-        .map_err(|e| format!("blocking signals: {e}"))?;
+        .map_err(at(Stage::Setup, || "blocking signals".into()))?;
     // The child holds the read end: it reads EOF once the helper is gone.
-    let (alive, alive_w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-    // SAFETY: this helper is single-threaded.
-    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
-        ForkResult::Child => {
-            let result = (|| -> Result<std::convert::Infallible, String> {
+    let (alive, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(at(Stage::Setup, || "pipe".into()))?;
+    match fork(&one_thread).map_err(at(Stage::Setup, || "fork".into()))? {
+        Forked::Child => {
+            let result = (|| -> Result<std::convert::Infallible> {
                 signals
                     .thread_unblock()
-                    .map_err(|e| format!("unblocking signals: {e}"))?;
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))
-                .map_err(|e| format!("PDEATHSIG: {e}"))?;
+                    .map_err(at(Stage::Setup, || "unblocking signals".into()))?;
+                crate::sys::process::die_with_parent()
+                    .map_err(at(Stage::Setup, || "PDEATHSIG".into()))?;
                 // The helper may have died before PDEATHSIG was set: then so do we. Its pid
                 // says nothing (outside the container's PID namespace it reads as 0, and so
                 // does the host init that would adopt us); the pipe does.
@@ -138,37 +161,40 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
                     nix::poll::PollFlags::POLLIN,
                 )];
                 if nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO)
-                    .map_err(|e| format!("poll: {e}"))?
+                    .map_err(at(Stage::Setup, || "poll".into()))?
                     > 0
                 {
-                    return Err("the exec helper is gone".into());
+                    return Err(Error::Usage("the exec helper is gone".into()));
                 }
                 drop(alive);
-                init::enter_working_dir(&spec, false)?;
+                init::enter_working_dir(&spec, &mut sys, false)?;
                 // The container's process attributes, not the daemon's: its OOM score (a
                 // refused lowering leaves the inherited one, as for the init) and rlimits.
-                init::set_oom_score_adj(&spec, &mut std::io::sink());
-                init::set_rlimits(&spec)?;
+                init::apply_limits(&spec, &mut sys, &mut |_| {})?;
                 let mut process = spec.process.clone();
                 process.args = command.to_vec();
                 let exec_spec = Spec {
                     process,
                     ..spec.clone()
                 };
-                init::exec_as_container(&exec_spec, seccomp.as_deref())
+                init::exec_as_container(&exec_spec, &mut sys, seccomp.as_deref())
             })();
             let e = match result {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
             eprintln!("stratad exec: {e}");
-            std::process::exit(if e.contains("not found") { 127 } else { 126 });
+            std::process::exit(if e.stage() == Stage::NotFound {
+                127
+            } else {
+                126
+            });
         }
         // The helper stays the command's parent until it has reaped it: were it to die
         // first, the command would become an orphan of the *host's* PID 1 (orphans go to
         // the init of the dying parent's namespace). So the daemon's timeout is a SIGTERM,
         // on which the helper kills the command and waits for it.
-        ForkResult::Parent { child } => {
+        Forked::Parent(child) => {
             drop(alive);
             let _alive = alive_w;
             loop {
@@ -178,7 +204,7 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
                         return Ok(128u8.wrapping_add(signal as u8));
                     }
                     Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                    Err(e) => return Err(format!("waiting for the command: {e}")),
+                    Err(e) => return Err(at(Stage::Setup, || "waiting for the command".into())(e)),
                 }
                 if let Ok(Signal::SIGTERM) = signals.wait() {
                     let _ = kill(child, Signal::SIGKILL);

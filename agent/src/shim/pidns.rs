@@ -6,7 +6,6 @@
 //!
 //! The holder is PID 1 of every container in the pod, so it is confined like a pause
 //! container (`sys::confine`): nothing of the host is reachable through `/proc/1`.
-#![allow(unsafe_code)] // fork()
 
 use std::{
     io::{Read, Write},
@@ -15,22 +14,27 @@ use std::{
 };
 
 use nix::{
-    sched::{CloneFlags, unshare},
     sys::{
         signal::{SigSet, Signal},
         wait::{WaitPidFlag, waitpid},
     },
-    unistd::{ForkResult, Pid, fork},
+    unistd::Pid,
 };
 
-pub const PIDNS: &str = "__pidns";
+use crate::{
+    oci::Helper,
+    sys::{
+        process::{Forked, fork, single_threaded},
+        syscall::{Linux, Namespace, Syscall},
+    },
+};
 
 pub fn main(args: &[String]) -> ExitCode {
     if !args.is_empty() {
-        eprintln!("usage: stratad {PIDNS}");
+        eprintln!("usage: stratad {}", Helper::Pidns.arg());
         return ExitCode::FAILURE;
     }
-    if let Err(e) = unshare(CloneFlags::CLONE_NEWPID) {
+    if let Err(e) = Linux::default().unshare(&[Namespace::Pid]) {
         eprintln!("stratad pidns: unshare: {e}");
         return ExitCode::FAILURE;
     }
@@ -42,13 +46,13 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // SAFETY: this helper is single-threaded.
-    match unsafe { fork() } {
+    let forked = single_threaded().and_then(|one| fork(&one));
+    match forked {
         Err(e) => {
             eprintln!("stratad pidns: fork: {e}");
             ExitCode::FAILURE
         }
-        Ok(ForkResult::Parent { child }) => {
+        Ok(Forked::Parent(child)) => {
             drop(ready_w);
             let mut byte = [0u8; 1];
             if std::fs::File::from(ready_r).read_exact(&mut byte).is_err() {
@@ -59,7 +63,7 @@ pub fn main(args: &[String]) -> ExitCode {
             let _ = std::io::stdout().flush();
             ExitCode::SUCCESS
         }
-        Ok(ForkResult::Child) => {
+        Ok(Forked::Child) => {
             drop(ready_r);
             hold(std::fs::File::from(ready_w))
         }

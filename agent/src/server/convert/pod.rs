@@ -1,0 +1,146 @@
+//! Pod sandboxes: CRI messages to and from the runtime's domain types.
+
+use strata_api::cri;
+use tonic::Status;
+
+use crate::runtime::{
+    SandboxFilter,
+    sandbox::{Dns, NamespaceMode, PodSpec, Sandbox, SandboxState},
+};
+
+pub fn ns_mode(mode: i32) -> NamespaceMode {
+    match cri::NamespaceMode::try_from(mode) {
+        Ok(cri::NamespaceMode::Container) => NamespaceMode::Container,
+        Ok(cri::NamespaceMode::Node) => NamespaceMode::Node,
+        Ok(cri::NamespaceMode::Target) => NamespaceMode::Target,
+        _ => NamespaceMode::Pod,
+    }
+}
+
+pub fn cri_ns_mode(mode: NamespaceMode) -> i32 {
+    (match mode {
+        NamespaceMode::Pod => cri::NamespaceMode::Pod,
+        NamespaceMode::Container => cri::NamespaceMode::Container,
+        NamespaceMode::Node => cri::NamespaceMode::Node,
+        NamespaceMode::Target => cri::NamespaceMode::Target,
+    }) as i32
+}
+
+/// CRI's pod config → the runtime's pod spec.
+pub fn pod_spec(config: cri::PodSandboxConfig, runtime_handler: String) -> Result<PodSpec, Status> {
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("pod sandbox config has no metadata"))?;
+    let linux = config.linux.unwrap_or_default();
+    let ns = linux
+        .security_context
+        .and_then(|s| s.namespace_options)
+        .unwrap_or_default();
+    Ok(PodSpec {
+        name: metadata.name,
+        uid: metadata.uid,
+        namespace: metadata.namespace,
+        attempt: metadata.attempt,
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: config.dns_config.map(|d| Dns {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        cgroup_parent: linux.cgroup_parent,
+        sysctls: linux.sysctls.into_iter().collect(),
+        network: ns_mode(ns.network),
+        ipc: ns_mode(ns.ipc),
+        pid: ns_mode(ns.pid),
+        runtime_handler,
+        resources: linux.resources.map(resources).unwrap_or_default(),
+    })
+}
+
+/// CRI's resources (0 or empty meaning "not set") → cgroup limits.
+pub fn resources(r: cri::LinuxContainerResources) -> crate::cgroup::Resources {
+    let positive = |v: i64| (v != 0).then_some(v);
+    crate::cgroup::Resources {
+        memory_limit: positive(r.memory_limit_in_bytes),
+        memory_swap_limit: positive(r.memory_swap_limit_in_bytes),
+        cpu_shares: (r.cpu_shares != 0).then_some(r.cpu_shares.max(0) as u64),
+        cpu_quota: positive(r.cpu_quota),
+        cpu_period: (r.cpu_period != 0).then_some(r.cpu_period.max(0) as u64),
+        cpuset_cpus: Some(r.cpuset_cpus).filter(|s| !s.is_empty()),
+        cpuset_mems: Some(r.cpuset_mems).filter(|s| !s.is_empty()),
+        pids_limit: None,
+        unified: r.unified.into_iter().collect(),
+    }
+}
+
+pub fn cri_state(state: SandboxState) -> i32 {
+    (match state {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+        SandboxState::NotReady => cri::PodSandboxState::SandboxNotready,
+    }) as i32
+}
+
+pub fn cri_metadata(spec: &PodSpec) -> cri::PodSandboxMetadata {
+    cri::PodSandboxMetadata {
+        name: spec.name.clone(),
+        uid: spec.uid.clone(),
+        namespace: spec.namespace.clone(),
+        attempt: spec.attempt,
+    }
+}
+
+pub fn cri_pod(s: &Sandbox) -> cri::PodSandbox {
+    cri::PodSandbox {
+        id: s.id.clone(),
+        metadata: Some(cri_metadata(&s.spec)),
+        state: cri_state(s.state),
+        created_at: s.created_at,
+        labels: s.spec.labels.clone().into_iter().collect(),
+        annotations: s.spec.annotations.clone().into_iter().collect(),
+        runtime_handler: s.spec.runtime_handler.clone(),
+    }
+}
+
+pub fn cri_pod_status(s: &Sandbox) -> cri::PodSandboxStatus {
+    cri::PodSandboxStatus {
+        id: s.id.clone(),
+        metadata: Some(cri_metadata(&s.spec)),
+        state: cri_state(s.state),
+        created_at: s.created_at,
+        // No pod network yet: a pod has loopback only (or the node's network).
+        network: Some(cri::PodSandboxNetworkStatus::default()),
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: cri_ns_mode(s.spec.network),
+                    pid: cri_ns_mode(s.spec.pid),
+                    ipc: cri_ns_mode(s.spec.ipc),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: s.spec.labels.clone().into_iter().collect(),
+        annotations: s.spec.annotations.clone().into_iter().collect(),
+        runtime_handler: s.spec.runtime_handler.clone(),
+    }
+}
+
+pub fn sandbox_filter(filter: Option<cri::PodSandboxFilter>) -> SandboxFilter {
+    let Some(filter) = filter else {
+        return SandboxFilter::default();
+    };
+    SandboxFilter {
+        id: Some(filter.id).filter(|id| !id.is_empty()),
+        state: filter.state.map(|s| {
+            if s.state == cri::PodSandboxState::SandboxReady as i32 {
+                SandboxState::Ready
+            } else {
+                SandboxState::NotReady
+            }
+        }),
+        labels: filter.label_selector.into_iter().collect(),
+    }
+}
