@@ -126,6 +126,9 @@ state = "{state}"
         host = registry.host,
     );
     std::fs::write(dir.path().join("config.toml"), config).expect("config");
+    // containerd makes its parent cgroup (`k8s.io`) and leaves it; the bench removes it
+    // again unless the machine had it before.
+    let had_parent = !common::cgroup_dirs("k8s.io").is_empty();
     let containerd = Command::new("containerd")
         .arg("--config")
         .arg(dir.path().join("config.toml"))
@@ -151,6 +154,9 @@ state = "{state}"
     // containerd leaves its shims' mounts and its own state; clear them.
     for mount in common::mounts_below(dir.path()).into_iter().rev() {
         let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if !had_parent {
+        common::remove_cgroup_tree("k8s.io");
     }
 
     println!("=== containerd 1.6 + runc ===\n{theirs}");

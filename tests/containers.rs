@@ -1436,25 +1436,28 @@ async fn kill_and_reap(pid: i32, started: u64, what: &str) {
     wait_reaped(pid, started, what).await;
 }
 
-/// A container's monitor and init, by pid and start time, from its record.
+/// A container's monitor and init, by pid and start time: the init from the record, the
+/// monitor as its parent (the process that forked it), which the record names too.
 fn monitor_and_init(env: &common::cri::Env, id: &str) -> [(i32, u64, &'static str); 2] {
     let record = env.record("containers", id);
-    let monitor = record["monitor"][0].as_i64().expect("the monitor's pid") as i32;
-    let monitor_started = record["monitor"][1]
-        .as_u64()
-        .expect("the monitor's start time");
-    assert_eq!(
-        start_time_of(monitor, "the monitor"),
-        monitor_started,
-        "the record names another process as the monitor"
-    );
+    let init = record["pid"].as_i64().expect("the init's pid") as i32;
+    let init_started = start_time_of(init, "the container's init");
+    let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).expect("the init's stat");
+    let monitor: i32 = stat[stat.rfind(')').expect("a stat line") + 1..]
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("the init's parent");
+    let monitor_started = start_time_of(monitor, "the monitor");
     assert!(
         std::fs::read(format!("/proc/{monitor}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor")),
-        "pid {monitor} is not a monitor"
+        "pid {monitor}, the init's parent, is not a monitor"
     );
-    let init = record["pid"].as_i64().expect("the init's pid") as i32;
-    let init_started = start_time_of(init, "the container's init");
+    if let Some(recorded) = record["monitor"][0].as_i64() {
+        assert_eq!(recorded as i32, monitor, "the record names another monitor");
+        assert_eq!(record["monitor"][1].as_u64(), Some(monitor_started));
+    }
     [
         (monitor, monitor_started, "the monitor"),
         (init, init_started, "the container's init"),
@@ -1753,4 +1756,66 @@ async fn a_containers_config_json_is_an_oci_runtime_spec() {
         "{mounts:?}"
     );
     env.remove_pods(vec![pod]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_pid_namespace_holder_dies_is_not_ready_and_removable() {
+    let mut env = env().await;
+    let pod = env.pod("headless").await;
+    let image = env.image.clone();
+    let mut config = container_config("member", &image, "exec sleep 9991");
+    config.linux = Some(pid_mode(cri::NamespaceMode::Pod));
+    let id = env.create(&pod, config).await.unwrap();
+    env.start(&id).await;
+    let holder = env.record("sandboxes", &pod)["pid_holder"]
+        .as_i64()
+        .expect("the holder's pid") as i32;
+    assert!(
+        std::fs::read(format!("/proc/{holder}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__pidns")),
+        "pid {holder} is not the pod's holder"
+    );
+    kill(Pid::from_raw(holder), Signal::SIGKILL).unwrap();
+    // The PID namespace ends with its first process, and everything in it with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pod_status = env
+            .rt
+            .pod_sandbox_status(cri::PodSandboxStatusRequest {
+                pod_sandbox_id: pod.clone(),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status
+            .expect("a status");
+        let st = env.status(&id).await;
+        if pod_status.state == cri::PodSandboxState::SandboxNotready as i32
+            && st.state == cri::ContainerState::ContainerExited as i32
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pod {:?}, container {st:?}",
+            pod_status.state
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The record says so too, and a new container is refused.
+    assert_eq!(env.record("sandboxes", &pod)["state"], "notready");
+    let refused = env
+        .create(&pod, container_config("late", &image, "true"))
+        .await
+        .expect_err("a container in a pod without its PID namespace");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    env.rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap();
+    env.remove_pods(vec![pod.clone()]).await;
+    common::assert_pod_gone(&env.daemon, &pod);
 }

@@ -443,12 +443,21 @@ impl Runtime {
 
     pub async fn pod(&self, id: &str) -> Result<Sandbox> {
         let mut sandboxes = self.sandboxes.lock().await;
-        find_mut(&mut sandboxes, id).map(|s| s.clone())
+        let sandbox = find_mut(&mut sandboxes, id)?;
+        let changed = check_holder(sandbox).then(|| sandbox.clone());
+        let sandbox = sandbox.clone();
+        drop(sandboxes);
+        self.persist_pods(changed.into_iter().collect()).await;
+        Ok(sandbox)
     }
 
     pub async fn pods(&self, filter: &SandboxFilter) -> Vec<Sandbox> {
-        let sandboxes = self.sandboxes.lock().await;
-        sandboxes
+        let mut sandboxes = self.sandboxes.lock().await;
+        let changed: Vec<Sandbox> = sandboxes
+            .values_mut()
+            .filter_map(|s| check_holder(s).then(|| s.clone()))
+            .collect();
+        let out = sandboxes
             .values()
             .filter(|s| {
                 filter
@@ -464,8 +473,50 @@ impl Runtime {
                     .all(|(k, v)| s.spec.labels.get(k) == Some(v))
             })
             .cloned()
-            .collect()
+            .collect();
+        drop(sandboxes);
+        self.persist_pods(changed).await;
+        out
     }
+
+    /// Saves pod records changed by a read, outside the lock and off the async threads.
+    async fn persist_pods(&self, changed: Vec<Sandbox>) {
+        if changed.is_empty() {
+            return;
+        }
+        let records = self.records.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            for sandbox in changed {
+                let path = records.join(&sandbox.id).join("state.json");
+                let written = serde_json::to_vec_pretty(&sandbox)
+                    .map_err(std::io::Error::other)
+                    .and_then(|bytes| state::write_atomic(&path, &bytes));
+                if let Err(e) = written {
+                    tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot record a pod's state");
+                }
+            }
+        })
+        .await;
+        if let Err(e) = saved {
+            tracing::warn!(error = %e, "cannot record pod states");
+        }
+    }
+}
+
+/// A Ready pod whose PID namespace holder is gone (killed, OOM-killed) has lost the PID
+/// namespace its containers share: it is NotReady, as a pod whose pause container died is
+/// on other runtimes. True if this changed the pod.
+fn check_holder(sandbox: &mut Sandbox) -> bool {
+    let gone = match (sandbox.pid_holder, sandbox.pid_holder_started) {
+        (Some(pid), Some(started)) => crate::sys::process::start_time(pid) != Some(started),
+        _ => false,
+    };
+    if gone && sandbox.state == SandboxState::Ready {
+        tracing::warn!(sandbox = %sandbox.id, "the pod's PID namespace holder died; marking it NotReady");
+        sandbox.state = SandboxState::NotReady;
+        return true;
+    }
+    false
 }
 
 /// Finds a pod by its id or a unique prefix of it.

@@ -3,6 +3,7 @@
 
 pub mod authority;
 mod convert;
+mod ext;
 mod image;
 pub mod listener;
 mod runtime;
@@ -20,6 +21,10 @@ use crate::config::Config;
 
 /// CRI clients (the kubelet, crictl) accept messages up to 16 MiB; so do we.
 const MAX_MESSAGE: usize = 16 << 20;
+
+/// A server stream of messages, as the RPCs that stream return it.
+pub(crate) type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
 
 /// Everything the handlers share.
 pub struct Context {

@@ -2,4 +2,5 @@
 //! call these and hold no conversions of their own.
 
 pub mod container;
+pub mod image;
 pub mod pod;

@@ -1,0 +1,137 @@
+//! RuntimeService RPCs of containers: create, start, stop, remove, status, list, log reopening, resource updates.
+
+use std::collections::HashMap;
+
+use strata_api::cri;
+use tonic::{Request, Response, Status};
+
+use crate::server::{
+    Context,
+    convert::{container as container_convert, pod::resources},
+};
+
+pub(super) async fn create_container(
+    ctx: &Context,
+    request: Request<cri::CreateContainerRequest>,
+) -> Result<Response<cri::CreateContainerResponse>, Status> {
+    let request = request.into_inner();
+    let config = request
+        .config
+        .ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
+    let spec = container_convert::container_spec(config)?;
+    let image = container_convert::image_root(ctx, &spec.image)?;
+    // Held from before the container exists, so image removal cannot race its creation.
+    let claim = format!(
+        "creating-{}",
+        crate::runtime::new_id().map_err(|e| Status::internal(e.to_string()))?
+    );
+    let diff_ids: Vec<crate::image::Digest> = image
+        .diff_ids
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .collect();
+    ctx.images.pin_layers(&claim, diff_ids.clone());
+    let created = ctx
+        .runtime
+        .create_container(&request.pod_sandbox_id, spec, image)
+        .await;
+    ctx.images.unpin_layers(&claim);
+    let container = created?;
+    ctx.images.pin_layers(&container.id, diff_ids);
+    tracing::info!(container = %container.id, pod = %container.pod_id, name = %container.spec.name, "container created");
+    Ok(Response::new(cri::CreateContainerResponse {
+        container_id: container.id,
+    }))
+}
+
+pub(super) async fn start_container(
+    ctx: &Context,
+    request: Request<cri::StartContainerRequest>,
+) -> Result<Response<cri::StartContainerResponse>, Status> {
+    ctx.runtime
+        .start_container(&request.into_inner().container_id)
+        .await?;
+    Ok(Response::new(cri::StartContainerResponse {}))
+}
+
+pub(super) async fn stop_container(
+    ctx: &Context,
+    request: Request<cri::StopContainerRequest>,
+) -> Result<Response<cri::StopContainerResponse>, Status> {
+    let request = request.into_inner();
+    ctx.runtime
+        .stop_container(
+            &request.container_id,
+            container_convert::stop_timeout(request.timeout),
+        )
+        .await?;
+    Ok(Response::new(cri::StopContainerResponse {}))
+}
+
+pub(super) async fn remove_container(
+    ctx: &Context,
+    request: Request<cri::RemoveContainerRequest>,
+) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+    let id = request.into_inner().container_id;
+    if id.is_empty() {
+        return Err(Status::invalid_argument("container id is empty"));
+    }
+    let full = ctx.runtime.container(&id).await.map(|c| c.id);
+    ctx.runtime.remove_container(&id).await?;
+    if let Ok(full) = full {
+        ctx.images.unpin_layers(&full);
+    }
+    Ok(Response::new(cri::RemoveContainerResponse {}))
+}
+
+pub(super) async fn container_status(
+    ctx: &Context,
+    request: Request<cri::ContainerStatusRequest>,
+) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+    let request = request.into_inner();
+    let c = ctx.runtime.container(&request.container_id).await?;
+    Ok(Response::new(cri::ContainerStatusResponse {
+        status: Some(container_convert::cri_status(&c)),
+        info: if request.verbose {
+            container_convert::verbose_info(&c)
+        } else {
+            HashMap::new()
+        },
+    }))
+}
+
+pub(super) async fn list_containers(
+    ctx: &Context,
+    request: Request<cri::ListContainersRequest>,
+) -> Result<Response<cri::ListContainersResponse>, Status> {
+    let filter = container_convert::filter(request.into_inner().filter);
+    let containers = ctx.runtime.containers(&filter).await;
+    Ok(Response::new(cri::ListContainersResponse {
+        containers: containers
+            .iter()
+            .map(container_convert::cri_container)
+            .collect(),
+    }))
+}
+
+pub(super) async fn reopen_container_log(
+    ctx: &Context,
+    request: Request<cri::ReopenContainerLogRequest>,
+) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+    ctx.runtime
+        .reopen_log(&request.into_inner().container_id)
+        .await?;
+    Ok(Response::new(cri::ReopenContainerLogResponse {}))
+}
+
+pub(super) async fn update_container_resources(
+    ctx: &Context,
+    request: Request<cri::UpdateContainerResourcesRequest>,
+) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+    let request = request.into_inner();
+    let resources = request.linux.map(resources).unwrap_or_default();
+    ctx.runtime
+        .update_resources(&request.container_id, &resources)
+        .await?;
+    Ok(Response::new(cri::UpdateContainerResourcesResponse {}))
+}

@@ -1,0 +1,215 @@
+//! `runtime.v1.RuntimeService`: the service forwards each RPC to its group's file (node,
+//! pods, containers, exec, stats). RPCs without a handler answer UNIMPLEMENTED through the
+//! generated default stubs.
+
+mod containers;
+mod exec;
+mod node;
+mod pods;
+mod stats;
+
+use std::sync::Arc;
+
+use strata_api::cri::{
+    self, RuntimeCondition, RuntimeConfigRequest, RuntimeConfigResponse, StatusRequest,
+    StatusResponse, VersionRequest, VersionResponse, runtime_service_server::RuntimeService,
+};
+use tonic::{Request, Response, Status};
+
+use super::{BoxStream, Context};
+
+/// Pods per message of a streamed list.
+const STREAM_CHUNK: usize = 500;
+
+/// The CRI API version the kubelet asks about; the only one there is.
+const KUBE_API_VERSION: &str = "0.1.0";
+pub const RUNTIME_NAME: &str = "strata";
+const RUNTIME_API_VERSION: &str = "v1";
+
+pub struct Runtime {
+    ctx: Arc<Context>,
+}
+
+impl Runtime {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        Runtime { ctx }
+    }
+}
+
+async fn pod_running_containers(
+    ctx: &Context,
+    pod_id: &str,
+) -> Vec<crate::runtime::container::Container> {
+    let filter = crate::runtime::ContainerFilter {
+        pod_id: Some(pod_id.to_string()),
+        state: Some(crate::runtime::container::ContainerState::Running),
+        ..Default::default()
+    };
+    ctx.runtime.containers(&filter).await
+}
+
+fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> RuntimeCondition {
+    RuntimeCondition {
+        r#type: kind.to_string(),
+        status: ready,
+        reason: reason.to_string(),
+        message: message.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Runtime {
+    async fn version(
+        &self,
+        _request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        node::version(&self.ctx, _request).await
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        node::status(&self.ctx, request).await
+    }
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<cri::RunPodSandboxRequest>,
+    ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+        pods::run_pod_sandbox(&self.ctx, request).await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<cri::StopPodSandboxRequest>,
+    ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+        pods::stop_pod_sandbox(&self.ctx, request).await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<cri::RemovePodSandboxRequest>,
+    ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+        pods::remove_pod_sandbox(&self.ctx, request).await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<cri::PodSandboxStatusRequest>,
+    ) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+        pods::pod_sandbox_status(&self.ctx, request).await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<cri::ListPodSandboxRequest>,
+    ) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+        pods::list_pod_sandbox(&self.ctx, request).await
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<cri::StreamPodSandboxesRequest>,
+    ) -> Result<Response<BoxStream<cri::StreamPodSandboxesResponse>>, Status> {
+        pods::stream_pod_sandboxes(&self.ctx, request).await
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<cri::CreateContainerRequest>,
+    ) -> Result<Response<cri::CreateContainerResponse>, Status> {
+        containers::create_container(&self.ctx, request).await
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<cri::StartContainerRequest>,
+    ) -> Result<Response<cri::StartContainerResponse>, Status> {
+        containers::start_container(&self.ctx, request).await
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<cri::StopContainerRequest>,
+    ) -> Result<Response<cri::StopContainerResponse>, Status> {
+        containers::stop_container(&self.ctx, request).await
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<cri::RemoveContainerRequest>,
+    ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
+        containers::remove_container(&self.ctx, request).await
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<cri::ContainerStatusRequest>,
+    ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
+        containers::container_status(&self.ctx, request).await
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<cri::ListContainersRequest>,
+    ) -> Result<Response<cri::ListContainersResponse>, Status> {
+        containers::list_containers(&self.ctx, request).await
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<cri::ExecSyncRequest>,
+    ) -> Result<Response<cri::ExecSyncResponse>, Status> {
+        exec::exec_sync(&self.ctx, request).await
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<cri::ContainerStatsRequest>,
+    ) -> Result<Response<cri::ContainerStatsResponse>, Status> {
+        stats::container_stats(&self.ctx, request).await
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<cri::ListContainerStatsRequest>,
+    ) -> Result<Response<cri::ListContainerStatsResponse>, Status> {
+        stats::list_container_stats(&self.ctx, request).await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<cri::PodSandboxStatsRequest>,
+    ) -> Result<Response<cri::PodSandboxStatsResponse>, Status> {
+        stats::pod_sandbox_stats(&self.ctx, request).await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<cri::ListPodSandboxStatsRequest>,
+    ) -> Result<Response<cri::ListPodSandboxStatsResponse>, Status> {
+        stats::list_pod_sandbox_stats(&self.ctx, request).await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<cri::ReopenContainerLogRequest>,
+    ) -> Result<Response<cri::ReopenContainerLogResponse>, Status> {
+        containers::reopen_container_log(&self.ctx, request).await
+    }
+
+    async fn update_container_resources(
+        &self,
+        request: Request<cri::UpdateContainerResourcesRequest>,
+    ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
+        containers::update_container_resources(&self.ctx, request).await
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        node::runtime_config(&self.ctx, _request).await
+    }
+}

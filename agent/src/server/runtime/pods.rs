@@ -1,0 +1,116 @@
+//! RuntimeService RPCs of pod sandboxes: run, stop, remove, status, list.
+
+use std::collections::HashMap;
+
+use strata_api::cri;
+use tonic::{Request, Response, Status};
+
+use super::{BoxStream, STREAM_CHUNK};
+use crate::server::{
+    Context,
+    convert::pod::{cri_pod, cri_pod_status, pod_spec, sandbox_filter},
+};
+
+pub(super) async fn run_pod_sandbox(
+    ctx: &Context,
+    request: Request<cri::RunPodSandboxRequest>,
+) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
+    let request = request.into_inner();
+    let config = request
+        .config
+        .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
+    let spec = pod_spec(config, request.runtime_handler)?;
+    let sandbox = ctx.runtime.run_pod(spec).await?;
+    tracing::info!(pod = %sandbox.id, name = %sandbox.spec.full_name(), "pod sandbox running");
+    Ok(Response::new(cri::RunPodSandboxResponse {
+        pod_sandbox_id: sandbox.id,
+    }))
+}
+
+pub(super) async fn stop_pod_sandbox(
+    ctx: &Context,
+    request: Request<cri::StopPodSandboxRequest>,
+) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
+    ctx.runtime
+        .stop_pod(&request.into_inner().pod_sandbox_id)
+        .await?;
+    Ok(Response::new(cri::StopPodSandboxResponse {}))
+}
+
+pub(super) async fn remove_pod_sandbox(
+    ctx: &Context,
+    request: Request<cri::RemovePodSandboxRequest>,
+) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
+    let id = request.into_inner().pod_sandbox_id;
+    if id.is_empty() {
+        return Err(Status::invalid_argument("pod sandbox id is empty"));
+    }
+    ctx.runtime.remove_pod(&id).await?;
+    Ok(Response::new(cri::RemovePodSandboxResponse {}))
+}
+
+pub(super) async fn pod_sandbox_status(
+    ctx: &Context,
+    request: Request<cri::PodSandboxStatusRequest>,
+) -> Result<Response<cri::PodSandboxStatusResponse>, Status> {
+    let request = request.into_inner();
+    let sandbox = ctx.runtime.pod(&request.pod_sandbox_id).await?;
+    let mut info = HashMap::new();
+    if request.verbose {
+        let details = serde_json::json!({
+            "id": sandbox.id,
+            "name": sandbox.spec.full_name(),
+            "cgroup": sandbox.cgroup,
+            "cgroupExists": ctx.runtime.pod_cgroup_exists(&sandbox),
+            "cgroupVersion": ctx.runtime.cgroup_version(),
+            "namespaces": sandbox.namespaces,
+            "sandboxDir": ctx.runtime.sandbox_dir(&sandbox.id),
+            "spec": sandbox.spec,
+        });
+        info.insert("info".to_string(), details.to_string());
+    }
+    Ok(Response::new(cri::PodSandboxStatusResponse {
+        status: Some(cri_pod_status(&sandbox)),
+        info,
+        containers_statuses: vec![],
+        timestamp: crate::clock::now_nanos(),
+    }))
+}
+
+pub(super) async fn list_pod_sandbox(
+    ctx: &Context,
+    request: Request<cri::ListPodSandboxRequest>,
+) -> Result<Response<cri::ListPodSandboxResponse>, Status> {
+    let filter = sandbox_filter(request.into_inner().filter);
+    let items = ctx
+        .runtime
+        .pods(&filter)
+        .await
+        .iter()
+        .map(cri_pod)
+        .collect();
+    Ok(Response::new(cri::ListPodSandboxResponse { items }))
+}
+
+pub(super) async fn stream_pod_sandboxes(
+    ctx: &Context,
+    request: Request<cri::StreamPodSandboxesRequest>,
+) -> Result<Response<BoxStream<cri::StreamPodSandboxesResponse>>, Status> {
+    let filter = sandbox_filter(request.into_inner().filter);
+    let pods: Vec<cri::PodSandbox> = ctx
+        .runtime
+        .pods(&filter)
+        .await
+        .iter()
+        .map(cri_pod)
+        .collect();
+    let messages: Vec<Result<cri::StreamPodSandboxesResponse, Status>> = pods
+        .chunks(STREAM_CHUNK)
+        .map(|chunk| {
+            Ok(cri::StreamPodSandboxesResponse {
+                pod_sandboxes: chunk.to_vec(),
+            })
+        })
+        .collect();
+    Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+}
