@@ -1436,6 +1436,67 @@ async fn kill_and_reap(pid: i32, started: u64, what: &str) {
     wait_reaped(pid, started, what).await;
 }
 
+/// Stops and removes a container and its pod, and checks that nothing of either is left:
+/// no record, pin, mount, cgroup, and none of `processes` (pid, start time, what).
+async fn remove_and_check_nothing_is_left(
+    env: &mut common::cri::Env,
+    pod: &str,
+    id: &str,
+    processes: &[(i32, u64, &'static str)],
+) {
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_container(RemoveContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    assert!(!env.daemon.root.join("containers").join(id).exists());
+    let err = env
+        .rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.to_string(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    env.rt
+        .stop_pod_sandbox(cri::StopPodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .unwrap();
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.to_string(),
+        })
+        .await
+        .unwrap();
+    common::assert_pod_gone(&env.daemon, pod);
+    for dir in [&env.daemon.root, &env.daemon.state_dir] {
+        let mounts = common::mounts_below(dir);
+        assert!(
+            mounts.is_empty(),
+            "mounts left below {}: {mounts:?}",
+            dir.display()
+        );
+    }
+    for (pid, started, what) in processes {
+        assert_eq!(
+            still_there(*pid, *started),
+            None,
+            "{what} (pid {pid}) is back"
+        );
+    }
+}
+
 /// A container's monitor and init, by pid and start time: the init from the record, the
 /// monitor as its parent (the process that forked it), which the record names too.
 fn monitor_and_init(env: &common::cri::Env, id: &str) -> [(i32, u64, &'static str); 2] {
@@ -1494,6 +1555,10 @@ async fn a_container_killed_with_its_monitor_while_the_daemon_is_down_is_exited_
     }
     env.daemon.launch(common::Options::default()).await;
     env.rt = env.daemon.runtime().await;
+    // Reconciled at start-up, before any call: the record says so already.
+    let record = env.record("containers", &id);
+    assert_eq!(record["state"], "exited", "{record}");
+    assert_eq!(record["exit_code"], 255, "{record}");
 
     // The list (asked first: it looks at the monitor as well) and the status call it exited.
     let running = env
@@ -1533,51 +1598,7 @@ async fn a_container_killed_with_its_monitor_while_the_daemon_is_down_is_exited_
     assert!(st.message.contains("monitor died"), "{st:?}");
 
     // It stops and goes like any other, and so does its pod, leaving nothing.
-    env.rt
-        .stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 1,
-        })
-        .await
-        .unwrap();
-    env.rt
-        .remove_container(RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    assert!(!env.daemon.root.join("containers").join(&id).exists());
-    let err = env
-        .rt
-        .container_status(ContainerStatusRequest {
-            container_id: id.clone(),
-            verbose: false,
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound, "{err:?}");
-    env.rt
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    env.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    common::assert_pod_gone(&env.daemon, &pod);
-    let mounts = common::mounts_below(&env.daemon.root);
-    assert!(mounts.is_empty(), "mounts left below the root: {mounts:?}");
-    for (pid, started, what) in processes {
-        assert_eq!(
-            still_there(pid, started),
-            None,
-            "{what} (pid {pid}) is back"
-        );
-    }
+    remove_and_check_nothing_is_left(&mut env, &pod, &id, &processes).await;
     if let (Some(pid), Some(started)) = (holder, holder_started) {
         // Killed by the stop; reaped by whoever adopted it when the first daemon died.
         wait_reaped(pid, started, "the pod's PID holder").await;
@@ -1653,45 +1674,7 @@ async fn a_pod_whose_namespaces_are_gone_after_a_reboot_is_not_ready_and_removab
     assert_eq!(st.exit_code, 255, "no exit was recorded: {st:?}");
 
     // Both stop and go, leaving nothing: no record, pin, mount, cgroup or process.
-    env.rt
-        .stop_container(StopContainerRequest {
-            container_id: id.clone(),
-            timeout: 1,
-        })
-        .await
-        .unwrap();
-    env.rt
-        .remove_container(RemoveContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
-    assert!(!env.daemon.root.join("containers").join(&id).exists());
-    env.rt
-        .stop_pod_sandbox(cri::StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    env.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    common::assert_pod_gone(&env.daemon, &pod);
-    let mounts = common::mounts_below(&env.daemon.state_dir);
-    assert!(
-        mounts.is_empty(),
-        "mounts left in the state dir: {mounts:?}"
-    );
-    for (pid, started, what) in processes {
-        assert_eq!(
-            still_there(pid, started),
-            None,
-            "{what} (pid {pid}) is back"
-        );
-    }
+    remove_and_check_nothing_is_left(&mut env, &pod, &id, &processes).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1818,4 +1801,49 @@ async fn a_pod_whose_pid_namespace_holder_dies_is_not_ready_and_removable() {
         .unwrap();
     env.remove_pods(vec![pod.clone()]).await;
     common::assert_pod_gone(&env.daemon, &pod);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_processes_start_with_no_signal_ignored() {
+    // The agent's own processes ignore SIGPIPE (the Rust runtime's doing), and an ignored
+    // signal stays ignored across exec: a container's entrypoint and an exec must not
+    // inherit that. (An exec'd command is no shell's child: nothing at all is ignored.)
+    let mut env = env().await;
+    let pod = env.pod("signals").await;
+    let (lines, st) = env
+        .run(&pod, "ignores", "grep SigIgn /proc/$$/status")
+        .await;
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    // The shell may ignore signals of its own; SIGPIPE (13, bit 12) it got from its parent.
+    let mask = lines
+        .first()
+        .and_then(|l| l.strip_prefix("SigIgn:\t"))
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn line: {lines:?}"));
+    assert_eq!(mask & (1 << 12), 0, "SIGPIPE ignored: {mask:#x}");
+    let image = env.image.clone();
+    let id = env
+        .start_sleeper(&pod, "sleeper", &image, "exec sleep 9992")
+        .await;
+    let out = env
+        .rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id,
+            cmd: vec![
+                "/bin/busybox".into(),
+                "cat".into(),
+                "/proc/self/status".into(),
+            ],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.lines().any(|l| l == "SigIgn:\t0000000000000000"),
+        "{status}"
+    );
+    env.remove_pods(vec![pod]).await;
 }

@@ -12,7 +12,8 @@ use std::io::{self, Write};
 
 use serde::{Deserialize, Serialize};
 
-/// Where a container's set-up failed: a typed reason the daemon maps to its error.
+/// Where a container's set-up failed: a typed reason, logged by the daemon with the
+/// message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Stage {

@@ -213,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn the_overlay_comes_first_with_the_init_layer_on_top() {
+    fn the_overlay_comes_first_with_the_specs_layers_in_their_order() {
         let plan = plan(&spec());
         assert_eq!(plan[0], Mount::SlaveAll);
         assert_eq!(

@@ -62,8 +62,18 @@ impl Runtime {
         let layout = self.container_layout(&c.id);
         let Ok(bytes) = std::fs::read(layout.exit_file()) else {
             let mut changed = Refreshed::Unchanged;
-            if c.state == ContainerState::Created && layout.started().exists() {
+            if c.state == ContainerState::Created
+                && let Ok(marker) = std::fs::metadata(layout.started())
+            {
+                // Started while no StartContainer call saw it through (the daemon was down).
                 c.state = ContainerState::Running;
+                if c.started_at == 0 {
+                    c.started_at = marker
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+                }
                 changed = Refreshed::Changed;
             }
             if self.monitor_is_gone(c, &layout) {
@@ -118,20 +128,23 @@ impl Runtime {
         if changed.is_empty() {
             return;
         }
-        let work: Vec<_> = changed
-            .into_iter()
-            .filter(|(_, r)| *r != Refreshed::Unchanged)
-            .map(|(c, r)| {
-                let cgroup = (r == Refreshed::Orphaned)
-                    .then(|| self.cgroups.cgroup(&c.cgroup).ok())
-                    .flatten();
-                (
-                    self.containers_dir.join(&c.id).join("state.json"),
-                    c,
-                    cgroup,
-                )
-            })
-            .collect();
+        // What is written is the record as it is now, not as the caller saw it: another call
+        // may have moved it on meanwhile. A record removed meanwhile is not written again.
+        let work: Vec<_> = {
+            let containers = self.containers.lock().await;
+            changed
+                .into_iter()
+                .filter(|(_, r)| *r != Refreshed::Unchanged)
+                .filter_map(|(c, r)| {
+                    let current = containers.get(&c.id)?.clone();
+                    let cgroup = (r == Refreshed::Orphaned)
+                        .then(|| self.cgroups.cgroup(&current.cgroup).ok())
+                        .flatten();
+                    let path = self.containers_dir.join(&current.id).join("state.json");
+                    Some((path, current, cgroup))
+                })
+                .collect()
+        };
         let done = tokio::task::spawn_blocking(move || {
             for (path, c, cgroup) in work {
                 if let Some(cgroup) = cgroup
@@ -174,9 +187,10 @@ impl Runtime {
         }
     }
 
-    /// The lock of one container's operations (start, stop, remove): two of them on the
-    /// same container wait for each other, on different containers never.
-    async fn op_lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    /// The lock of one container's (or, keyed `pod/<id>`, one pod's) operations: start,
+    /// stop, remove. Two of them on the same one wait for each other, on different ones
+    /// never.
+    pub(super) async fn op_lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.op_locks.lock().unwrap_or_else(|p| p.into_inner());
             // Locks of removed containers go when nothing holds them.
@@ -417,39 +431,49 @@ impl Runtime {
         // then), or says why it could not.
         let fifo = layout.fifo();
         let released = tokio::select! {
-            r = tokio::time::timeout(START_TIMEOUT, release_init(&fifo)) => r,
-            () = monitor_exit(c.monitor) => Ok(Err("the container's init has exited".into())),
+            r = tokio::time::timeout(START_TIMEOUT, release_init(&fifo)) => r.unwrap_or_else(|_| {
+                Release::NotWaiting(format!(
+                    "the container's init did not start within {START_TIMEOUT:?}"
+                ))
+            }),
+            () = monitor_exit(c.monitor, &layout) => {
+                Release::NotWaiting("the container's init has exited".into())
+            }
         };
         let failure = match released {
-            Err(_) => Some(format!(
-                "the container's init did not start within {START_TIMEOUT:?}"
-            )),
-            Ok(Err(e)) => Some(e),
-            Ok(Ok(())) => None,
+            Release::Started => None,
+            // Released, but the exec failed: the monitor records why.
+            Release::ExecFailed(e) => {
+                wait_exit(&layout, c.monitor, KILL_TIMEOUT).await;
+                Some(e)
+            }
+            // Never released: the container stays what it was (or what the monitor
+            // recorded, if the init died).
+            Release::NotWaiting(e) => {
+                let refreshed = self.refresh(&mut c);
+                self.containers.lock().await.insert(c.id.clone(), c.clone());
+                self.settle(vec![(c.clone(), refreshed)]).await;
+                return Err(Error::Precondition(format!(
+                    "container {} cannot start: {e}",
+                    c.id
+                )));
+            }
         };
-        if failure.is_some() {
-            // The monitor records why; give it the time to.
-            wait_exit(&layout, c.monitor, KILL_TIMEOUT).await;
-        }
         c.started_at = crate::clock::now_nanos();
         c.state = ContainerState::Running;
         let refreshed = self.refresh(&mut c);
-        self.save_container(&c)?;
         self.containers.lock().await.insert(c.id.clone(), c.clone());
-        if refreshed == Refreshed::Orphaned {
-            self.settle(vec![(c.clone(), refreshed)]).await;
-        }
+        self.settle(vec![(c.clone(), Refreshed::Changed.max(refreshed))])
+            .await;
         if c.reason == "StartError" {
             return Err(Error::Precondition(format!(
                 "container {} failed to start: {}",
                 c.id, c.message
             )));
         }
-        if let Some(e) = failure
-            && c.state != ContainerState::Exited
-        {
+        if let Some(e) = failure {
             return Err(Error::Precondition(format!(
-                "container {} cannot start: {e}",
+                "container {} failed to start: {e}",
                 c.id
             )));
         }
@@ -652,7 +676,7 @@ async fn spawn_monitor(dir: &Path) -> Result<(u32, u32)> {
         Ok(Ok(_)) => match oci::parse(&line) {
             Ok(Message::Ready { pid: Some(pid) }) => Ok((pid, monitor)),
             Ok(Message::Failure { stage, message }) => {
-                tracing::debug!(?stage, %message, "the container's init failed");
+                tracing::info!(?stage, %message, "the container's init failed");
                 Err(Error::CreateFailed(message))
             }
             Ok(other) => Err(Error::CreateFailed(format!(
@@ -663,24 +687,41 @@ async fn spawn_monitor(dir: &Path) -> Result<(u32, u32)> {
     }
 }
 
+/// What the init said on the start FIFO.
+#[derive(Debug)]
+enum Release {
+    /// Released: it said `started`, and the FIFO closed at its exec.
+    Started,
+    /// Released, but the exec failed.
+    ExecFailed(String),
+    /// It was never released: not waiting (it died, or never got there), or the FIFO failed.
+    NotWaiting(String),
+}
+
 /// Opens the start FIFO (the init is blocked opening its other end, which releases it)
 /// and reads what the init says until end of file: `started`, then the end at its exec;
 /// or a failure. Event-driven: a FIFO no writer has opened yet is not readable.
-async fn release_init(fifo: &Path) -> std::result::Result<(), String> {
-    let file = std::fs::OpenOptions::new()
+async fn release_init(fifo: &Path) -> Release {
+    let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(fifo)
-        .map_err(|e| format!("opening {}: {e}", fifo.display()))?;
-    let watched =
-        Watched::new(file.into()).map_err(|e| format!("watching {}: {e}", fifo.display()))?;
+        .and_then(|file| Watched::new(file.into()));
+    let watched = match opened {
+        Ok(watched) => watched,
+        Err(e) => return Release::NotWaiting(format!("opening {}: {e}", fifo.display())),
+    };
     let mut said = Vec::new();
     let mut buf = [0u8; 4096];
+    let mut broken = None;
     loop {
         match watched.read(&mut buf).await {
             Ok(0) => break,
             Ok(n) => said.extend_from_slice(&buf[..n]),
-            Err(e) => return Err(format!("reading {}: {e}", fifo.display())),
+            Err(e) => {
+                broken = Some(format!("reading {}: {e}", fifo.display()));
+                break;
+            }
         }
     }
     let text = String::from_utf8_lossy(&said);
@@ -688,26 +729,36 @@ async fn release_init(fifo: &Path) -> std::result::Result<(), String> {
     for line in text.lines() {
         match oci::parse(line) {
             Ok(Message::Started) => started = true,
-            Ok(Message::Failure { message, .. }) => return Err(message),
-            Ok(other) => return Err(format!("unexpected {other:?} from the container's init")),
-            Err(e) => return Err(e.to_string()),
+            Ok(Message::Failure { message, .. }) if started => {
+                return Release::ExecFailed(message);
+            }
+            Ok(Message::Failure { message, .. }) => return Release::NotWaiting(message),
+            Ok(other) => broken = Some(format!("unexpected {other:?} from the container's init")),
+            Err(e) => broken = Some(e.to_string()),
         }
     }
-    if started {
-        Ok(())
-    } else {
-        Err("the container's init has exited".into())
+    match (started, broken) {
+        (true, None) => Release::Started,
+        (true, Some(e)) => Release::ExecFailed(e),
+        (false, e) => {
+            Release::NotWaiting(e.unwrap_or_else(|| "the container's init has exited".into()))
+        }
     }
 }
 
-/// Resolves when the monitor `(pid, start time)` has exited (its pidfd turns readable);
-/// never, if it is unknown or not that process any more.
-async fn monitor_exit(monitor: Option<(u32, u64)>) {
+/// Resolves when the monitor `(pid, start time)` has exited (its pidfd turns readable). A
+/// monitor that is unknown (a record of an older agent) or already gone: when the exit is
+/// recorded, checked every few milliseconds.
+async fn monitor_exit(monitor: Option<(u32, u64)>, layout: &Layout) {
     match watch_monitor(monitor) {
         Some(watched) => {
             let _ = watched.readable().await;
         }
-        None => std::future::pending().await,
+        None => {
+            while !layout.exit_file().exists() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
     }
 }
 
@@ -1176,7 +1227,7 @@ impl Drop for Frozen {
 }
 
 /// What [`Runtime::refresh`] changed in a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Refreshed {
     Unchanged,
     /// To be saved.

@@ -390,12 +390,14 @@ impl Runtime {
     /// Stops a pod: its containers are killed and its namespaces released. Idempotent.
     pub async fn stop_pod(&self, id: &str) -> Result<()> {
         let pod_id = self.pod(id).await?.id;
+        let _op = self.op_lock(&format!("pod/{pod_id}")).await;
         for c in self.pod_containers(&pod_id).await {
             self.stop_container(&c, std::time::Duration::ZERO).await?;
         }
-        let mut sandboxes = self.sandboxes.lock().await;
-        let sandbox = find_mut(&mut sandboxes, id)?;
-        stop_pid_holder(sandbox, &self.pins.join(&sandbox.id));
+        // The pod's record is changed under the lock; the killing and unmounting, which can
+        // take seconds, happen without it.
+        let sandbox = self.mark_not_ready(&pod_id).await?;
+        stop_pid_holder(&sandbox, &self.pins.join(&sandbox.id));
         // Until the holder (and with it the pod's PID namespace) is really gone.
         kill_cgroup(
             &self
@@ -405,13 +407,8 @@ impl Runtime {
         )
         .await?;
         release_pins(&self.pins.join(&sandbox.id));
-        if sandbox.state != SandboxState::NotReady {
-            let mut stopped = sandbox.clone();
-            stopped.state = SandboxState::NotReady;
-            self.save(&stopped)?;
-            *sandbox = stopped;
-        }
-        Ok(())
+        // Saved every time: a stop that failed half-way and is retried records it then.
+        self.save(&sandbox)
     }
 
     /// Removes a pod (stopping it first). Removing a missing pod is not an error.
@@ -421,14 +418,15 @@ impl Runtime {
             Err(Error::SandboxNotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let _op = self.op_lock(&format!("pod/{pod_id}")).await;
         for c in self.pod_containers(&pod_id).await {
             self.remove_container(&c).await?;
         }
-        let mut sandboxes = self.sandboxes.lock().await;
-        let Ok(sandbox) = find_mut(&mut sandboxes, id) else {
-            return Ok(());
+        let sandbox = match self.mark_not_ready(&pod_id).await {
+            Ok(sandbox) => sandbox,
+            Err(Error::SandboxNotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
         };
-        let sandbox = sandbox.clone();
         stop_pid_holder(&sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
         let cgroup = self.cgroups.cgroup(&sandbox.cgroup)?;
@@ -437,8 +435,16 @@ impl Runtime {
         let dir = self.sandbox_dir(&sandbox.id);
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
         let _ = std::fs::remove_dir_all(self.pins.join(&sandbox.id));
-        sandboxes.remove(&sandbox.id);
+        self.sandboxes.lock().await.remove(&sandbox.id);
         Ok(())
+    }
+
+    /// Marks a pod NotReady in memory (so that no new container joins it) and returns it.
+    async fn mark_not_ready(&self, pod_id: &str) -> Result<Sandbox> {
+        let mut sandboxes = self.sandboxes.lock().await;
+        let sandbox = find_mut(&mut sandboxes, pod_id)?;
+        sandbox.state = SandboxState::NotReady;
+        Ok(sandbox.clone())
     }
 
     pub async fn pod(&self, id: &str) -> Result<Sandbox> {

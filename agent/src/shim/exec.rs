@@ -75,10 +75,12 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
     let pid: u32 = pid
         .parse()
         .map_err(|_| Error::Usage(format!("bad pid {pid:?}")))?;
-    let not_running = |e: std::io::Error| Error::Sys {
-        stage: Stage::Namespaces,
-        what: "the container is not running".into(),
-        source: e,
+    let not_running = |what: String| {
+        move |e: std::io::Error| Error::Sys {
+            stage: Stage::Namespaces,
+            what: format!("the container is not running ({what})"),
+            source: e,
+        }
     };
     // Open every namespace first: once in the container's mount namespace, the host's
     // /proc is out of reach. Paths through /proc/self/fd keep them reachable.
@@ -90,8 +92,8 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
         Namespace::Pid,
         Namespace::Mount,
     ] {
-        let file =
-            File::open(format!("/proc/{pid}/ns/{}", kind.proc_name())).map_err(not_running)?;
+        let file = File::open(format!("/proc/{pid}/ns/{}", kind.proc_name()))
+            .map_err(not_running(format!("its {} namespace", kind.proc_name())))?;
         namespaces.push((kind, file));
     }
     // The pid must still be the container's init: it is in the container's cgroup.
@@ -107,7 +109,9 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
         .and_then(|h| h.cgroup(&spec.linux.cgroups_path))
         .map_err(cgroup_err("the container's cgroup"))?;
     if !container.holds_container_process(pid) {
-        return Err(not_running(std::io::ErrorKind::NotFound.into()));
+        return Err(not_running(format!("pid {pid} is not in its cgroup"))(
+            std::io::ErrorKind::NotFound.into(),
+        ));
     }
     container
         .child(leaf)

@@ -71,6 +71,7 @@ pub fn setup_and_exec(
         .read_exact(&mut byte)
         .map_err(at(Stage::Setup, || "waiting for the monitor".into()))?;
 
+    check_spec(spec)?;
     // Read and opened while the host's paths are still in reach.
     let seccomp = read_seccomp(spec)?;
     sys.hold_start_fifo(&spec.strata.start_fifo)
@@ -106,6 +107,29 @@ pub fn setup_and_exec(
         seccomp.as_deref(),
         &[sync.as_raw_fd()],
     )
+}
+
+/// Refuses a spec the init could not carry out to its end, before anything is changed on
+/// its account: unknown namespaces, capabilities or resource limits, NUL bytes.
+fn check_spec(spec: &Spec) -> Result<()> {
+    for ns in &spec.linux.namespaces {
+        Namespace::from_oci(&ns.kind)
+            .ok_or_else(|| Error::Spec(format!("unsupported namespace {:?}", ns.kind)))?;
+    }
+    let caps = &spec.process.capabilities;
+    for names in [&caps.bounding, &caps.effective, &caps.permitted] {
+        capability_set(names)?;
+    }
+    for limit in &spec.process.rlimits {
+        rlimit_resource(&limit.kind)
+            .ok_or_else(|| Error::Spec(format!("unknown resource limit {}", limit.kind)))?;
+    }
+    if spec.process.args.is_empty() {
+        return Err(Error::Spec("no command to run".into()));
+    }
+    cstrings(&spec.process.args)?;
+    cstrings(&spec.process.env)?;
+    Ok(())
 }
 
 /// The container's seccomp program, if it has one.
@@ -198,6 +222,9 @@ pub fn confine_and_exec(
     seccomp: Option<&[u8]>,
     keep: &[i32],
 ) -> Result<Infallible> {
+    // First, so that no seccomp profile can stand in its way.
+    sys.reset_signals()
+        .map_err(at(Stage::Setup, || "resetting signal dispositions".into()))?;
     let nnp = spec.process.no_new_privileges;
     let load = |sys: &mut dyn Syscall, program: &[u8]| {
         sys.load_seccomp(program)
@@ -440,6 +467,7 @@ mod tests {
             position(calls, |c| *c == Call::WaitForStart),
             position(calls, |c| *c == Call::SetOomScoreAdj(500)),
             position(calls, |c| matches!(c, Call::SetRlimit(_))),
+            position(calls, |c| *c == Call::ResetSignals),
             position(calls, |c| matches!(c, Call::LimitBoundingSet(_))),
             position(calls, |c| *c == Call::SetGroups(vec![10])),
             position(calls, |c| *c == Call::SetGid(1000)),
@@ -470,9 +498,15 @@ mod tests {
 
     #[test]
     fn without_no_new_privs_the_filter_is_loaded_while_still_privileged() {
-        let mut sys = Recorder::default();
+        // A host whose root lacks CAP_KILL: asked for, it is not kept.
+        let mut sys = Recorder {
+            held: Some(CapabilitySet::CHOWN | CapabilitySet::SETUID),
+            ..Default::default()
+        };
         let mut s = spec(false);
         s.process.user.uid = 0;
+        s.process.capabilities.effective = vec!["CAP_CHOWN".into(), "CAP_KILL".into()];
+        s.process.capabilities.permitted = vec!["CAP_CHOWN".into(), "CAP_KILL".into()];
         run_init(&mut s, &mut sys, true);
         let calls = &sys.calls;
         let seccomp = position(calls, |c| matches!(c, Call::LoadSeccomp(_)));

@@ -119,7 +119,7 @@ mod tests {
         let out = split(&[&long[..MAX_LINE + 1]]);
         assert_eq!((out[0].0, out[0].1.len()), (true, MAX_LINE));
         assert_eq!((out[1].0, out[1].1.len()), (false, 1));
-        // Exactly MAX_LINE then a newline: one partial piece and an empty full end.
+        // Exactly MAX_LINE then a newline, in one read: one full line.
         let mut exact = vec![b'y'; MAX_LINE];
         exact.push(b'\n');
         let out = split(&[&exact]);

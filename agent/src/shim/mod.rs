@@ -41,6 +41,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Usage(String),
+    /// The container's init failed, and said so.
+    #[error("{message}")]
+    Init { stage: Stage, message: String },
 }
 
 impl Error {
@@ -49,6 +52,7 @@ impl Error {
             Error::Sys { stage, .. } => *stage,
             Error::Spec(_) | Error::Usage(_) => Stage::Setup,
             Error::NotFound(_) => Stage::NotFound,
+            Error::Init { stage, .. } => *stage,
         }
     }
 }

@@ -148,11 +148,7 @@ fn monitor(dir: &Path) -> Result<()> {
             .map_err(at(Stage::Setup, || "releasing the init".into()))?;
         match read_from_init(&sync_r)? {
             Message::Ready { .. } => Ok(()),
-            Message::Failure { stage, message } => Err(Error::Sys {
-                stage,
-                what: message,
-                source: std::io::Error::other("the container's init failed"),
-            }),
+            Message::Failure { stage, message } => Err(Error::Init { stage, message }),
             other => Err(Error::Spec(format!("unexpected {other:?} from the init"))),
         }
     })();

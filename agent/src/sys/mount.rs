@@ -288,12 +288,15 @@ fn in_root(
 ) -> io::Result<()> {
     let rootdir = RootDir::open_crossing_mounts(root)?;
     let is_bind = flags.contains(MsFlags::MS_BIND);
+    let context =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     if is_bind && Path::new(source).metadata().is_ok_and(|md| !md.is_dir()) {
-        rootdir.ensure_file(destination)?;
+        rootdir.ensure_file(destination)
     } else {
-        rootdir.ensure_dir(destination)?;
+        rootdir.ensure_dir(destination)
     }
-    let target = resolve(&rootdir, destination)?;
+    .map_err(context("creating the mount point"))?;
+    let target = resolve(&rootdir, destination).map_err(context("resolving the mount point"))?;
     let source = if source.is_empty() { fstype } else { source };
     let data = (!data.is_empty()).then_some(data);
     // A bind mount takes its read-only flag (and nosuid…) only on a remount.
@@ -355,14 +358,16 @@ fn populate_dev(dev: &Path) -> io::Result<()> {
         ("tty", 5, 0),
     ] {
         let path = dev.join(name);
-        nix::sys::stat::mknod(
+        let made = nix::sys::stat::mknod(
             &path,
             nix::sys::stat::SFlag::S_IFCHR,
             nix::sys::stat::Mode::from_bits_truncate(0o666),
             nix::sys::stat::makedev(major, minor),
-        )?;
+        )
+        .map_err(io::Error::from)
         // mknod is subject to the umask; the mode must be exact.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)));
+        made.map_err(|e| io::Error::new(e.kind(), format!("/dev/{name}: {e}")))?;
     }
     for (name, target) in [
         ("fd", "/proc/self/fd"),
@@ -371,7 +376,8 @@ fn populate_dev(dev: &Path) -> io::Result<()> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        std::os::unix::fs::symlink(target, dev.join(name))?;
+        std::os::unix::fs::symlink(target, dev.join(name))
+            .map_err(|e| io::Error::new(e.kind(), format!("/dev/{name}: {e}")))?;
     }
     for dir in ["pts", "shm", "mqueue"] {
         std::fs::create_dir_all(dev.join(dir))?;

@@ -129,3 +129,48 @@ pub fn pidfd_of(pid: u32, started: u64) -> Option<std::os::fd::OwnedFd> {
     let pidfd = pidfd_open(raw, PidfdFlags::empty()).ok()?;
     (start_time(pid) == Some(started)).then_some(pidfd)
 }
+
+/// Gives every signal its default action back. An ignored signal stays ignored across
+/// execve, and the agent's processes ignore some: the Rust runtime ignores SIGPIPE, the C
+/// library's own signals (32, 33) come through ignored, and a daemon started from a shell's
+/// background or under nohup inherits SIGQUIT or SIGHUP ignored. A container's processes
+/// must start with none of that (`yes | head` would never end; SIGQUIT would not make a JVM
+/// dump its threads).
+pub fn reset_signal_dispositions() -> std::io::Result<()> {
+    /// The kernel's `struct sigaction` for rt_sigaction(2) (not the C library's, whose
+    /// wrapper refuses the signals it keeps for itself).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signo in 1..=libc::SIGRTMAX() {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: rt_sigaction reads a valid struct of the kernel's layout and writes
+        // nothing (no old action asked for); the default action runs no code of ours.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signo,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        if ret != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

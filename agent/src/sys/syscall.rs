@@ -138,6 +138,8 @@ pub trait Syscall {
     fn set_no_new_privs(&mut self) -> io::Result<()>;
     /// Marks every descriptor but 0-2 and `keep` close-on-exec.
     fn close_other_fds(&mut self, keep: &[RawFd]) -> io::Result<()>;
+    /// Signal dispositions back to their defaults (what this process ignores, an exec keeps).
+    fn reset_signals(&mut self) -> io::Result<()>;
     /// Replaces this process; returns only the error.
     fn exec(&mut self, exe: &CStr, args: &[CString], env: &[CString]) -> io::Error;
 }
@@ -206,7 +208,8 @@ impl Syscall for Linux {
     fn enter_working_dir(&mut self, cwd: &Path, create: bool) -> io::Result<()> {
         let root = RootDir::open_crossing_mounts(Path::new("/"))?;
         if create {
-            root.ensure_dir(cwd)?;
+            root.ensure_dir(cwd)
+                .map_err(|e| io::Error::new(e.kind(), format!("creating it: {e}")))?;
         }
         root.enter_dir(cwd)
     }
@@ -299,6 +302,10 @@ impl Syscall for Linux {
         super::process::close_other_fds(keep)
     }
 
+    fn reset_signals(&mut self) -> io::Result<()> {
+        super::process::reset_signal_dispositions()
+    }
+
     fn exec(&mut self, exe: &CStr, args: &[CString], env: &[CString]) -> io::Error {
         match nix::unistd::execve(exe, args, env) {
             Err(e) => io::Error::from(e),
@@ -330,6 +337,7 @@ pub enum Call {
     SetCapabilities(CapabilitySet, CapabilitySet),
     SetNoNewPrivs,
     CloseOtherFds,
+    ResetSignals,
     Exec(String, Vec<String>),
 }
 
@@ -426,6 +434,9 @@ impl Syscall for Recorder {
     }
     fn close_other_fds(&mut self, _keep: &[RawFd]) -> io::Result<()> {
         self.record(Call::CloseOtherFds)
+    }
+    fn reset_signals(&mut self) -> io::Result<()> {
+        self.record(Call::ResetSignals)
     }
     fn exec(&mut self, exe: &CStr, args: &[CString], _env: &[CString]) -> io::Error {
         let call = Call::Exec(
