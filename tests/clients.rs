@@ -187,6 +187,127 @@ async fn the_real_crictl_drives_a_whole_lifecycle() {
     assert!(!crictl.run(&["images", "-q"]).contains("sha256"));
 }
 
+impl Crictl {
+    /// Runs crictl with `input` on its stdin; its exit status, stdout and stderr.
+    fn run_with_input(
+        &self,
+        args: &[&str],
+        input: &[u8],
+    ) -> (std::process::ExitStatus, String, String) {
+        use std::io::Write as _;
+        let mut child = Command::new(crictl_binary())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["--runtime-endpoint", &self.endpoint])
+            .args(["--timeout", "30s"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// A pod and a running sleeper container in it, made with crictl; their ids.
+    fn sleeper(&self, d: &common::Daemon, image: &str, name: &str) -> (String, String) {
+        let pod_json = d.path(&format!("{name}-pod.json"));
+        std::fs::write(
+            &pod_json,
+            serde_json::json!({
+                "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid")},
+                "linux": {}
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let container_json = d.path(&format!("{name}-container.json"));
+        std::fs::write(
+            &container_json,
+            serde_json::json!({
+                "metadata": {"name": name},
+                "image": {"image": image},
+                "command": ["sh", "-c", "exec sleep 1000"],
+                "linux": {}
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let pod_path = pod_json.to_str().unwrap();
+        let pod = self.run(&["runp", pod_path]).trim().to_string();
+        let id = self
+            .run(&["create", &pod, container_json.to_str().unwrap(), pod_path])
+            .trim()
+            .to_string();
+        self.run(&["start", &id]);
+        (pod, id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_crictl_execs_through_the_streaming_server() {
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let (pod, id) = crictl.sleeper(d, &env.image, "streamer");
+
+    // Not `-s`: Exec, a URL, SPDY to the streaming server, stdout and stderr apart.
+    let (status, out, err) =
+        crictl.run_with_input(&["exec", &id, "sh", "-c", "echo out; echo err >&2"], b"");
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(out, "out\n");
+    assert_eq!(err, "err\n");
+
+    // The exit code comes back through the error stream.
+    let (status, _, err) = crictl.run_with_input(&["exec", &id, "sh", "-c", "exit 3"], b"");
+    assert!(!status.success());
+    assert!(err.contains("exit code 3"), "{err}");
+
+    // stdin (-i) reaches the command; its end is the command's end of file.
+    let input = "line one\nline two\n".repeat(2000);
+    let (status, out, err) = crictl.run_with_input(
+        &["exec", "-i", &id, "sh", "-c", "wc -l; echo done"],
+        input.as_bytes(),
+    );
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["4000", "done"],
+        "{out}"
+    );
+
+    // Output bigger than a frame and than a pipe arrives whole and in order.
+    let (status, out, err) = crictl.run_with_input(
+        &[
+            "exec",
+            &id,
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 20000 ]; do echo line-$i; i=$((i+1)); done",
+        ],
+        b"",
+    );
+    assert!(status.success(), "{status}: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 20000);
+    assert_eq!(lines[19999], "line-19999");
+
+    // A stopped container has no exec, and nothing is left of the execs in its cgroup.
+    crictl.run(&["stop", &id]);
+    let (status, _, err) = crictl.run_with_input(&["exec", &id, "true"], b"");
+    assert!(!status.success());
+    assert!(err.contains("not running"), "{err}");
+    crictl.run(&["rm", &id]);
+    crictl.run(&["stopp", &pod]);
+    crictl.run(&["rmp", &pod]);
+}
+
 /// How a request carries its `:authority`.
 #[derive(Debug, Clone, Copy)]
 enum Authority<'a> {
@@ -385,4 +506,173 @@ async fn garbage_and_hostile_streams_lose_their_connection_only() {
         "{log}"
     );
     assert!(log.contains("header block over"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_ends_with_its_client() {
+    use std::io::BufRead as _;
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let (pod, id) = crictl.sleeper(d, &env.image, "abandoned");
+    let mut child = Command::new(crictl_binary())
+        .arg("--config")
+        .arg(&crictl.config)
+        .args(["--runtime-endpoint", &crictl.endpoint])
+        .args(["exec", &id, "sh", "-c", "echo ready; exec sleep 7878"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready, "ready\n");
+    let sleeping = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|c| c == b"sleep\x007878\x00")
+    };
+    assert!(sleeping(), "the command runs");
+    // The client goes away without a word: the command goes with it, and its cgroup leaf.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let cgroup = format!("{}/pod-{pod}/{id}", d.cgroup_parent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leaves: Vec<PathBuf> = common::cgroup_dirs(&cgroup)
+            .iter()
+            .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("exec-"))
+            })
+            .collect();
+        if !sleeping() && leaves.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left after the client went: sleeping {}, leaves {leaves:?}",
+            sleeping()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crictl.run(&["rmp", "-f", &pod]);
+}
+
+/// One HTTP/1.1 request to `url` with `headers`; the status line and the response head.
+fn http(url: &str, headers: &[&str]) -> String {
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').expect("a path");
+    let mut stream = std::net::TcpStream::connect(host).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_urls_are_checked_single_use_and_negotiated() {
+    use strata_api::cri::{ExecRequest, runtime_service_client::RuntimeServiceClient};
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let (pod, id) = crictl.sleeper(d, &env.image, "urls");
+    let mut rt = RuntimeServiceClient::new(d.channel().await);
+    let request = |cmd: &[&str], tty: bool, stderr: bool| ExecRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        tty,
+        stdin: false,
+        stdout: true,
+        stderr,
+        ..Default::default()
+    };
+    // Requests the streaming server could never serve are refused at once.
+    for (bad, code) in [
+        (request(&[], false, true), tonic::Code::InvalidArgument),
+        (request(&["true"], true, true), tonic::Code::InvalidArgument),
+        (
+            ExecRequest {
+                container_id: "nope".into(),
+                ..request(&["true"], false, true)
+            },
+            tonic::Code::NotFound,
+        ),
+    ] {
+        let err = rt.exec(bad).await.unwrap_err();
+        assert_eq!(err.code(), code, "{err:?}");
+    }
+    let url = || {
+        let mut rt = rt.clone();
+        let request = request(&["true"], false, true);
+        async move { rt.exec(request).await.unwrap().into_inner().url }
+    };
+    let spdy = [
+        "Connection: Upgrade",
+        "Upgrade: SPDY/3.1",
+        "X-Stream-Protocol-Version: v4.channel.k8s.io",
+    ];
+    // On loopback by default, with a token of 128 bits.
+    let first = url().await;
+    assert!(first.starts_with("http://127.0.0.1:"), "{first}");
+    assert_eq!(first.rsplit('/').next().unwrap().len(), 32, "{first}");
+    // A protocol we do not speak: 403, and the ones we do.
+    let refused = http(
+        &first,
+        &[
+            "Connection: Upgrade",
+            "Upgrade: SPDY/3.1",
+            "X-Stream-Protocol-Version: v9.channel.k8s.io",
+        ],
+    );
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(
+        refused
+            .to_ascii_lowercase()
+            .contains("x-accepted-stream-protocol-versions: v4.channel.k8s.io"),
+        "{refused}"
+    );
+    // No upgrade asked for: 400.
+    let plain = http(
+        &url().await,
+        &["X-Stream-Protocol-Version: v4.channel.k8s.io"],
+    );
+    assert!(plain.starts_with("HTTP/1.1 400"), "{plain}");
+    // A good one switches protocols, once: the same URL again is not found, nor is a
+    // made-up one.
+    let good = url().await;
+    let switched = http(&good, &spdy);
+    assert!(switched.starts_with("HTTP/1.1 101"), "{switched}");
+    assert!(
+        switched
+            .to_ascii_lowercase()
+            .contains("x-stream-protocol-version: v4.channel.k8s.io"),
+        "{switched}"
+    );
+    assert!(http(&good, &spdy).starts_with("HTTP/1.1 404"));
+    let forged = format!(
+        "{}/exec/{}",
+        good.rsplit_once("/exec/").unwrap().0,
+        "0".repeat(32)
+    );
+    assert!(http(&forged, &spdy).starts_with("HTTP/1.1 404"));
+    crictl.run(&["rmp", "-f", &pod]);
 }

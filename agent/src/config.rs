@@ -83,6 +83,27 @@ struct FileConfig {
     images: ImagesConfig,
     #[serde(default)]
     registries: BTreeMap<String, RegistryConfig>,
+    #[serde(default)]
+    streaming: StreamingConfig,
+}
+
+/// The streaming server behind Exec's URLs (`[streaming]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingConfig {
+    /// The address it listens on: loopback unless the kubelet reaches it from elsewhere.
+    pub address: String,
+    /// Its port; 0 picks a free one at every start.
+    pub port: u16,
+}
+
+impl Default for StreamingConfig {
+    fn default() -> Self {
+        StreamingConfig {
+            address: "127.0.0.1".into(),
+            port: 0,
+        }
+    }
 }
 
 /// How images are pulled and stored (`[images]`).
@@ -153,6 +174,7 @@ pub struct Config {
     pub rlimits: BTreeMap<String, u64>,
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
+    pub streaming: StreamingConfig,
 }
 
 impl Config {
@@ -196,6 +218,7 @@ impl Config {
             rlimits: file.rlimits,
             images: file.images,
             registries: file.registries,
+            streaming: file.streaming,
         };
         config.validate()?;
         Ok(config)

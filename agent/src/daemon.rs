@@ -98,10 +98,20 @@ pub async fn run(config: Config) -> Result<()> {
             layers.iter().filter_map(|d| d.parse().ok()).collect(),
         );
     }
+    let runtime = Arc::new(runtime);
+    let (streaming, streaming_listener) = server::streaming::Server::bind(
+        &config.streaming.address,
+        config.streaming.port,
+        Arc::clone(&runtime),
+    )
+    .await
+    .map_err(|e| Error::Startup(e.to_string()))?;
+    tokio::spawn(Arc::clone(&streaming).serve(streaming_listener));
     let ctx = Arc::new(server::Context {
         config,
         images: Arc::new(images),
-        runtime: Arc::new(runtime),
+        runtime,
+        streaming,
     });
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");

@@ -860,25 +860,7 @@ impl Runtime {
         cmd: Vec<String>,
         timeout: Duration,
     ) -> Result<ExecOutput> {
-        let c = self.container(id).await?;
-        if cmd.is_empty() {
-            return Err(Error::Invalid {
-                what: "exec".into(),
-                reason: "no command".into(),
-            });
-        }
-        let (ContainerState::Running, Some(pid)) = (c.state, c.pid) else {
-            return Err(Error::Precondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        };
-        let dir = self.containers_dir.join(&c.id);
-        // The exec's own leaf beside the container's: whatever the command starts stays
-        // in it, and is killed with it when the call ends.
-        let suffix = super::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;
-        let leaf_name = format!("{}{}", crate::cgroup::EXEC_LEAF_PREFIX, &suffix[..12]);
-        let leaf = self.cgroups.cgroup(&c.cgroup)?.create_leaf(&leaf_name)?;
+        let (c, dir, pid, leaf_name, leaf) = self.prepare_exec(id, &cmd).await?;
         // The exec runs to its end in a task of its own, cleanup included, even if this
         // call is dropped (the client went away): that cancels it like a timeout.
         let (cancel_on_drop, cancelled) = tokio::sync::oneshot::channel::<()>();
@@ -900,6 +882,114 @@ impl Runtime {
             .map_err(|e| Error::Precondition(format!("the exec failed: {e}")))?;
         drop(cancel_on_drop);
         result
+    }
+}
+
+impl Runtime {
+    /// What every exec needs: a running container, a command, and a leaf of its own below
+    /// the container's cgroup, so that whatever the command starts is killed with it.
+    async fn prepare_exec(
+        &self,
+        id: &str,
+        cmd: &[String],
+    ) -> Result<(Container, PathBuf, u32, String, crate::cgroup::Cgroup)> {
+        let c = self.container(id).await?;
+        if cmd.is_empty() {
+            return Err(Error::Invalid {
+                what: "exec".into(),
+                reason: "no command".into(),
+            });
+        }
+        let (ContainerState::Running, Some(pid)) = (c.state, c.pid) else {
+            return Err(Error::Precondition(format!(
+                "container {} is not running",
+                c.id
+            )));
+        };
+        let dir = self.containers_dir.join(&c.id);
+        let suffix = super::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;
+        let leaf_name = format!("{}{}", crate::cgroup::EXEC_LEAF_PREFIX, &suffix[..12]);
+        let leaf = self.cgroups.cgroup(&c.cgroup)?.create_leaf(&leaf_name)?;
+        Ok((c, dir, pid, leaf_name, leaf))
+    }
+
+    /// Starts `cmd` in a running container with its stdin, stdout and stderr piped to the
+    /// caller, for a streaming exec. [`ExecProcess::finish`] ends it.
+    pub async fn start_exec(&self, id: &str, cmd: Vec<String>) -> Result<ExecProcess> {
+        use tokio::io::AsyncWriteExt as _;
+        let (_, dir, pid, leaf_name, leaf) = self.prepare_exec(id, &cmd).await?;
+        let spawned = oci::helper_command(Helper::Exec)
+            .map_err(io_err("cannot find", Path::new("/proc/self/exe")))
+            .and_then(|mut command| {
+                command
+                    .arg(pid.to_string())
+                    .arg(&leaf_name)
+                    .arg("--")
+                    .args(&cmd)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .map_err(io_err("cannot exec in", &dir))
+            });
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = tokio::task::spawn_blocking(move || leaf.remove()).await;
+                return Err(e);
+            }
+        };
+        // Its directory first; what comes after on stdin is the command's.
+        let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
+        line.push(b'\n');
+        if let Some(stdin) = child.stdin.as_mut() {
+            stdin
+                .write_all(&line)
+                .await
+                .map_err(io_err("cannot start a helper for", &dir))?;
+        }
+        Ok(ExecProcess { child, leaf })
+    }
+}
+
+/// A command running in a container for a streaming exec.
+pub struct ExecProcess {
+    /// The exec helper: its stdin, stdout and stderr are the command's.
+    pub child: tokio::process::Child,
+    leaf: crate::cgroup::Cgroup,
+}
+
+impl ExecProcess {
+    /// Waits for the command's exit code (ending it, if `cancelled` resolves first: the
+    /// helper kills and reaps it), then kills and removes whatever is left of it.
+    pub async fn finish(mut self, cancelled: impl std::future::Future<Output = ()>) -> i32 {
+        let status = tokio::select! {
+            status = self.child.wait() => status,
+            () = cancelled => {
+                if let Some(pid) = self.child.id() {
+                    crate::sys::process::signal_if(pid, rustix::process::Signal::TERM, || true);
+                }
+                match tokio::time::timeout(EXEC_KILL_GRACE, self.child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        let _ = self.child.kill().await;
+                        self.child.wait().await
+                    }
+                }
+            }
+        };
+        let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
+        let leaf = self.leaf;
+        let path = leaf.path();
+        let cleaned =
+            tokio::task::spawn_blocking(move || leaf.kill_all().and_then(|()| leaf.remove()))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+        if let Err(e) = cleaned {
+            tracing::warn!(cgroup = %path, error = %e, "cannot clean up after an exec");
+        }
+        code
     }
 }
 

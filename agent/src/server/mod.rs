@@ -8,6 +8,7 @@ mod image;
 pub mod listener;
 mod runtime;
 mod status;
+pub mod streaming;
 
 use std::sync::Arc;
 
@@ -31,6 +32,8 @@ pub struct Context {
     pub config: Config,
     pub images: Arc<crate::image::ImageStore>,
     pub runtime: Arc<crate::runtime::Runtime>,
+    /// Issues the URLs of Exec (and serves them).
+    pub streaming: Arc<streaming::Server>,
 }
 
 /// Builds the router with every service the agent offers on its socket.

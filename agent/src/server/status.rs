@@ -107,3 +107,14 @@ impl From<runtime::Error> for Status {
         Status::new(code, crate::report::error_line(&e))
     }
 }
+
+impl From<super::streaming::Error> for Status {
+    fn from(e: super::streaming::Error) -> Status {
+        use super::streaming::Error as E;
+        let code = match &e {
+            E::TooMany => Code::ResourceExhausted,
+            E::Token(_) | E::Bind { .. } => Code::Internal,
+        };
+        Status::new(code, crate::report::error_line(&e))
+    }
+}

@@ -25,21 +25,32 @@ use crate::{
     },
 };
 
-pub fn main(args: &[String]) -> ExitCode {
-    let mut line = String::new();
-    let (dir, pid, leaf, command) = match args {
-        [pid, leaf, sep, command @ ..]
-            if sep == "--"
-                && !command.is_empty()
-                && std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 1) =>
-        {
-            (
-                PathBuf::from(line.trim_end_matches('\n')),
-                pid,
-                leaf,
-                command,
-            )
+/// The first line of stdin, read a byte at a time: what follows it is the command's input
+/// (a streaming exec's stdin), which a buffered read would take.
+fn first_line() -> Option<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(std::io::stdin(), &mut byte) {
+            Ok(1) if byte[0] == b'\n' => break,
+            Ok(1) => line.push(byte[0]),
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return None,
         }
+        if line.len() > 4096 {
+            return None;
+        }
+    }
+    String::from_utf8(line).ok().filter(|l| !l.is_empty())
+}
+
+pub fn main(args: &[String]) -> ExitCode {
+    let line = match args {
+        [_, _, sep, command @ ..] if sep == "--" && !command.is_empty() => first_line(),
+        _ => None,
+    };
+    let (dir, pid, leaf, command) = match (args, line) {
+        ([pid, leaf, _, command @ ..], Some(line)) => (PathBuf::from(line), pid, leaf, command),
         _ => {
             eprintln!(
                 "usage: echo CONTAINER_DIR | stratad {} PID LEAF -- CMD...",

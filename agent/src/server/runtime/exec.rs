@@ -1,9 +1,14 @@
-//! RuntimeService RPCs of running commands in containers: ExecSync.
+//! RuntimeService RPCs of running commands in containers: ExecSync, and Exec (whose
+//! session the streaming server runs).
 
 use strata_api::cri;
 use tonic::{Request, Response, Status};
 
-use crate::server::{Context, convert::container as container_convert};
+use crate::server::{
+    Context,
+    convert::container as container_convert,
+    streaming::{ExecRequest, Session},
+};
 
 pub(super) async fn exec_sync(
     ctx: &Context,
@@ -23,4 +28,47 @@ pub(super) async fn exec_sync(
         stderr: out.stderr,
         exit_code: out.exit_code,
     }))
+}
+
+/// Checks the request and answers with a URL of the streaming server, where the client
+/// runs the command.
+pub(super) async fn exec(
+    ctx: &Context,
+    request: Request<cri::ExecRequest>,
+) -> Result<Response<cri::ExecResponse>, Status> {
+    let request = request.into_inner();
+    if request.cmd.is_empty() {
+        return Err(Status::invalid_argument("exec needs a command"));
+    }
+    if request.tty && request.stderr {
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be true: a terminal has one output",
+        ));
+    }
+    if !(request.stdin || request.stdout || request.stderr) {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout and stderr must be true",
+        ));
+    }
+    if request.tty {
+        return Err(Status::unimplemented(
+            "exec with a terminal (tty) is not supported yet",
+        ));
+    }
+    let c = ctx.runtime.container(&request.container_id).await?;
+    if c.state != crate::runtime::container::ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not running",
+            c.id
+        )));
+    }
+    let url = ctx.streaming.issue(Session::Exec(ExecRequest {
+        container_id: c.id,
+        cmd: request.cmd,
+        tty: request.tty,
+        stdin: request.stdin,
+        stdout: request.stdout,
+        stderr: request.stderr,
+    }))?;
+    Ok(Response::new(cri::ExecResponse { url }))
 }

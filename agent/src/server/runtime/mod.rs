@@ -164,6 +164,13 @@ impl RuntimeService for Runtime {
         exec::exec_sync(&self.ctx, request).await
     }
 
+    async fn exec(
+        &self,
+        request: Request<cri::ExecRequest>,
+    ) -> Result<Response<cri::ExecResponse>, Status> {
+        exec::exec(&self.ctx, request).await
+    }
+
     async fn container_stats(
         &self,
         request: Request<cri::ContainerStatsRequest>,

@@ -1,0 +1,338 @@
+//! The CRI streaming server: `Exec` (and, later, `Attach` and `PortForward`) answer with a
+//! URL here carrying a single-use token; the client (the kubelet, crictl) upgrades that
+//! HTTP request to SPDY/3.1 and speaks the Kubernetes remote-command protocol over it.
+
+mod exec;
+pub mod spdy;
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+/// How long a URL may wait to be used.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+/// Most URLs waiting to be used at once.
+const MAX_PENDING: usize = 1000;
+
+/// The remote-command subprotocols, most preferred first.
+const REMOTE_COMMAND_PROTOCOLS: &[&str] = &[
+    "v4.channel.k8s.io",
+    "v3.channel.k8s.io",
+    "v2.channel.k8s.io",
+    "channel.k8s.io",
+];
+
+/// What a URL was issued for.
+#[derive(Debug, Clone)]
+pub enum Session {
+    Exec(ExecRequest),
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecRequest {
+    pub container_id: String,
+    pub cmd: Vec<String>,
+    pub tty: bool,
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("too many streaming sessions are waiting to be used ({MAX_PENDING})")]
+    TooMany,
+    #[error("cannot make a token: {0}")]
+    Token(std::io::Error),
+    #[error("cannot serve streaming on {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The streaming server: issued URLs and the listener that serves them.
+pub struct Server {
+    base_url: String,
+    pending: Mutex<HashMap<String, (Session, Instant)>>,
+    runtime: Arc<crate::runtime::Runtime>,
+}
+
+impl Server {
+    /// Binds `address:port` (port 0: any free one).
+    pub async fn bind(
+        address: &str,
+        port: u16,
+        runtime: Arc<crate::runtime::Runtime>,
+    ) -> Result<(Arc<Server>, tokio::net::TcpListener), Error> {
+        let bind_err = |source| Error::Bind {
+            address: format!("{address}:{port}"),
+            source,
+        };
+        let listener = tokio::net::TcpListener::bind((address, port))
+            .await
+            .map_err(bind_err)?;
+        let local = listener.local_addr().map_err(bind_err)?;
+        let server = Server {
+            base_url: format!("http://{}", url_host(local)),
+            pending: Mutex::default(),
+            runtime,
+        };
+        Ok((Arc::new(server), listener))
+    }
+
+    /// A URL for `session`, usable once within a minute.
+    pub fn issue(&self, session: Session) -> Result<String, Error> {
+        let kind = match &session {
+            Session::Exec(_) => "exec",
+        };
+        // 128 random bits.
+        let token = crate::runtime::new_id().map_err(Error::Token)?[..32].to_string();
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        pending.retain(|_, (_, issued)| now.duration_since(*issued) < TOKEN_LIFETIME);
+        if pending.len() >= MAX_PENDING {
+            return Err(Error::TooMany);
+        }
+        pending.insert(token.clone(), (session, now));
+        Ok(format!("{}/{kind}/{token}", self.base_url))
+    }
+
+    /// The session of a token, once: taken, it is gone.
+    fn redeem(&self, token: &str) -> Option<Session> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (session, issued) = pending.remove(token)?;
+        (issued.elapsed() < TOKEN_LIFETIME).then_some(session)
+    }
+
+    /// Serves connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let (stream, _) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "streaming server cannot accept");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let server = Arc::clone(&self);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request| {
+                    let server = Arc::clone(&server);
+                    async move { Ok::<_, Infallible>(server.handle(request)) }
+                });
+                let served = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "streaming connection ended");
+                }
+            });
+        }
+    }
+
+    fn handle(self: Arc<Self>, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+        if request.method() != Method::POST && request.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET or POST");
+        }
+        let path = request.uri().path().to_string();
+        let Some((kind, token)) = path.trim_start_matches('/').split_once('/') else {
+            return text(StatusCode::NOT_FOUND, "no such streaming session");
+        };
+        let session = match (kind, self.redeem(token)) {
+            ("exec", Some(session @ Session::Exec(_))) => session,
+            _ => {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "no such streaming session (or expired)",
+                );
+            }
+        };
+        let protocol = match negotiate(request.headers(), REMOTE_COMMAND_PROTOCOLS) {
+            Ok(protocol) => protocol,
+            Err(response) => return *response,
+        };
+        if !wants_spdy(request.headers()) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "unable to upgrade: missing upgrade headers in request",
+            );
+        }
+        let upgrade = hyper::upgrade::on(&mut request);
+        let runtime = Arc::clone(&self.runtime);
+        tokio::spawn(async move {
+            match upgrade.await {
+                Ok(upgraded) => match session {
+                    Session::Exec(exec) => {
+                        exec::run(TokioIo::new(upgraded), runtime, exec, protocol).await
+                    }
+                },
+                Err(e) => tracing::debug!(error = %e, "streaming upgrade failed"),
+            }
+        });
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("Upgrade"),
+        );
+        headers.insert(
+            header::UPGRADE,
+            header::HeaderValue::from_static("SPDY/3.1"),
+        );
+        headers.insert(
+            "X-Stream-Protocol-Version",
+            header::HeaderValue::from_static(protocol),
+        );
+        response
+    }
+}
+
+/// The host part of a URL for `addr` (an IPv6 address in brackets).
+fn url_host(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(message.to_string())));
+    *response.status_mut() = status;
+    response
+}
+
+/// The client's first offered protocol that we speak (the client's order wins), or the
+/// answer when there is none.
+fn negotiate(
+    headers: &HeaderMap,
+    ours: &[&'static str],
+) -> Result<&'static str, Box<Response<Full<Bytes>>>> {
+    let offered: Vec<String> = headers
+        .get_all("X-Stream-Protocol-Version")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Err(Box::new(text(
+            StatusCode::BAD_REQUEST,
+            "unable to upgrade: header X-Stream-Protocol-Version is missing",
+        )));
+    }
+    if let Some(chosen) = offered
+        .iter()
+        .find_map(|p| ours.iter().find(|o| **o == p.as_str()))
+    {
+        return Ok(chosen);
+    }
+    let mut response = text(
+        StatusCode::FORBIDDEN,
+        &format!("unable to upgrade: none of the offered protocols {offered:?} is supported"),
+    );
+    for protocol in ours {
+        response.headers_mut().append(
+            "X-Accepted-Stream-Protocol-Versions",
+            header::HeaderValue::from_static(protocol),
+        );
+    }
+    Err(Box::new(response))
+}
+
+/// An upgrade to SPDY/3.1 is asked for.
+fn wants_spdy(headers: &HeaderMap) -> bool {
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains(token))
+    };
+    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "spdy/3.1")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, header::HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn the_clients_order_wins_and_unknown_protocols_are_refused() {
+        let h = headers(&[
+            ("x-stream-protocol-version", "v9.channel.k8s.io"),
+            (
+                "x-stream-protocol-version",
+                "v3.channel.k8s.io, v4.channel.k8s.io",
+            ),
+        ]);
+        assert_eq!(
+            negotiate(&h, REMOTE_COMMAND_PROTOCOLS).unwrap(),
+            "v3.channel.k8s.io"
+        );
+        let refused = negotiate(
+            &headers(&[("x-stream-protocol-version", "v9.channel.k8s.io")]),
+            REMOTE_COMMAND_PROTOCOLS,
+        )
+        .unwrap_err();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            refused
+                .headers()
+                .get_all("X-Accepted-Stream-Protocol-Versions")
+                .iter()
+                .count(),
+            4
+        );
+        let missing = negotiate(&HeaderMap::new(), REMOTE_COMMAND_PROTOCOLS).unwrap_err();
+        assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn only_a_spdy_upgrade_is_one() {
+        assert!(wants_spdy(&headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "SPDY/3.1")
+        ])));
+        assert!(!wants_spdy(&headers(&[("connection", "Upgrade")])));
+        assert!(!wants_spdy(&headers(&[
+            ("connection", "keep-alive"),
+            ("upgrade", "SPDY/3.1")
+        ])));
+        assert!(!wants_spdy(&headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+    }
+
+    #[test]
+    fn ipv6_hosts_are_bracketed() {
+        assert_eq!(
+            url_host("127.0.0.1:10010".parse().unwrap()),
+            "127.0.0.1:10010"
+        );
+        assert_eq!(url_host("[::1]:80".parse().unwrap()), "[::1]:80");
+    }
+}
