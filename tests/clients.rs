@@ -676,3 +676,146 @@ async fn exec_urls_are_checked_single_use_and_negotiated() {
     assert!(http(&forged, &spdy).starts_with("HTTP/1.1 404"));
     crictl.run(&["rmp", "-f", &pod]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_crictl_forwards_a_port_into_the_pod() {
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let pod_json = d.path("forward-pod.json");
+    std::fs::write(
+        &pod_json,
+        serde_json::json!({
+            "metadata": {"name": "forward", "namespace": "default", "uid": "forward-uid"},
+            "linux": {}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let container_json = d.path("forward-container.json");
+    // An HTTP server on the pod's own loopback only: nothing on the host listens there.
+    std::fs::write(
+        &container_json,
+        serde_json::json!({
+            "metadata": {"name": "httpd"},
+            "image": {"image": env.image},
+            "command": ["sh", "-c",
+                "mkdir /www; echo hello-through-the-pod > /www/index.html; \
+                 exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www"],
+            "linux": {}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pod_path = pod_json.to_str().unwrap();
+    let pod = crictl.run(&["runp", pod_path]).trim().to_string();
+    let id = crictl
+        .run(&["create", &pod, container_json.to_str().unwrap(), pod_path])
+        .trim()
+        .to_string();
+    crictl.run(&["start", &id]);
+    let local = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut forwarder = Command::new(crictl_binary())
+        .arg("--config")
+        .arg(&crictl.config)
+        .args(["--runtime-endpoint", &crictl.endpoint])
+        .args(["port-forward", &pod, &format!("{local}:8080")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Two connections, one after the other, each its own pair of streams.
+    let get = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", local)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+        let mut response = String::new();
+        s.read_to_string(&mut response).ok()?;
+        Some(response)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        match get() {
+            Some(r) if r.contains("hello-through-the-pod") => break r,
+            other => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no answer through the forward: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let second = get().expect("a second connection");
+    assert!(second.contains("hello-through-the-pod"), "{second}");
+    forwarder.kill().unwrap();
+    forwarder.wait().unwrap();
+
+    // A port nothing listens on: the connection is refused inside, and closed outside.
+    let mut refused = Command::new(crictl_binary())
+        .arg("--config")
+        .arg(&crictl.config)
+        .args(["--runtime-endpoint", &crictl.endpoint])
+        .args(["port-forward", &pod, &format!("{local}:9")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match std::net::TcpStream::connect(("127.0.0.1", local)) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+                let mut answer = Vec::new();
+                let _ = s.read_to_end(&mut answer);
+                assert!(answer.is_empty(), "{}", String::from_utf8_lossy(&answer));
+                break;
+            }
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the forward never listened"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    refused.kill().unwrap();
+    let out = refused.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("connection refused") || said.contains("Connection refused"),
+        "{said}"
+    );
+
+    // Only a ready pod takes a port-forward.
+    use strata_api::cri::{PortForwardRequest, runtime_service_client::RuntimeServiceClient};
+    let mut rt = RuntimeServiceClient::new(d.channel().await);
+    let missing = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: "nope".into(),
+            port: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    crictl.run(&["stopp", &pod]);
+    let stopped = rt
+        .port_forward(PortForwardRequest {
+            pod_sandbox_id: pod.clone(),
+            port: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        stopped.code(),
+        tonic::Code::FailedPrecondition,
+        "{stopped:?}"
+    );
+    crictl.run(&["rmp", "-f", &pod]);
+}

@@ -447,6 +447,18 @@ impl Runtime {
         Ok(sandbox.clone())
     }
 
+    /// The network namespace of a ready pod (`None`: it uses the node's), for a port-forward.
+    pub async fn pod_network(&self, id: &str) -> Result<Option<PathBuf>> {
+        let sandbox = self.pod(id).await?;
+        if sandbox.state != SandboxState::Ready {
+            return Err(Error::Precondition(format!(
+                "pod sandbox {} is not ready",
+                sandbox.id
+            )));
+        }
+        Ok(sandbox.namespaces.get("net").cloned())
+    }
+
     pub async fn pod(&self, id: &str) -> Result<Sandbox> {
         let mut sandboxes = self.sandboxes.lock().await;
         let sandbox = find_mut(&mut sandboxes, id)?;

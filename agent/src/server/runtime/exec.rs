@@ -1,5 +1,5 @@
-//! RuntimeService RPCs of running commands in containers: ExecSync, and Exec (whose
-//! session the streaming server runs).
+//! RuntimeService RPCs of running commands in containers and reaching into pods: ExecSync,
+//! and Exec and PortForward (whose sessions the streaming server runs).
 
 use strata_api::cri;
 use tonic::{Request, Response, Status};
@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use crate::server::{
     Context,
     convert::container as container_convert,
-    streaming::{ExecRequest, Session},
+    streaming::{ExecRequest, PortForwardRequest, Session},
 };
 
 pub(super) async fn exec_sync(
@@ -71,4 +71,24 @@ pub(super) async fn exec(
         stderr: request.stderr,
     }))?;
     Ok(Response::new(cri::ExecResponse { url }))
+}
+
+/// Checks the pod and answers with a URL of the streaming server, where the client forwards
+/// connections to the pod's ports.
+pub(super) async fn port_forward(
+    ctx: &Context,
+    request: Request<cri::PortForwardRequest>,
+) -> Result<Response<cri::PortForwardResponse>, Status> {
+    let request = request.into_inner();
+    if request.port.iter().any(|p| !(1..=65535).contains(p)) {
+        return Err(Status::invalid_argument(format!(
+            "ports must be 1-65535: {:?}",
+            request.port
+        )));
+    }
+    let netns = ctx.runtime.pod_network(&request.pod_sandbox_id).await?;
+    let url = ctx
+        .streaming
+        .issue(Session::PortForward(PortForwardRequest { netns }))?;
+    Ok(Response::new(cri::PortForwardResponse { url }))
 }

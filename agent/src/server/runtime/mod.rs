@@ -171,6 +171,13 @@ impl RuntimeService for Runtime {
         exec::exec(&self.ctx, request).await
     }
 
+    async fn port_forward(
+        &self,
+        request: Request<cri::PortForwardRequest>,
+    ) -> Result<Response<cri::PortForwardResponse>, Status> {
+        exec::port_forward(&self.ctx, request).await
+    }
+
     async fn container_stats(
         &self,
         request: Request<cri::ContainerStatsRequest>,

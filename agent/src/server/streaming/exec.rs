@@ -14,7 +14,8 @@ use tokio::{
 
 use super::{
     ExecRequest,
-    spdy::{Decoder, Encoder, Frame, RST_REFUSED_STREAM},
+    spdy::{Decoder, Frame, RST_REFUSED_STREAM},
+    write_frames,
 };
 use crate::runtime::Runtime;
 
@@ -429,23 +430,6 @@ async fn finish_streams(
             data: Bytes::new(),
         })
         .await;
-}
-
-/// Writes the session's frames in order until every sender is gone.
-async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, mut frames: mpsc::Receiver<Frame>) {
-    let mut encoder = Encoder::default();
-    let mut buf = BytesMut::new();
-    while let Some(frame) = frames.recv().await {
-        buf.clear();
-        if let Err(e) = encoder.encode(&frame, &mut buf) {
-            tracing::warn!(error = %e, "cannot encode a SPDY frame");
-            break;
-        }
-        if writer.write_all(&buf).await.is_err() {
-            break;
-        }
-    }
-    let _ = writer.shutdown().await;
 }
 
 #[cfg(test)]

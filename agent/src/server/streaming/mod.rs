@@ -1,8 +1,10 @@
-//! The CRI streaming server: `Exec` (and, later, `Attach` and `PortForward`) answer with a
+//! The CRI streaming server: `Exec` and `PortForward` (and, later, `Attach`) answer with a
 //! URL here carrying a single-use token; the client (the kubelet, crictl) upgrades that
-//! HTTP request to SPDY/3.1 and speaks the Kubernetes remote-command protocol over it.
+//! HTTP request to SPDY/3.1 and speaks the Kubernetes remote-command or port-forward
+//! protocol over it.
 
 mod exec;
+mod portforward;
 pub mod spdy;
 
 use std::{
@@ -13,11 +15,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use spdy::{Encoder, Frame};
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    sync::mpsc,
+};
 
 /// How long a URL may wait to be used.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
@@ -32,10 +39,21 @@ const REMOTE_COMMAND_PROTOCOLS: &[&str] = &[
     "channel.k8s.io",
 ];
 
+/// The port-forward subprotocol.
+const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
+
 /// What a URL was issued for.
 #[derive(Debug, Clone)]
 pub enum Session {
     Exec(ExecRequest),
+    PortForward(PortForwardRequest),
+}
+
+/// Connections to forward into a pod.
+#[derive(Debug, Clone)]
+pub struct PortForwardRequest {
+    /// The pod's network namespace (`None`: the node's).
+    pub netns: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +114,7 @@ impl Server {
     pub fn issue(&self, session: Session) -> Result<String, Error> {
         let kind = match &session {
             Session::Exec(_) => "exec",
+            Session::PortForward(_) => "portforward",
         };
         // 128 random bits.
         let token = crate::runtime::new_id().map_err(Error::Token)?[..32].to_string();
@@ -153,7 +172,8 @@ impl Server {
             return text(StatusCode::NOT_FOUND, "no such streaming session");
         };
         let session = match (kind, self.redeem(token)) {
-            ("exec", Some(session @ Session::Exec(_))) => session,
+            ("exec", Some(session @ Session::Exec(_)))
+            | ("portforward", Some(session @ Session::PortForward(_))) => session,
             _ => {
                 return text(
                     StatusCode::NOT_FOUND,
@@ -161,7 +181,11 @@ impl Server {
                 );
             }
         };
-        let protocol = match negotiate(request.headers(), REMOTE_COMMAND_PROTOCOLS) {
+        let protocols = match session {
+            Session::Exec(_) => REMOTE_COMMAND_PROTOCOLS,
+            Session::PortForward(_) => PORT_FORWARD_PROTOCOLS,
+        };
+        let protocol = match negotiate(request.headers(), protocols) {
             Ok(protocol) => protocol,
             Err(response) => return *response,
         };
@@ -178,6 +202,9 @@ impl Server {
                 Ok(upgraded) => match session {
                     Session::Exec(exec) => {
                         exec::run(TokioIo::new(upgraded), runtime, exec, protocol).await
+                    }
+                    Session::PortForward(forward) => {
+                        portforward::run(TokioIo::new(upgraded), forward).await
                     }
                 },
                 Err(e) => tracing::debug!(error = %e, "streaming upgrade failed"),
@@ -200,6 +227,23 @@ impl Server {
         );
         response
     }
+}
+
+/// Writes the session's frames in order until every sender is gone.
+async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, mut frames: mpsc::Receiver<Frame>) {
+    let mut encoder = Encoder::default();
+    let mut buf = BytesMut::new();
+    while let Some(frame) = frames.recv().await {
+        buf.clear();
+        if let Err(e) = encoder.encode(&frame, &mut buf) {
+            tracing::warn!(error = %e, "cannot encode a SPDY frame");
+            break;
+        }
+        if writer.write_all(&buf).await.is_err() {
+            break;
+        }
+    }
+    let _ = writer.shutdown().await;
 }
 
 /// The host part of a URL for `addr` (an IPv6 address in brackets).
