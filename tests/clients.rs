@@ -819,3 +819,47 @@ async fn the_real_crictl_forwards_a_port_into_the_pod() {
     );
     crictl.run(&["rmp", "-f", &pod]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_crictl_execs_on_a_terminal() {
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let (pod, id) = crictl.sleeper(d, &env.image, "terminal");
+    // crictl wants a terminal of its own: `script` gives it one, with our input typed at it.
+    // The command's stdin, stdout and stderr are one terminal of the container's devpts, its
+    // controlling one; input typed at it is read line by line.
+    let command = format!(
+        "{} --config {} --runtime-endpoint {} exec -it {id} sh -c \
+         'tty; [ -t 0 ] && [ -t 1 ] && [ -t 2 ] && echo all-terminals; \
+          read line; echo got-$line; exit 5'",
+        crictl_binary().display(),
+        crictl.config.display(),
+        crictl.endpoint,
+    );
+    let out = {
+        use std::io::Write as _;
+        let mut child = Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        let mut stdin = child.stdin.take().unwrap();
+        // Typed once the command reads: after the terminal is up.
+        std::thread::sleep(Duration::from_millis(1500));
+        stdin.write_all(b"typed\n").unwrap();
+        let out = child.wait_with_output().unwrap();
+        drop(stdin);
+        out
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success(), "the exit code is 5: {text}");
+    assert!(text.contains("exit code 5"), "{text}");
+    let lines: Vec<&str> = text.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(lines.iter().any(|l| l.starts_with("/dev/pts/")), "{text:?}");
+    assert!(lines.contains(&"all-terminals"), "{text:?}");
+    assert!(lines.contains(&"got-typed"), "{text:?}");
+    crictl.run(&["rmp", "-f", &pod]);
+}

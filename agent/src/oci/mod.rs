@@ -10,7 +10,9 @@ mod exit;
 mod message;
 mod spawn;
 pub mod spec;
+mod tty;
 
 pub use exit::Exit;
 pub use message::{Message, Stage, parse, write_message};
 pub use spawn::{Helper, helper_command, send_dir};
+pub use tty::TtyInput;

@@ -914,16 +914,19 @@ impl Runtime {
     }
 
     /// Starts `cmd` in a running container with its stdin, stdout and stderr piped to the
-    /// caller, for a streaming exec. [`ExecProcess::finish`] ends it.
-    pub async fn start_exec(&self, id: &str, cmd: Vec<String>) -> Result<ExecProcess> {
+    /// caller, for a streaming exec; with `tty`, on a terminal of its own, its input then
+    /// `oci::TtyInput` frames. [`ExecProcess::finish`] ends it.
+    pub async fn start_exec(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<ExecProcess> {
         use tokio::io::AsyncWriteExt as _;
         let (_, dir, pid, leaf_name, leaf) = self.prepare_exec(id, &cmd).await?;
         let spawned = oci::helper_command(Helper::Exec)
             .map_err(io_err("cannot find", Path::new("/proc/self/exe")))
             .and_then(|mut command| {
+                command.arg(pid.to_string()).arg(&leaf_name);
+                if tty {
+                    command.arg("--tty");
+                }
                 command
-                    .arg(pid.to_string())
-                    .arg(&leaf_name)
                     .arg("--")
                     .args(&cmd)
                     .stdout(std::process::Stdio::piped())

@@ -45,11 +45,19 @@ fn first_line() -> Option<String> {
 }
 
 pub fn main(args: &[String]) -> ExitCode {
-    let line = match args {
+    // `--tty` before `--`: the command gets a terminal.
+    let (tty, args) = match args {
+        [pid, leaf, flag, rest @ ..] if flag == "--tty" => (
+            true,
+            [vec![pid.clone(), leaf.clone()], rest.to_vec()].concat(),
+        ),
+        _ => (false, args.to_vec()),
+    };
+    let line = match args.as_slice() {
         [_, _, sep, command @ ..] if sep == "--" && !command.is_empty() => first_line(),
         _ => None,
     };
-    let (dir, pid, leaf, command) = match (args, line) {
+    let (dir, pid, leaf, command) = match (args.as_slice(), line) {
         ([pid, leaf, _, command @ ..], Some(line)) => (PathBuf::from(line), pid, leaf, command),
         _ => {
             eprintln!(
@@ -59,7 +67,7 @@ pub fn main(args: &[String]) -> ExitCode {
             return ExitCode::from(126);
         }
     };
-    match run(&dir, pid, leaf, command) {
+    match run(&dir, pid, leaf, command, tty) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("stratad exec: {e}");
@@ -68,7 +76,7 @@ pub fn main(args: &[String]) -> ExitCode {
     }
 }
 
-fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Result<u8> {
+fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String], tty: bool) -> Result<u8> {
     let mut sys = Linux::default();
     let one_thread = single_threaded().map_err(at(Stage::Setup, || "fork".into()))?;
     // Nothing in the container may ptrace or read /proc of the helper or of the child
@@ -149,6 +157,8 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
         }))?;
     }
     drop(namespaces);
+    // In the container's mount namespace by now: the pty is its devpts'.
+    let terminal = if tty { Some(super::tty::open()?) } else { None };
     // Blocked before the fork so that no SIGTERM is lost; the child unblocks them.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
@@ -182,6 +192,9 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
                     return Err(Error::Usage("the exec helper is gone".into()));
                 }
                 drop(alive);
+                if let Some(terminal) = &terminal {
+                    terminal.become_controlling()?;
+                }
                 init::enter_working_dir(&spec, &mut sys, false)?;
                 // The container's process attributes, not the daemon's: its OOM score (a
                 // refused lowering leaves the inherited one, as for the init) and rlimits.
@@ -212,6 +225,9 @@ fn run(dir: &std::path::Path, pid: &str, leaf: &str, command: &[String]) -> Resu
         Forked::Parent(child) => {
             drop(alive);
             let _alive = alive_w;
+            if let Some(terminal) = terminal {
+                return terminal.relay(child, &signals);
+            }
             loop {
                 match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, code)) => return Ok(code as u8),

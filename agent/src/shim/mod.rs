@@ -19,6 +19,7 @@ mod log;
 pub mod monitor;
 pub mod pidns;
 pub mod pinns;
+mod tty;
 
 use crate::oci::Stage;
 

@@ -174,3 +174,25 @@ pub fn reset_signal_dispositions() -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Sets a terminal's window size (TIOCSWINSZ); its foreground process gets SIGWINCH.
+pub fn set_window_size(
+    terminal: std::os::fd::BorrowedFd<'_>,
+    cols: u16,
+    rows: u16,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: TIOCSWINSZ reads one winsize, which lives for the call.
+    let ret = unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    if ret != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}

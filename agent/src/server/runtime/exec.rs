@@ -50,11 +50,6 @@ pub(super) async fn exec(
             "one of stdin, stdout and stderr must be true",
         ));
     }
-    if request.tty {
-        return Err(Status::unimplemented(
-            "exec with a terminal (tty) is not supported yet",
-        ));
-    }
     let c = ctx.runtime.container(&request.container_id).await?;
     if c.state != crate::runtime::container::ContainerState::Running {
         return Err(Status::failed_precondition(format!(

@@ -17,7 +17,7 @@ use super::{
     spdy::{Decoder, Frame, RST_REFUSED_STREAM},
     write_frames,
 };
-use crate::runtime::Runtime;
+use crate::{oci::TtyInput, runtime::Runtime};
 
 /// How long the client may take to open its streams.
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,6 +46,18 @@ impl Channel {
             _ => return None,
         })
     }
+}
+
+/// A window size as the resize stream carries it: `{"Width":80,"Height":24}`.
+fn window_size(line: &[u8]) -> Option<(u16, u16)> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Size {
+        width: u16,
+        height: u16,
+    }
+    let size: Size = serde_json::from_slice(line).ok()?;
+    Some((size.width, size.height))
 }
 
 /// The channels a request needs the client to open.
@@ -123,6 +135,7 @@ where
         cancel: None,
         done: None,
         started: false,
+        resize: Vec::new(),
     };
     let mut decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(64 << 10);
@@ -203,6 +216,8 @@ struct Session {
     /// Fires once the command's status is sent.
     done: Option<oneshot::Receiver<()>>,
     started: bool,
+    /// What came on the resize stream and is not a whole line yet.
+    resize: Vec<u8>,
 }
 
 impl Session {
@@ -262,17 +277,40 @@ impl Session {
                 true
             }
             Frame::Data { stream, fin, data } => {
-                if self.streams.get(&stream) == Some(&Channel::Stdin) {
-                    if let Some(stdin) = &self.stdin
-                        && !data.is_empty()
-                        && stdin.send(data).await.is_err()
-                    {
-                        self.stdin = None;
+                match self.streams.get(&stream) {
+                    Some(Channel::Stdin) if self.request.tty => {
+                        if !data.is_empty() {
+                            self.send_to_command(TtyInput::Data(data.to_vec()).encode())
+                                .await;
+                        }
+                        if fin {
+                            // A terminal stays: the end of input is its EOF character.
+                            self.send_to_command(TtyInput::End.encode()).await;
+                        }
                     }
-                    if fin {
-                        // End of the client's input: the command's stdin closes.
-                        self.stdin = None;
+                    Some(Channel::Stdin) => {
+                        if !data.is_empty() {
+                            self.send_to_command(data.to_vec()).await;
+                        }
+                        if fin {
+                            // End of the client's input: the command's stdin closes.
+                            self.stdin = None;
+                        }
                     }
+                    Some(Channel::Resize) => {
+                        self.resize.extend_from_slice(&data);
+                        while let Some(end) = self.resize.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = self.resize.drain(..=end).collect();
+                            if let Some((cols, rows)) = window_size(&line) {
+                                self.send_to_command(TtyInput::Resize { cols, rows }.encode())
+                                    .await;
+                            }
+                        }
+                        if self.resize.len() > 4096 {
+                            self.resize.clear();
+                        }
+                    }
+                    _ => {}
                 }
                 true
             }
@@ -299,7 +337,11 @@ impl Session {
         let frames = self.frames.clone();
         let protocol = self.protocol;
         let mut process = match runtime
-            .start_exec(&self.request.container_id, self.request.cmd.clone())
+            .start_exec(
+                &self.request.container_id,
+                self.request.cmd.clone(),
+                self.request.tty,
+            )
             .await
         {
             Ok(process) => process,
@@ -361,8 +403,20 @@ impl Session {
         });
     }
 
+    /// Whether the command's stdin stays open: for the client's input, and on a terminal
+    /// for its window sizes too.
     fn stdin_wanted(&self) -> bool {
-        self.request.stdin && self.stream_of(Channel::Stdin).is_some()
+        (self.request.stdin && self.stream_of(Channel::Stdin).is_some())
+            || (self.request.tty && self.stream_of(Channel::Resize).is_some())
+    }
+
+    /// Bytes for the command's stdin, while it is open.
+    async fn send_to_command(&mut self, bytes: Vec<u8>) {
+        if let Some(stdin) = &self.stdin
+            && stdin.send(Bytes::from(bytes)).await.is_err()
+        {
+            self.stdin = None;
+        }
     }
 }
 
