@@ -866,15 +866,7 @@ impl Runtime {
         let (cancel_on_drop, cancelled) = tokio::sync::oneshot::channel::<()>();
         let job = tokio::spawn(async move {
             let result = run_exec(&dir, pid, &leaf_name, &cmd, timeout, cancelled).await;
-            let path = leaf.path();
-            let cleaned =
-                tokio::task::spawn_blocking(move || leaf.kill_all().and_then(|()| leaf.remove()))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-            if let Err(e) = cleaned {
-                tracing::warn!(container = %c.id, cgroup = %path, error = %e, "cannot clean up after an exec");
-            }
+            remove_exec_leaf(leaf, &c.id).await;
             result
         });
         let result = job
@@ -918,7 +910,7 @@ impl Runtime {
     /// `oci::TtyInput` frames. [`ExecProcess::finish`] ends it.
     pub async fn start_exec(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<ExecProcess> {
         use tokio::io::AsyncWriteExt as _;
-        let (_, dir, pid, leaf_name, leaf) = self.prepare_exec(id, &cmd).await?;
+        let (c, dir, pid, leaf_name, leaf) = self.prepare_exec(id, &cmd).await?;
         let spawned = oci::helper_command(Helper::Exec)
             .map_err(io_err("cannot find", Path::new("/proc/self/exe")))
             .and_then(|mut command| {
@@ -951,7 +943,11 @@ impl Runtime {
                 .await
                 .map_err(io_err("cannot start a helper for", &dir))?;
         }
-        Ok(ExecProcess { child, leaf })
+        Ok(ExecProcess {
+            child,
+            leaf,
+            container: c.id,
+        })
     }
 }
 
@@ -960,6 +956,19 @@ pub struct ExecProcess {
     /// The exec helper: its stdin, stdout and stderr are the command's.
     pub child: tokio::process::Child,
     leaf: crate::cgroup::Cgroup,
+    container: String,
+}
+
+/// Kills whatever an exec left in its leaf and removes the leaf (off the async threads).
+async fn remove_exec_leaf(leaf: crate::cgroup::Cgroup, container: &str) {
+    let path = leaf.path();
+    let cleaned = tokio::task::spawn_blocking(move || leaf.kill_all().and_then(|()| leaf.remove()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    if let Err(e) = cleaned {
+        tracing::warn!(container, cgroup = %path, error = %e, "cannot clean up after an exec");
+    }
 }
 
 impl ExecProcess {
@@ -982,16 +991,7 @@ impl ExecProcess {
             }
         };
         let code = status.ok().and_then(|s| s.code()).unwrap_or(137);
-        let leaf = self.leaf;
-        let path = leaf.path();
-        let cleaned =
-            tokio::task::spawn_blocking(move || leaf.kill_all().and_then(|()| leaf.remove()))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
-        if let Err(e) = cleaned {
-            tracing::warn!(cgroup = %path, error = %e, "cannot clean up after an exec");
-        }
+        remove_exec_leaf(self.leaf, &self.container).await;
         code
     }
 }

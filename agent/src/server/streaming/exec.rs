@@ -233,10 +233,12 @@ impl Session {
             Frame::SynStream {
                 stream, headers, ..
             } => {
+                // An unknown channel, a second one of a kind, or one after the start.
                 let channel = headers
                     .iter()
                     .find(|(name, _)| name == "streamtype")
-                    .and_then(|(_, value)| Channel::parse(value));
+                    .and_then(|(_, value)| Channel::parse(value))
+                    .filter(|c| self.stream_of(*c).is_none() && !self.started);
                 let Some(channel) = channel else {
                     let _ = self
                         .frames
@@ -247,16 +249,6 @@ impl Session {
                         .await;
                     return true;
                 };
-                if self.stream_of(channel).is_some() || self.started {
-                    let _ = self
-                        .frames
-                        .send(Frame::RstStream {
-                            stream,
-                            status: RST_REFUSED_STREAM,
-                        })
-                        .await;
-                    return true;
-                }
                 self.streams.insert(stream, channel);
                 let _ = self
                     .frames
