@@ -863,3 +863,70 @@ async fn the_real_crictl_execs_on_a_terminal() {
     assert!(lines.contains(&"got-typed"), "{text:?}");
     crictl.run(&["rmp", "-f", &pod]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_crictl_attaches_to_a_containers_stdio() {
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let pod_json = d.path("attach-pod.json");
+    std::fs::write(
+        &pod_json,
+        serde_json::json!({
+            "metadata": {"name": "attach", "namespace": "default", "uid": "attach-uid"},
+            "log_directory": d.path("attach-logs").display().to_string(),
+            "linux": {}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let container_json = d.path("attach-container.json");
+    // It reads its stdin (a pipe its monitor holds) until the first attacher's input ends.
+    std::fs::write(
+        &container_json,
+        serde_json::json!({
+            "metadata": {"name": "reader"},
+            "image": {"image": env.image},
+            "command": ["sh", "-c",
+                "echo before-attach; while read line; do echo got-$line; echo err-$line >&2; done; echo bye"],
+            "stdin": true,
+            "stdin_once": true,
+            "log_path": "reader.log",
+            "linux": {}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let pod_path = pod_json.to_str().unwrap();
+    let pod = crictl.run(&["runp", pod_path]).trim().to_string();
+    let id = crictl
+        .run(&["create", &pod, container_json.to_str().unwrap(), pod_path])
+        .trim()
+        .to_string();
+    crictl.run(&["start", &id]);
+    let (status, out, err) = crictl.run_with_input(&["attach", "-i", &id], b"one\ntwo\n");
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(out, "got-one\ngot-two\nbye\n", "stdout since the attach");
+    assert_eq!(err, "err-one\nerr-two\n", "stderr apart");
+    // The input's end was the container's: it ended, and the CRI log has every line.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let state = crictl.json(&["inspect", &id])["status"]["state"].clone();
+        if state == "CONTAINER_EXITED" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = crictl.run(&["logs", &id]);
+    for line in ["before-attach", "got-one", "got-two", "bye"] {
+        assert!(logs.contains(line), "{line} not in the log: {logs}");
+    }
+    // A container without stdin takes no attached input.
+    let (_, sleeper) = crictl.sleeper(d, &env.image, "no-stdin");
+    let (status, _, err) = crictl.run_with_input(&["attach", "-i", &sleeper], b"x\n");
+    assert!(!status.success());
+    assert!(err.contains("not created with stdin"), "{err}");
+    crictl.run(&["rmp", "-f", &pod]);
+    crictl.run(&["rmp", "--all", "-f"]);
+}

@@ -133,6 +133,12 @@ pub struct Strata {
     /// The compiled seccomp program the init and every exec load, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seccomp: Option<PathBuf>,
+    /// The container's stdin: a pipe the monitor holds (false: /dev/null), closed after the
+    /// first attached client's input ends when `stdin_once`.
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// Capabilities a container has by default (the set Docker, containerd and CRI-O give).

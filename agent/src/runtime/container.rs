@@ -85,6 +85,12 @@ pub struct ContainerSpec {
     pub seccomp: crate::seccomp::Choice,
     #[serde(skip)]
     pub resources: cgroup::Resources,
+    /// The container's stdin is a pipe its monitor holds (for Attach), not /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// The pipe closes when the first attached client closes its input.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// The image as a container needs it.
@@ -548,6 +554,8 @@ pub fn runtime_spec(
             cgroup_root: cgroup_root.to_path_buf(),
             cgroup_version,
             seccomp: None,
+            stdin: container.spec.stdin,
+            stdin_once: container.spec.stdin_once,
         },
     })
 }

@@ -40,6 +40,11 @@ pub struct ContainerFilter {
 }
 
 impl Runtime {
+    /// A container's directory (its config, records and its monitor's attach socket).
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.containers_dir.join(id)
+    }
+
     pub(super) fn container_layout(&self, id: &str) -> Layout {
         Layout {
             dir: self.containers_dir.join(id),

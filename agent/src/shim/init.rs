@@ -34,13 +34,15 @@ pub struct Pipes {
     pub sync: OwnedFd,
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
+    /// The container's stdin pipe, when it has one.
+    pub stdin: Option<OwnedFd>,
 }
 
 /// Runs the init on the real kernel. Never returns: it execs the entrypoint or exits.
 pub fn run(spec: &Spec, pipes: Pipes) -> ! {
     let mut sys = Linux::default();
     let mut sync = File::from(pipes.sync);
-    let others = (pipes.go, pipes.stdout, pipes.stderr);
+    let others = (pipes.go, pipes.stdin, pipes.stdout, pipes.stderr);
     let error = match setup_and_exec(spec, &mut sys, others, &mut sync) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -61,7 +63,7 @@ pub fn run(spec: &Spec, pipes: Pipes) -> ! {
 pub fn setup_and_exec(
     spec: &Spec,
     sys: &mut dyn Syscall,
-    (go, stdout, stderr): (OwnedFd, OwnedFd, OwnedFd),
+    (go, stdin, stdout, stderr): (OwnedFd, Option<OwnedFd>, OwnedFd, OwnedFd),
     sync: &mut File,
 ) -> Result<Infallible> {
     sys.set_non_dumpable()
@@ -83,7 +85,7 @@ pub fn setup_and_exec(
         sys.mount(&m).map_err(at(Stage::Mounts, || m.describe()))?;
     }
     enter_working_dir(spec, sys, true)?;
-    sys.redirect_stdio(stdout, stderr)
+    sys.redirect_stdio(stdin, stdout, stderr)
         .map_err(at(Stage::Setup, || "redirecting stdio".into()))?;
     let exe = resolve_executable(spec, sys)?;
     let (args, env) = (cstrings(&spec.process.args)?, cstrings(&spec.process.env)?);
@@ -418,7 +420,7 @@ mod tests {
         let (_out_r, out_w) = pipe();
         let (_err_r, err_w) = pipe();
         let mut sync = File::from(sync_w);
-        let error = match setup_and_exec(spec, sys, (go_r, out_w, err_w), &mut sync) {
+        let error = match setup_and_exec(spec, sys, (go_r, None, out_w, err_w), &mut sync) {
             Err(e) => e,
             Ok(never) => match never {},
         };

@@ -13,6 +13,7 @@
 //! The shim imports only the contract (`oci`), `rootfs`, `sys`, `cgroup`, `state` and
 //! `clock`.
 
+mod attach;
 pub mod exec;
 pub mod init;
 mod log;

@@ -21,7 +21,9 @@ use nix::{
 };
 
 use super::{
-    Error, Result, at, init,
+    Error, Result, at,
+    attach::Attach,
+    init,
     log::{CriLog, Splitter},
 };
 use crate::{
@@ -116,6 +118,13 @@ fn monitor(dir: &Path) -> Result<()> {
     let (err_r, err_w) = pipe()?;
     let (sync_r, sync_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
+    let (stdin_r, stdin_w) = match spec.strata.stdin {
+        true => {
+            let (r, w) = pipe()?;
+            (Some(r), Some(w))
+        }
+        false => (None, None),
+    };
     // The PID namespace applies to the children forked after this: the init.
     if let Some(ns) = spec.linux.namespaces.iter().find(|n| n.kind == "pid") {
         let mut sys = Linux::default();
@@ -127,7 +136,7 @@ fn monitor(dir: &Path) -> Result<()> {
     }
     let child = match fork(&one_thread).map_err(at(Stage::Setup, || "fork".into()))? {
         Forked::Child => {
-            drop((out_r, err_r, sync_r, go_w));
+            drop((out_r, err_r, sync_r, go_w, stdin_w));
             init::run(
                 &spec,
                 init::Pipes {
@@ -135,12 +144,16 @@ fn monitor(dir: &Path) -> Result<()> {
                     sync: sync_w,
                     stdout: out_w,
                     stderr: err_w,
+                    stdin: stdin_r,
                 },
             )
         }
         Forked::Parent(child) => child,
     };
-    drop((out_w, err_w, sync_w, go_r));
+    drop((out_w, err_w, sync_w, go_r, stdin_r));
+    // Served before the container is reported created: Attach may come right after.
+    let attach = Attach::bind(dir, stdin_w, spec.strata.stdin_once)
+        .map_err(at(Stage::Setup, || "serving the attach socket".into()))?;
     let ready = (|| {
         cgroup.add_pid(child.as_raw() as u32).map_err(cgroup_err)?;
         File::from(go_w)
@@ -165,7 +178,7 @@ fn monitor(dir: &Path) -> Result<()> {
     );
     detach_stdio(dir);
 
-    let exec_error = pump(&spec, dir, out_r, err_r, sync_r);
+    let exec_error = pump(&spec, dir, out_r, err_r, sync_r, attach);
     let (exit_code, signal) = wait(child);
     let exit = Exit {
         exit_code: if exec_error.is_some() { 128 } else { exit_code },
@@ -197,7 +210,17 @@ fn detach_stdio(dir: &Path) {
 
 /// Copies the container's output into the CRI log until both streams close, and watches
 /// the sync pipe: it closes at a successful exec, or carries the exec's error.
-fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> Option<String> {
+/// Poll slots from here on are the attach socket's.
+const ATTACH_SLOTS: usize = 100;
+
+fn pump(
+    spec: &Spec,
+    dir: &Path,
+    out: OwnedFd,
+    err: OwnedFd,
+    sync: OwnedFd,
+    mut attach: Attach,
+) -> Option<String> {
     let mut log = CriLog::open(&spec.strata.log_path);
     let mut streams = [
         Some((out, "stdout", Splitter::default())),
@@ -230,6 +253,13 @@ fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> O
             fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
             which.push(3);
         }
+        // Attach slots come after, numbered from 4.
+        let attach_fds = attach.fds();
+        let slots: Vec<_> = attach_fds.iter().map(|(_, slot)| *slot).collect();
+        for (k, (fd, _)) in attach_fds.iter().enumerate() {
+            fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+            which.push(ATTACH_SLOTS + k);
+        }
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
         }
@@ -240,7 +270,12 @@ fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> O
             .map(|(_, i)| *i)
             .collect();
         drop(fds);
+        drop(attach_fds);
         for i in ready {
+            if i >= ATTACH_SLOTS {
+                attach.ready(slots[i - ATTACH_SLOTS]);
+                continue;
+            }
             if i == 3 {
                 let mut requests = [0u8; 64];
                 let n = control
@@ -281,9 +316,12 @@ fn pump(spec: &Spec, dir: &Path, out: OwnedFd, err: OwnedFd, sync: OwnedFd) -> O
                     splitter.finish(&mut |partial, text| log.line(stream, partial, text));
                     streams[i] = None;
                 }
-                Ok(n) => splitter.push(&buf[..n], &mut |partial, text| {
-                    log.line(stream, partial, text)
-                }),
+                Ok(n) => {
+                    attach.output(if stream == "stdout" { 1 } else { 2 }, &buf[..n]);
+                    splitter.push(&buf[..n], &mut |partial, text| {
+                        log.line(stream, partial, text)
+                    })
+                }
             }
         }
     }

@@ -116,8 +116,13 @@ pub trait Syscall {
     /// Enters the working directory, resolved inside the container's root (`/` by now);
     /// the init creates a missing one, an exec does not.
     fn enter_working_dir(&mut self, cwd: &Path, create: bool) -> io::Result<()>;
-    /// /dev/null in, these out.
-    fn redirect_stdio(&mut self, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<()>;
+    /// `stdin` (or /dev/null) in, these out.
+    fn redirect_stdio(
+        &mut self,
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> io::Result<()>;
     /// The first executable `name` in the directories of `path` (a `PATH` value).
     fn find_executable(&mut self, name: &str, path: &str) -> Option<PathBuf>;
     fn set_oom_score_adj(&mut self, adj: i64) -> io::Result<()>;
@@ -214,9 +219,17 @@ impl Syscall for Linux {
         root.enter_dir(cwd)
     }
 
-    fn redirect_stdio(&mut self, stdout: OwnedFd, stderr: OwnedFd) -> io::Result<()> {
-        let null = File::open("/dev/null")?;
-        nix::unistd::dup2_stdin(&null)?;
+    fn redirect_stdio(
+        &mut self,
+        stdin: Option<OwnedFd>,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> io::Result<()> {
+        let stdin = match stdin {
+            Some(stdin) => stdin,
+            None => File::open("/dev/null")?.into(),
+        };
+        nix::unistd::dup2_stdin(&stdin)?;
         nix::unistd::dup2_stdout(&stdout)?;
         nix::unistd::dup2_stderr(&stderr)?;
         Ok(())
@@ -392,7 +405,12 @@ impl Syscall for Recorder {
     fn enter_working_dir(&mut self, cwd: &Path, create: bool) -> io::Result<()> {
         self.record(Call::EnterWorkingDir(cwd.to_path_buf(), create))
     }
-    fn redirect_stdio(&mut self, _stdout: OwnedFd, _stderr: OwnedFd) -> io::Result<()> {
+    fn redirect_stdio(
+        &mut self,
+        _stdin: Option<OwnedFd>,
+        _stdout: OwnedFd,
+        _stderr: OwnedFd,
+    ) -> io::Result<()> {
         self.record(Call::RedirectStdio)
     }
     fn find_executable(&mut self, name: &str, _path: &str) -> Option<PathBuf> {

@@ -112,6 +112,8 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
             .resources
             .map(super::pod::resources)
             .unwrap_or_default(),
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
     })
 }
 

@@ -59,6 +59,7 @@ pub(super) async fn exec(
     }
     let url = ctx.streaming.issue(Session::Exec(ExecRequest {
         container_id: c.id,
+        attach_dir: None,
         cmd: request.cmd,
         tty: request.tty,
         stdin: request.stdin,
@@ -86,4 +87,51 @@ pub(super) async fn port_forward(
         .streaming
         .issue(Session::PortForward(PortForwardRequest { netns }))?;
     Ok(Response::new(cri::PortForwardResponse { url }))
+}
+
+/// Checks the request and answers with a URL of the streaming server, where the client
+/// attaches to the container's stdio (held by its monitor).
+pub(super) async fn attach(
+    ctx: &Context,
+    request: Request<cri::AttachRequest>,
+) -> Result<Response<cri::AttachResponse>, Status> {
+    let request = request.into_inner();
+    if request.tty && request.stderr {
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be true: a terminal has one output",
+        ));
+    }
+    if !(request.stdin || request.stdout || request.stderr) {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout and stderr must be true",
+        ));
+    }
+    if request.tty {
+        return Err(Status::unimplemented(
+            "attach to a container's terminal (tty) is not supported yet",
+        ));
+    }
+    let c = ctx.runtime.container(&request.container_id).await?;
+    if c.state != crate::runtime::container::ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not running",
+            c.id
+        )));
+    }
+    if request.stdin && !c.spec.stdin {
+        return Err(Status::invalid_argument(format!(
+            "container {} was not created with stdin",
+            c.id
+        )));
+    }
+    let url = ctx.streaming.issue(Session::Attach(ExecRequest {
+        attach_dir: Some(ctx.runtime.container_dir(&c.id)),
+        container_id: c.id,
+        cmd: Vec::new(),
+        tty: false,
+        stdin: request.stdin,
+        stdout: request.stdout,
+        stderr: request.stderr,
+    }))?;
+    Ok(Response::new(cri::AttachResponse { url }))
 }

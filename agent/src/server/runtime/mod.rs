@@ -171,6 +171,13 @@ impl RuntimeService for Runtime {
         exec::exec(&self.ctx, request).await
     }
 
+    async fn attach(
+        &self,
+        request: Request<cri::AttachRequest>,
+    ) -> Result<Response<cri::AttachResponse>, Status> {
+        exec::attach(&self.ctx, request).await
+    }
+
     async fn port_forward(
         &self,
         request: Request<cri::PortForwardRequest>,

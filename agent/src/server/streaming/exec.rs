@@ -322,6 +322,9 @@ impl Session {
 
     /// Starts the command, with a task that sends its output and then its status.
     async fn start(&mut self, runtime: &Arc<Runtime>) {
+        if let Some(dir) = self.request.attach_dir.clone() {
+            return self.start_attach(&dir).await;
+        }
         self.started = true;
         let error_stream = self.stream_of(Channel::Error).unwrap_or_default();
         let (done_tx, done_rx) = oneshot::channel();
@@ -391,6 +394,101 @@ impl Session {
                 let _ = pump.await;
             }
             finish_streams(&frames, &outputs, error_stream, exit_status(protocol, code)).await;
+            let _ = done_tx.send(());
+        });
+    }
+
+    /// Attaches to the container's monitor: its output (the frames of its attach socket) to
+    /// the client's streams, the client's input to the container's stdin; the session ends
+    /// when the container's output does (it exited), with a success.
+    async fn start_attach(&mut self, dir: &std::path::Path) {
+        self.started = true;
+        let error_stream = self.stream_of(Channel::Error).unwrap_or_default();
+        let (done_tx, done_rx) = oneshot::channel();
+        self.done = Some(done_rx);
+        let frames = self.frames.clone();
+        let protocol = self.protocol;
+        let connected = match std::fs::File::open(dir) {
+            // Through the directory's descriptor: a socket's path is limited to 107 bytes.
+            Ok(dirfd) => {
+                let path = format!(
+                    "/proc/self/fd/{}/attach",
+                    std::os::fd::AsRawFd::as_raw_fd(&dirfd)
+                );
+                tokio::net::UnixStream::connect(path).await
+            }
+            Err(e) => Err(e),
+        };
+        let socket = match connected {
+            Ok(socket) => socket,
+            Err(e) => {
+                let body = internal_error(protocol, &format!("the container's monitor: {e}"));
+                tokio::spawn(async move {
+                    finish_streams(&frames, &[], error_stream, Some(body)).await;
+                    let _ = done_tx.send(());
+                });
+                return;
+            }
+        };
+        let (mut from_monitor, mut to_monitor) = socket.into_split();
+        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(16);
+        if self.request.stdin && self.stream_of(Channel::Stdin).is_some() {
+            self.stdin = Some(stdin_tx);
+        } else {
+            drop(stdin_tx);
+        }
+        tokio::spawn(async move {
+            while let Some(data) = stdin_rx.recv().await {
+                if to_monitor.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            // The client's input ended: the monitor hears it (and, with stdin_once, the
+            // container reads end of file).
+            let _ = to_monitor.shutdown().await;
+        });
+        let (stdout, stderr) = (
+            self.stream_of(Channel::Stdout),
+            self.stream_of(Channel::Stderr),
+        );
+        let outputs: Vec<u32> = stdout.into_iter().chain(stderr).collect();
+        let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+        self.cancel = Some(cancel_tx);
+        tokio::spawn(async move {
+            let relay = async {
+                let mut head = [0u8; 5];
+                let mut data = Vec::new();
+                loop {
+                    if from_monitor.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+                    data.resize(len.min(1 << 20), 0);
+                    if len > 1 << 20 || from_monitor.read_exact(&mut data).await.is_err() {
+                        return;
+                    }
+                    let stream = match head[0] {
+                        1 => stdout,
+                        2 => stderr,
+                        _ => None,
+                    };
+                    if let Some(stream) = stream {
+                        let frame = Frame::Data {
+                            stream,
+                            fin: false,
+                            data: Bytes::copy_from_slice(&data),
+                        };
+                        if frames.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                () = relay => {}
+                _ = cancel_rx => {}
+            }
+            finish_streams(&frames, &outputs, error_stream, exit_status(protocol, 0)).await;
             let _ = done_tx.send(());
         });
     }
@@ -485,6 +583,7 @@ mod tests {
     fn request(tty: bool, stdin: bool) -> ExecRequest {
         ExecRequest {
             container_id: "c".into(),
+            attach_dir: None,
             cmd: vec!["true".into()],
             tty,
             stdin,

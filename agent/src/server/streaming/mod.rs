@@ -46,6 +46,7 @@ const PORT_FORWARD_PROTOCOLS: &[&str] = &["portforward.k8s.io"];
 #[derive(Debug, Clone)]
 pub enum Session {
     Exec(ExecRequest),
+    Attach(ExecRequest),
     PortForward(PortForwardRequest),
 }
 
@@ -59,6 +60,8 @@ pub struct PortForwardRequest {
 #[derive(Debug, Clone)]
 pub struct ExecRequest {
     pub container_id: String,
+    /// For Attach: the container's directory (its monitor's attach socket), no command.
+    pub attach_dir: Option<std::path::PathBuf>,
     pub cmd: Vec<String>,
     pub tty: bool,
     pub stdin: bool,
@@ -114,6 +117,7 @@ impl Server {
     pub fn issue(&self, session: Session) -> Result<String, Error> {
         let kind = match &session {
             Session::Exec(_) => "exec",
+            Session::Attach(_) => "attach",
             Session::PortForward(_) => "portforward",
         };
         // 128 random bits.
@@ -173,6 +177,7 @@ impl Server {
         };
         let session = match (kind, self.redeem(token)) {
             ("exec", Some(session @ Session::Exec(_)))
+            | ("attach", Some(session @ Session::Attach(_)))
             | ("portforward", Some(session @ Session::PortForward(_))) => session,
             _ => {
                 return text(
@@ -182,7 +187,7 @@ impl Server {
             }
         };
         let protocols = match session {
-            Session::Exec(_) => REMOTE_COMMAND_PROTOCOLS,
+            Session::Exec(_) | Session::Attach(_) => REMOTE_COMMAND_PROTOCOLS,
             Session::PortForward(_) => PORT_FORWARD_PROTOCOLS,
         };
         let protocol = match negotiate(request.headers(), protocols) {
@@ -200,7 +205,7 @@ impl Server {
         tokio::spawn(async move {
             match upgrade.await {
                 Ok(upgraded) => match session {
-                    Session::Exec(exec) => {
+                    Session::Exec(exec) | Session::Attach(exec) => {
                         exec::run(TokioIo::new(upgraded), runtime, exec, protocol).await
                     }
                     Session::PortForward(forward) => {
