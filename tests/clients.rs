@@ -77,6 +77,13 @@ impl Crictl {
     }
 }
 
+/// Writes `value` as JSON to the daemon's test directory; its path.
+fn write_json(d: &common::Daemon, name: &str, value: serde_json::Value) -> PathBuf {
+    let path = d.path(name);
+    std::fs::write(&path, value.to_string()).unwrap();
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_crictl_drives_a_whole_lifecycle() {
     let env = env().await;
@@ -109,31 +116,27 @@ async fn the_real_crictl_drives_a_whole_lifecycle() {
 
     // The configs crictl's documentation uses: no hostname, `linux: {}`.
     let logs = d.path("pod-logs");
-    let pod_json = d.path("pod.json");
-    std::fs::write(
-        &pod_json,
+    let pod_json = write_json(
+        d,
+        "pod.json",
         serde_json::json!({
             "metadata": {"name": "nginx-sandbox", "namespace": "default", "attempt": 1,
                          "uid": "hdishd83djaidwnduwk28bcsb"},
             "log_directory": logs.display().to_string(),
             "linux": {}
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let container_json = d.path("container.json");
-    std::fs::write(
-        &container_json,
+        }),
+    );
+    let container_json = write_json(
+        d,
+        "container.json",
         serde_json::json!({
             "metadata": {"name": "busybox"},
             "image": {"image": env.image},
             "command": ["sh", "-c", "echo started; exec sleep 1000"],
             "log_path": "busybox.0.log",
             "linux": {}
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let pod_path = pod_json.to_str().unwrap();
     let pod = crictl.run(&["runp", pod_path]).trim().to_string();
     assert_eq!(pod.len(), 64, "{pod}");
@@ -217,28 +220,24 @@ impl Crictl {
 
     /// A pod and a running sleeper container in it, made with crictl; their ids.
     fn sleeper(&self, d: &common::Daemon, image: &str, name: &str) -> (String, String) {
-        let pod_json = d.path(&format!("{name}-pod.json"));
-        std::fs::write(
-            &pod_json,
+        let pod_json = write_json(
+            d,
+            &format!("{name}-pod.json"),
             serde_json::json!({
                 "metadata": {"name": name, "namespace": "default", "uid": format!("{name}-uid")},
                 "linux": {}
-            })
-            .to_string(),
-        )
-        .unwrap();
-        let container_json = d.path(&format!("{name}-container.json"));
-        std::fs::write(
-            &container_json,
+            }),
+        );
+        let container_json = write_json(
+            d,
+            &format!("{name}-container.json"),
             serde_json::json!({
                 "metadata": {"name": name},
                 "image": {"image": image},
                 "command": ["sh", "-c", "exec sleep 1000"],
                 "linux": {}
-            })
-            .to_string(),
-        )
-        .unwrap();
+            }),
+        );
         let pod_path = pod_json.to_str().unwrap();
         let pod = self.run(&["runp", pod_path]).trim().to_string();
         let id = self
@@ -682,20 +681,18 @@ async fn the_real_crictl_forwards_a_port_into_the_pod() {
     let env = env().await;
     let d = &env.daemon;
     let crictl = Crictl::new(d);
-    let pod_json = d.path("forward-pod.json");
-    std::fs::write(
-        &pod_json,
+    let pod_json = write_json(
+        d,
+        "forward-pod.json",
         serde_json::json!({
             "metadata": {"name": "forward", "namespace": "default", "uid": "forward-uid"},
             "linux": {}
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let container_json = d.path("forward-container.json");
+        }),
+    );
     // An HTTP server on the pod's own loopback only: nothing on the host listens there.
-    std::fs::write(
-        &container_json,
+    let container_json = write_json(
+        d,
+        "forward-container.json",
         serde_json::json!({
             "metadata": {"name": "httpd"},
             "image": {"image": env.image},
@@ -703,10 +700,8 @@ async fn the_real_crictl_forwards_a_port_into_the_pod() {
                 "mkdir /www; echo hello-through-the-pod > /www/index.html; \
                  exec /bin/busybox httpd -f -p 127.0.0.1:8080 -h /www"],
             "linux": {}
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let pod_path = pod_json.to_str().unwrap();
     let pod = crictl.run(&["runp", pod_path]).trim().to_string();
     let id = crictl
@@ -869,21 +864,19 @@ async fn the_real_crictl_attaches_to_a_containers_stdio() {
     let env = env().await;
     let d = &env.daemon;
     let crictl = Crictl::new(d);
-    let pod_json = d.path("attach-pod.json");
-    std::fs::write(
-        &pod_json,
+    let pod_json = write_json(
+        d,
+        "attach-pod.json",
         serde_json::json!({
             "metadata": {"name": "attach", "namespace": "default", "uid": "attach-uid"},
             "log_directory": d.path("attach-logs").display().to_string(),
             "linux": {}
-        })
-        .to_string(),
-    )
-    .unwrap();
-    let container_json = d.path("attach-container.json");
+        }),
+    );
     // It reads its stdin (a pipe its monitor holds) until the first attacher's input ends.
-    std::fs::write(
-        &container_json,
+    let container_json = write_json(
+        d,
+        "attach-container.json",
         serde_json::json!({
             "metadata": {"name": "reader"},
             "image": {"image": env.image},
@@ -893,10 +886,8 @@ async fn the_real_crictl_attaches_to_a_containers_stdio() {
             "stdin_once": true,
             "log_path": "reader.log",
             "linux": {}
-        })
-        .to_string(),
-    )
-    .unwrap();
+        }),
+    );
     let pod_path = pod_json.to_str().unwrap();
     let pod = crictl.run(&["runp", pod_path]).trim().to_string();
     let id = crictl

@@ -40,23 +40,8 @@ pub(super) async fn exec(
     if request.cmd.is_empty() {
         return Err(Status::invalid_argument("exec needs a command"));
     }
-    if request.tty && request.stderr {
-        return Err(Status::invalid_argument(
-            "tty and stderr cannot both be true: a terminal has one output",
-        ));
-    }
-    if !(request.stdin || request.stdout || request.stderr) {
-        return Err(Status::invalid_argument(
-            "one of stdin, stdout and stderr must be true",
-        ));
-    }
-    let c = ctx.runtime.container(&request.container_id).await?;
-    if c.state != crate::runtime::container::ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
-            "container {} is not running",
-            c.id
-        )));
-    }
+    check_stdio(request.tty, request.stdin, request.stdout, request.stderr)?;
+    let c = running_container(ctx, &request.container_id).await?;
     let url = ctx.streaming.issue(Session::Exec(ExecRequest {
         container_id: c.id,
         attach_dir: None,
@@ -96,28 +81,13 @@ pub(super) async fn attach(
     request: Request<cri::AttachRequest>,
 ) -> Result<Response<cri::AttachResponse>, Status> {
     let request = request.into_inner();
-    if request.tty && request.stderr {
-        return Err(Status::invalid_argument(
-            "tty and stderr cannot both be true: a terminal has one output",
-        ));
-    }
-    if !(request.stdin || request.stdout || request.stderr) {
-        return Err(Status::invalid_argument(
-            "one of stdin, stdout and stderr must be true",
-        ));
-    }
+    check_stdio(request.tty, request.stdin, request.stdout, request.stderr)?;
     if request.tty {
         return Err(Status::unimplemented(
             "attach to a container's terminal (tty) is not supported yet",
         ));
     }
-    let c = ctx.runtime.container(&request.container_id).await?;
-    if c.state != crate::runtime::container::ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
-            "container {} is not running",
-            c.id
-        )));
-    }
+    let c = running_container(ctx, &request.container_id).await?;
     if request.stdin && !c.spec.stdin {
         return Err(Status::invalid_argument(format!(
             "container {} was not created with stdin",
@@ -134,4 +104,35 @@ pub(super) async fn attach(
         stderr: request.stderr,
     }))?;
     Ok(Response::new(cri::AttachResponse { url }))
+}
+
+/// The stdio a streaming request asks for: one stream at least, and no stderr beside a
+/// terminal (a terminal has one output).
+fn check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(), Status> {
+    if tty && stderr {
+        return Err(Status::invalid_argument(
+            "tty and stderr cannot both be true: a terminal has one output",
+        ));
+    }
+    if !(stdin || stdout || stderr) {
+        return Err(Status::invalid_argument(
+            "one of stdin, stdout and stderr must be true",
+        ));
+    }
+    Ok(())
+}
+
+/// A container that is running, or the status saying why not.
+async fn running_container(
+    ctx: &Context,
+    id: &str,
+) -> Result<crate::runtime::container::Container, Status> {
+    let c = ctx.runtime.container(id).await?;
+    if c.state != crate::runtime::container::ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "container {} is not running",
+            c.id
+        )));
+    }
+    Ok(c)
 }
