@@ -14,5 +14,5 @@ mod tty;
 
 pub use exit::Exit;
 pub use message::{Message, Stage, parse, write_message};
-pub use spawn::{Helper, helper_command, send_dir};
+pub use spawn::{Helper, attach_socket, helper_command, send_dir, write_dir};
 pub use tty::TtyInput;

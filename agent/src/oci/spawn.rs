@@ -49,13 +49,30 @@ pub fn helper_command(helper: Helper) -> io::Result<tokio::process::Command> {
 
 /// Gives a helper its directory on stdin, then end of file.
 pub async fn send_dir(stdin: Option<tokio::process::ChildStdin>, dir: &Path) -> io::Result<()> {
+    match stdin {
+        Some(mut stdin) => write_dir(&mut stdin, dir).await,
+        None => Ok(()),
+    }
+}
+
+/// Gives a helper its directory as the first line on stdin; what follows is its input.
+pub async fn write_dir(stdin: &mut tokio::process::ChildStdin, dir: &Path) -> io::Result<()> {
     use tokio::io::AsyncWriteExt as _;
-    let Some(mut stdin) = stdin else {
-        return Ok(());
-    };
     let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
     line.push(b'\n');
     stdin.write_all(&line).await
+}
+
+/// A container's attach socket (`DIR/attach`, served by its monitor), named through a
+/// descriptor of the directory, which the caller holds while it binds or connects: a
+/// socket's path is limited to 107 bytes.
+pub fn attach_socket(dir: &Path) -> io::Result<(std::fs::File, String)> {
+    let dirfd = std::fs::File::open(dir)?;
+    let path = format!(
+        "/proc/self/fd/{}/attach",
+        std::os::fd::AsRawFd::as_raw_fd(&dirfd)
+    );
+    Ok((dirfd, path))
 }
 
 #[cfg(test)]

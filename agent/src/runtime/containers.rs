@@ -914,7 +914,6 @@ impl Runtime {
     /// caller, for a streaming exec; with `tty`, on a terminal of its own, its input then
     /// `oci::TtyInput` frames. [`ExecProcess::finish`] ends it.
     pub async fn start_exec(&self, id: &str, cmd: Vec<String>, tty: bool) -> Result<ExecProcess> {
-        use tokio::io::AsyncWriteExt as _;
         let (c, dir, pid, leaf_name, leaf) = self.prepare_exec(id, &cmd).await?;
         let spawned = oci::helper_command(Helper::Exec)
             .map_err(io_err("cannot find", Path::new("/proc/self/exe")))
@@ -940,11 +939,8 @@ impl Runtime {
             }
         };
         // Its directory first; what comes after on stdin is the command's.
-        let mut line = dir.as_os_str().as_encoded_bytes().to_vec();
-        line.push(b'\n');
         if let Some(stdin) = child.stdin.as_mut() {
-            stdin
-                .write_all(&line)
+            oci::write_dir(stdin, &dir)
                 .await
                 .map_err(io_err("cannot start a helper for", &dir))?;
         }

@@ -37,12 +37,7 @@ pub enum Slot {
 impl Attach {
     /// Serves `dir/attach`; `stdin` is the container's stdin pipe, if it has one.
     pub fn bind(dir: &Path, stdin: Option<OwnedFd>, stdin_once: bool) -> io::Result<Attach> {
-        // Through the directory's descriptor: a socket's path is limited to 107 bytes.
-        let dirfd = File::open(dir)?;
-        let path = format!(
-            "/proc/self/fd/{}/attach",
-            std::os::fd::AsRawFd::as_raw_fd(&dirfd)
-        );
+        let (_dirfd, path) = crate::oci::attach_socket(dir)?;
         let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
         let stdin = stdin.map(File::from);

@@ -408,15 +408,8 @@ impl Session {
         self.done = Some(done_rx);
         let frames = self.frames.clone();
         let protocol = self.protocol;
-        let connected = match std::fs::File::open(dir) {
-            // Through the directory's descriptor: a socket's path is limited to 107 bytes.
-            Ok(dirfd) => {
-                let path = format!(
-                    "/proc/self/fd/{}/attach",
-                    std::os::fd::AsRawFd::as_raw_fd(&dirfd)
-                );
-                tokio::net::UnixStream::connect(path).await
-            }
+        let connected = match crate::oci::attach_socket(dir) {
+            Ok((_dirfd, path)) => tokio::net::UnixStream::connect(path).await,
             Err(e) => Err(e),
         };
         let socket = match connected {
