@@ -54,7 +54,7 @@ async fn main() {
         ctl(&daemon, &["start", &id]);
         let deadline = Instant::now() + Duration::from_secs(300);
         while !daemon
-            .ctl(["exec", &id, "sh", "-c", "test -e /done"])
+            .ctl(["exec", "-s", &id, "sh", "-c", "test -e /done"])
             .status
             .success()
         {

@@ -921,3 +921,115 @@ async fn the_real_crictl_attaches_to_a_containers_stdio() {
     crictl.run(&["rmp", "-f", &pod]);
     crictl.run(&["rmp", "--all", "-f"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_crictl_streams_over_https_with_a_self_signed_certificate() {
+    let env = common::cri::env_with("[streaming]\ntls = true\n").await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let (pod, id) = crictl.sleeper(d, &env.image, "https");
+    use strata_api::cri::{ExecRequest, runtime_service_client::RuntimeServiceClient};
+    let url = RuntimeServiceClient::new(d.channel().await)
+        .exec(ExecRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into()],
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    // Plain HTTP to it is no session (the TLS handshake fails, nothing is served).
+    let authority = url
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut plain = std::net::TcpStream::connect(&authority).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    plain
+        .write_all(b"POST /exec/x HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 1"), "{answer:?}");
+
+    // crictl (SPDY) and stratactl (WebSocket) both run commands through it.
+    let (status, out, err) = crictl.run_with_input(
+        &["exec", "-i", &id, "sh", "-c", "cat; echo over-tls"],
+        b"in\n",
+    );
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(out, "in\nover-tls\n");
+    let out = d.ctl(["exec", &id, "sh", "-c", "echo wss; exit 2"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(out.stdout, "wss\n");
+    crictl.run(&["rmp", "-f", &pod]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_crictl_attaches_to_a_container_on_a_terminal() {
+    let env = env().await;
+    let d = &env.daemon;
+    let crictl = Crictl::new(d);
+    let pod_json = write_json(
+        d,
+        "tty-pod.json",
+        serde_json::json!({
+            "metadata": {"name": "tty", "namespace": "default", "uid": "tty-uid"},
+            "linux": {}
+        }),
+    );
+    let container_json = write_json(
+        d,
+        "tty-container.json",
+        serde_json::json!({
+            "metadata": {"name": "shell"},
+            "image": {"image": env.image},
+            "command": ["sh", "-c",
+                "while read line; do [ \"$line\" = quit ] && exit 0; echo got-$line; done"],
+            "tty": true,
+            "stdin": true,
+            "linux": {}
+        }),
+    );
+    let pod_path = pod_json.to_str().unwrap();
+    let pod = crictl.run(&["runp", pod_path]).trim().to_string();
+    let id = crictl
+        .run(&["create", &pod, container_json.to_str().unwrap(), pod_path])
+        .trim()
+        .to_string();
+    crictl.run(&["start", &id]);
+    // SPDY v4 with a resize stream; crictl wants a terminal of its own: script(1).
+    let command = format!(
+        "{} --config {} --runtime-endpoint {} attach -it {id}",
+        crictl_binary().display(),
+        crictl.config.display(),
+        crictl.endpoint,
+    );
+    let mut child = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    stdin.write_all(b"hi\r").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    stdin.write_all(b"quit\r").unwrap();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("got-hi"), "{text:?}");
+    let st = crictl.json(&["inspect", &id]);
+    assert_eq!(st["status"]["state"], "CONTAINER_EXITED", "{st}");
+    assert_eq!(st["status"]["exitCode"], 0, "{st}");
+    crictl.run(&["rmp", "-f", &pod]);
+}

@@ -1205,7 +1205,7 @@ async fn commit_saves_the_read_write_layer_only() {
     // The container runs on after a paused commit.
     assert!(
         env.daemon
-            .ctl(["exec", &id, "sh", "-c", "true"])
+            .ctl(["exec", "-s", &id, "sh", "-c", "true"])
             .status
             .success()
     );

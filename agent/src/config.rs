@@ -95,6 +95,17 @@ pub struct StreamingConfig {
     pub address: String,
     /// Its port; 0 picks a free one at every start.
     pub port: u16,
+    /// A session that carries nothing either way for this long is closed (containerd's
+    /// `stream_idle_timeout`, 4 hours by default).
+    pub idle_timeout_secs: u64,
+    /// Most sessions (exec, attach, port-forward) open at once; more are refused (503).
+    pub max_sessions: usize,
+    /// HTTPS instead of HTTP: with `tls_cert` and `tls_key` (PEM files), or, without them,
+    /// a self-signed certificate made at every start (clients such as crictl and the kubelet
+    /// do not verify the streaming server's certificate; the token is the credential).
+    pub tls: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for StreamingConfig {
@@ -102,6 +113,11 @@ impl Default for StreamingConfig {
         StreamingConfig {
             address: "127.0.0.1".into(),
             port: 0,
+            idle_timeout_secs: 4 * 3600,
+            max_sessions: 256,
+            tls: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -285,6 +301,27 @@ impl Config {
                 what: "images.progress_timeout_secs",
                 value: "0".into(),
                 reason: "must be at least 1".into(),
+            });
+        }
+        let streaming = &self.streaming;
+        if streaming.idle_timeout_secs == 0 || streaming.max_sessions == 0 {
+            return Err(Error::Invalid {
+                what: "streaming.idle_timeout_secs / streaming.max_sessions",
+                value: format!(
+                    "{} / {}",
+                    streaming.idle_timeout_secs, streaming.max_sessions
+                ),
+                reason: "must be at least 1".into(),
+            });
+        }
+        if streaming.tls_cert.is_some() != streaming.tls_key.is_some()
+            || (streaming.tls_cert.is_some() && !streaming.tls)
+        {
+            return Err(Error::Invalid {
+                what: "streaming.tls_cert / streaming.tls_key",
+                value: format!("{:?} / {:?}", streaming.tls_cert, streaming.tls_key),
+                reason: "give both, with tls = true (or neither, for a self-signed certificate)"
+                    .into(),
             });
         }
         for (host, registry) in &self.registries {

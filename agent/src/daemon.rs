@@ -99,13 +99,10 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     let runtime = Arc::new(runtime);
-    let (streaming, streaming_listener) = server::streaming::Server::bind(
-        &config.streaming.address,
-        config.streaming.port,
-        Arc::clone(&runtime),
-    )
-    .await
-    .map_err(|e| Error::Startup(e.to_string()))?;
+    let (streaming, streaming_listener) =
+        server::streaming::Server::bind(&config.streaming, Arc::clone(&runtime))
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))?;
     tokio::spawn(Arc::clone(&streaming).serve(streaming_listener));
     let ctx = Arc::new(server::Context {
         config,

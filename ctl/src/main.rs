@@ -7,6 +7,7 @@ mod containers;
 mod images;
 mod output;
 mod pods;
+mod stream;
 
 use std::{collections::BTreeMap, process::ExitCode, time::Duration};
 
@@ -35,7 +36,7 @@ struct Cli {
           default_value = concat!("unix://", "/run/strata/strata.sock"))]
     endpoint: String,
     /// Deadline for connecting and for each call: 10s, 500ms, 2m, or plain seconds
-    #[arg(long, short = 't', global = true, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
     /// Output format
     #[arg(long, short = 'o', global = true, value_enum, default_value = "table")]
@@ -239,14 +240,40 @@ enum Command {
         #[arg(long)]
         timestamps: bool,
     },
-    /// Run a command in a running container and wait for it (ExecSync)
+    /// Run a command in a running container (streamed; with -s, ExecSync)
     Exec {
-        /// Seconds before the command is killed (0: no limit)
-        #[arg(long = "exec-timeout", short = 's', default_value = "0")]
+        /// Pass stdin to the command
+        #[arg(long, short = 'i')]
+        interactive: bool,
+        /// Run the command on a terminal (stdin in raw mode; with -i)
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Run it with ExecSync: output collected, then printed
+        #[arg(long, short = 's')]
+        sync: bool,
+        /// With --sync: seconds before the command is killed (0: no limit)
+        #[arg(long = "exec-timeout", default_value = "0")]
         exec_timeout: i64,
         id: String,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
+    },
+    /// Attach to a running container's stdio
+    Attach {
+        /// Pass stdin to the container
+        #[arg(long, short = 'i')]
+        stdin: bool,
+        /// The container runs on a terminal (stdin in raw mode; with -i)
+        #[arg(long, short = 't')]
+        tty: bool,
+        id: String,
+    },
+    /// Forward local ports (on 127.0.0.1) to a pod's: [LOCAL:]REMOTE ...
+    #[command(name = "port-forward")]
+    PortForward {
+        pod: String,
+        #[arg(required = true)]
+        ports: Vec<String>,
     },
     /// Show containers' resource usage
     Stats { id: Option<String> },
@@ -319,7 +346,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // A read of stdin may still be blocked on a thread of its own (an exec's input from a
+    // terminal): not waited for.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         // `exec` passes the command's own status through, quietly.
         Err(e) if e.downcast_ref::<ExitWith>().is_some() => {
@@ -558,16 +589,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             timestamps,
         } => containers::logs(&client, &id, follow, tail, timestamps).await,
         Command::Exec {
+            interactive,
+            tty,
+            sync,
             exec_timeout,
             id,
             cmd,
         } => {
-            let code = containers::exec(&client, &id, &cmd, exec_timeout).await?;
+            let code = match sync {
+                true => containers::exec(&client, &id, &cmd, exec_timeout).await?,
+                false => stream::exec(&client, &id, &cmd, interactive, tty).await?,
+            };
             if code != 0 {
                 return Err(ExitWith(code).into());
             }
             Ok(())
         }
+        Command::Attach { stdin, tty, id } => {
+            let code = stream::attach(&client, &id, stdin, tty).await?;
+            if code != 0 {
+                return Err(ExitWith(code).into());
+            }
+            Ok(())
+        }
+        Command::PortForward { pod, ports } => stream::port_forward(&client, &pod, &ports).await,
         Command::Stats { id } => containers::stats(&client, cli.output, id).await,
         Command::Statsp { id } => containers::stats_pods(&client, cli.output, id).await,
         Command::Update {

@@ -221,7 +221,7 @@ impl Node {
         loop {
             let out = self
                 .daemon
-                .ctl(["exec", &id, "sh", "-c", "cat /proc/1/cmdline"]);
+                .ctl(["exec", "-s", &id, "sh", "-c", "cat /proc/1/cmdline"]);
             if out.status.success() && out.stdout.starts_with("sleep") {
                 return id;
             }

@@ -33,6 +33,9 @@ pub struct Process {
     /// Written to /proc/self/oom_score_adj before exec, when set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i64>,
+    /// On a terminal: a pty of the container's devpts, its master held by the monitor.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 /// A resource limit, as the OCI spec writes it (`RLIMIT_NOFILE`).

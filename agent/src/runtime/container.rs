@@ -91,6 +91,9 @@ pub struct ContainerSpec {
     /// The pipe closes when the first attached client closes its input.
     #[serde(default)]
     pub stdin_once: bool,
+    /// The container runs on a terminal (its output is logged as stdout).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// The image as a container needs it.
@@ -531,6 +534,7 @@ pub fn runtime_spec(
             no_new_privileges: spec.no_new_privs,
             rlimits: Vec::new(),
             oom_score_adj: (spec.oom_score_adj != 0).then_some(spec.oom_score_adj),
+            terminal: spec.tty,
         },
         root: Root {
             path: layout.rootfs(),

@@ -113,7 +113,7 @@ impl From<super::streaming::Error> for Status {
         use super::streaming::Error as E;
         let code = match &e {
             E::TooMany => Code::ResourceExhausted,
-            E::Token(_) | E::Bind { .. } => Code::Internal,
+            E::Token(_) | E::Bind { .. } | E::Tls(_) => Code::Internal,
         };
         Status::new(code, crate::report::error_line(&e))
     }

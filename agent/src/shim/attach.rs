@@ -1,10 +1,13 @@
 //! A container's attach point: a unix socket in its directory (`attach`), served by its
 //! monitor. Every client gets the container's output as frames (a stream byte, 1 stdout or
-//! 2 stderr, a 32-bit big-endian length, the bytes), the same bytes the CRI log gets; what a
-//! client sends goes to the container's stdin pipe, when it has one. With `stdin_once` the
-//! pipe closes when the first client's input ends. A client that cannot keep up is
-//! dropped, so that no attacher can hold the container's output (or its log) up.
+//! 2 stderr, a 32-bit big-endian length, the bytes), the same bytes the CRI log gets. A
+//! client sends `oci::TtyInput` frames: data for the container's stdin (its pipe, or its
+//! terminal), window sizes (a terminal's), and the end of its input. With `stdin_once` the
+//! first client's end of input is the container's: its pipe closes (on a terminal: the EOF
+//! character). A client that cannot keep up is dropped, so that no attacher can hold the
+//! container's output (or its log) up.
 
+use crate::oci::TtyInput;
 use std::{
     fs::File,
     io::{self, Read, Write},
@@ -18,13 +21,17 @@ use std::{
 pub struct Attach {
     listener: UnixListener,
     clients: Vec<Client>,
+    /// The container's stdin pipe, or its terminal's master.
     stdin: Option<File>,
     stdin_once: bool,
+    terminal: bool,
 }
 
 struct Client {
     stream: UnixStream,
     input_open: bool,
+    /// Input not yet a whole frame.
+    pending: Vec<u8>,
 }
 
 /// What a poll slot of [`Attach::fds`] watches.
@@ -35,8 +42,14 @@ pub enum Slot {
 }
 
 impl Attach {
-    /// Serves `dir/attach`; `stdin` is the container's stdin pipe, if it has one.
-    pub fn bind(dir: &Path, stdin: Option<OwnedFd>, stdin_once: bool) -> io::Result<Attach> {
+    /// Serves `dir/attach`; `stdin` is the container's stdin pipe, if it has one, or (with
+    /// `terminal`) its terminal's master.
+    pub fn bind(
+        dir: &Path,
+        stdin: Option<OwnedFd>,
+        stdin_once: bool,
+        terminal: bool,
+    ) -> io::Result<Attach> {
         let (_dirfd, path) = crate::oci::attach_socket(dir)?;
         let listener = UnixListener::bind(&path)?;
         listener.set_nonblocking(true)?;
@@ -49,6 +62,7 @@ impl Attach {
             clients: Vec::new(),
             stdin,
             stdin_once,
+            terminal,
         })
     }
 
@@ -72,6 +86,7 @@ impl Attach {
                         self.clients.push(Client {
                             stream,
                             input_open: true,
+                            pending: Vec::new(),
                         });
                     }
                 }
@@ -81,23 +96,64 @@ impl Attach {
                 let Some(client) = self.clients.get_mut(i) else {
                     return;
                 };
+                let mut frames = Vec::new();
                 match client.stream.read(&mut buf) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                     Ok(0) | Err(_) => {
+                        // Gone. Only a client that had input says its end (a client
+                        // watching the output must not close the container's stdin).
                         client.input_open = false;
-                        if self.stdin_once {
-                            // The container reads end of file.
-                            self.stdin = None;
-                        }
                     }
                     Ok(n) => {
-                        if let Some(stdin) = &mut self.stdin
-                            && stdin.write_all(&buf[..n]).is_err()
-                        {
-                            eprintln!("stratad monitor: the container does not read its stdin");
+                        client.pending.extend_from_slice(&buf[..n]);
+                        loop {
+                            match TtyInput::decode(&mut client.pending) {
+                                Ok(Some(frame)) => frames.push(frame),
+                                Ok(None) => break,
+                                Err(e) => {
+                                    eprintln!("stratad monitor: an attach client: {e}");
+                                    client.input_open = false;
+                                    client.pending.clear();
+                                    frames.push(TtyInput::End);
+                                    break;
+                                }
+                            }
                         }
                     }
                 }
+                for frame in frames {
+                    self.input(frame);
+                }
             }
+        }
+    }
+
+    /// One frame of a client's input.
+    fn input(&mut self, frame: TtyInput) {
+        match frame {
+            TtyInput::Data(data) => {
+                if let Some(stdin) = &mut self.stdin
+                    && stdin.write_all(&data).is_err()
+                {
+                    eprintln!("stratad monitor: the container does not read its stdin");
+                }
+            }
+            TtyInput::Resize { cols, rows } => {
+                if let (true, Some(terminal)) = (self.terminal, &self.stdin) {
+                    let _ = crate::sys::process::set_window_size(terminal.as_fd(), cols, rows);
+                }
+            }
+            TtyInput::End if self.stdin_once => {
+                if self.terminal {
+                    // A terminal stays: its end of input is the EOF character.
+                    if let Some(terminal) = &mut self.stdin {
+                        let _ = terminal.write_all(&[4]);
+                    }
+                }
+                // The container reads end of file (on a terminal, no more input).
+                self.stdin = None;
+            }
+            TtyInput::End => {}
         }
     }
 

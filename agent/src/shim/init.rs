@@ -36,13 +36,21 @@ pub struct Pipes {
     pub stderr: OwnedFd,
     /// The container's stdin pipe, when it has one.
     pub stdin: Option<OwnedFd>,
+    /// On a terminal: the socket the pty's master goes to the monitor on.
+    pub console: Option<OwnedFd>,
 }
 
 /// Runs the init on the real kernel. Never returns: it execs the entrypoint or exits.
 pub fn run(spec: &Spec, pipes: Pipes) -> ! {
     let mut sys = Linux::default();
     let mut sync = File::from(pipes.sync);
-    let others = (pipes.go, pipes.stdin, pipes.stdout, pipes.stderr);
+    let others = Stdio {
+        go: pipes.go,
+        stdin: pipes.stdin,
+        stdout: pipes.stdout,
+        stderr: pipes.stderr,
+        console: pipes.console,
+    };
     let error = match setup_and_exec(spec, &mut sys, others, &mut sync) {
         Ok(never) => match never {},
         Err(e) => e,
@@ -59,13 +67,29 @@ pub fn run(spec: &Spec, pipes: Pipes) -> ! {
     std::process::exit(127);
 }
 
+/// The init's ends of the pipes but the sync pipe.
+pub struct Stdio {
+    pub go: OwnedFd,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub console: Option<OwnedFd>,
+}
+
 /// Everything up to the exec; returns only on failure.
 pub fn setup_and_exec(
     spec: &Spec,
     sys: &mut dyn Syscall,
-    (go, stdin, stdout, stderr): (OwnedFd, Option<OwnedFd>, OwnedFd, OwnedFd),
+    stdio: Stdio,
     sync: &mut File,
 ) -> Result<Infallible> {
+    let Stdio {
+        go,
+        stdin,
+        stdout,
+        stderr,
+        console,
+    } = stdio;
     sys.set_non_dumpable()
         .map_err(at(Stage::Setup, || "prctl(PR_SET_DUMPABLE)".into()))?;
     let mut byte = [0u8; 1];
@@ -85,8 +109,15 @@ pub fn setup_and_exec(
         sys.mount(&m).map_err(at(Stage::Mounts, || m.describe()))?;
     }
     enter_working_dir(spec, sys, true)?;
-    sys.redirect_stdio(stdin, stdout, stderr)
-        .map_err(at(Stage::Setup, || "redirecting stdio".into()))?;
+    match console {
+        // The terminal is all of the container's stdio: the pipes are not used.
+        Some(socket) => sys
+            .console(spec.process.user.uid, socket)
+            .map_err(at(Stage::Setup, || "the container's terminal".into()))?,
+        None => sys
+            .redirect_stdio(stdin, stdout, stderr)
+            .map_err(at(Stage::Setup, || "redirecting stdio".into()))?,
+    }
     let exe = resolve_executable(spec, sys)?;
     let (args, env) = (cstrings(&spec.process.args)?, cstrings(&spec.process.env)?);
 
@@ -420,7 +451,15 @@ mod tests {
         let (_out_r, out_w) = pipe();
         let (_err_r, err_w) = pipe();
         let mut sync = File::from(sync_w);
-        let error = match setup_and_exec(spec, sys, (go_r, None, out_w, err_w), &mut sync) {
+        let console = spec.process.terminal.then(|| pipe().1);
+        let stdio = Stdio {
+            go: go_r,
+            stdin: None,
+            stdout: out_w,
+            stderr: err_w,
+            console,
+        };
+        let error = match setup_and_exec(spec, sys, stdio, &mut sync) {
             Err(e) => e,
             Ok(never) => match never {},
         };
@@ -496,6 +535,21 @@ mod tests {
         // The monitor heard "ready" (and nothing else: the exec failure is the caller's
         // to send).
         assert_eq!(messages, vec![Message::Ready { pid: None }]);
+    }
+
+    #[test]
+    fn on_a_terminal_the_pty_is_the_stdio_made_in_the_containers_root_before_the_identity_drop() {
+        let mut sys = Recorder::default();
+        let mut s = spec(true);
+        s.process.terminal = true;
+        run_init(&mut s, &mut sys, false);
+        let calls = &sys.calls;
+        assert!(!calls.contains(&Call::RedirectStdio), "{calls:#?}");
+        let pivot = position(calls, |c| matches!(c, Call::Mount(Mount::Pivot(_))));
+        // The slave is given to the container's user while still root.
+        let console = position(calls, |c| *c == Call::Console(1000));
+        let uid = position(calls, |c| *c == Call::SetUid(1000));
+        assert!(pivot < console && console < uid, "{calls:#?}");
     }
 
     #[test]

@@ -118,10 +118,21 @@ fn monitor(dir: &Path) -> Result<()> {
     let (err_r, err_w) = pipe()?;
     let (sync_r, sync_w) = pipe()?;
     let (go_r, go_w) = pipe()?;
-    let (stdin_r, stdin_w) = match spec.strata.stdin {
+    let terminal = spec.process.terminal;
+    // On a terminal the pty is the container's stdin: no pipe.
+    let (stdin_r, stdin_w) = match spec.strata.stdin && !terminal {
         true => {
             let (r, w) = pipe()?;
             (Some(r), Some(w))
+        }
+        false => (None, None),
+    };
+    // The terminal's master comes from the init over this socket.
+    let (console, console_init) = match terminal {
+        true => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(at(Stage::Setup, || "socketpair".into()))?;
+            (Some(ours), Some(OwnedFd::from(theirs)))
         }
         false => (None, None),
     };
@@ -136,7 +147,7 @@ fn monitor(dir: &Path) -> Result<()> {
     }
     let child = match fork(&one_thread).map_err(at(Stage::Setup, || "fork".into()))? {
         Forked::Child => {
-            drop((out_r, err_r, sync_r, go_w, stdin_w));
+            drop((out_r, err_r, sync_r, go_w, stdin_w, console));
             init::run(
                 &spec,
                 init::Pipes {
@@ -145,31 +156,53 @@ fn monitor(dir: &Path) -> Result<()> {
                     stdout: out_w,
                     stderr: err_w,
                     stdin: stdin_r,
+                    console: console_init,
                 },
             )
         }
         Forked::Parent(child) => child,
     };
-    drop((out_w, err_w, sync_w, go_r, stdin_r));
-    // Served before the container is reported created: Attach may come right after.
-    let attach = Attach::bind(dir, stdin_w, spec.strata.stdin_once)
-        .map_err(at(Stage::Setup, || "serving the attach socket".into()))?;
+    drop((out_w, err_w, sync_w, go_r, stdin_r, console_init));
     let ready = (|| {
         cgroup.add_pid(child.as_raw() as u32).map_err(cgroup_err)?;
         File::from(go_w)
             .write_all(b"g")
             .map_err(at(Stage::Setup, || "releasing the init".into()))?;
         match read_from_init(&sync_r)? {
-            Message::Ready { .. } => Ok(()),
-            Message::Failure { stage, message } => Err(Error::Init { stage, message }),
-            other => Err(Error::Spec(format!("unexpected {other:?} from the init"))),
+            Message::Ready { .. } => {}
+            Message::Failure { stage, message } => return Err(Error::Init { stage, message }),
+            other => return Err(Error::Spec(format!("unexpected {other:?} from the init"))),
         }
+        // Sent before "ready".
+        let master = match &console {
+            Some(socket) => Some(
+                crate::sys::process::recv_fd(socket.as_fd())
+                    .map_err(at(Stage::Setup, || "receiving the terminal".into()))?,
+            ),
+            None => None,
+        };
+        // Served before the container is reported created: Attach may come right after.
+        let input = match &master {
+            Some(master) => Some(
+                master
+                    .try_clone()
+                    .map_err(at(Stage::Setup, || "dup of the terminal".into()))?,
+            ),
+            None => stdin_w,
+        };
+        let attach = Attach::bind(dir, input, spec.strata.stdin_once, master.is_some())
+            .map_err(at(Stage::Setup, || "serving the attach socket".into()))?;
+        Ok((master, attach))
     })();
-    if let Err(e) = ready {
-        let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        return Err(e);
-    }
+    let (master, attach) = match ready {
+        Ok(ready) => ready,
+        Err(e) => {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(e);
+        }
+    };
+    drop(console);
     let _ = oci::write_message(
         &mut std::io::stdout(),
         &Message::Ready {
@@ -178,7 +211,16 @@ fn monitor(dir: &Path) -> Result<()> {
     );
     detach_stdio(dir);
 
-    let exec_error = pump(&spec, dir, out_r, err_r, sync_r, attach);
+    // On a terminal its output is the container's one stream, logged as stdout; the
+    // pipes, unused, are closed.
+    let outputs = match master {
+        Some(master) => vec![Some((master, "stdout", Splitter::default()))],
+        None => vec![
+            Some((out_r, "stdout", Splitter::default())),
+            Some((err_r, "stderr", Splitter::default())),
+        ],
+    };
+    let exec_error = pump(&spec, dir, outputs, sync_r, attach);
     let (exit_code, signal) = wait(child);
     let exit = Exit {
         exit_code: if exec_error.is_some() { 128 } else { exit_code },
@@ -213,19 +255,18 @@ fn detach_stdio(dir: &Path) {
 /// Poll slots from here on are the attach socket's.
 const ATTACH_SLOTS: usize = 100;
 
+/// Poll slots of the sync pipe and the control FIFO (the outputs' come first).
+const SYNC_SLOT: usize = 90;
+const CONTROL_SLOT: usize = 91;
+
 fn pump(
     spec: &Spec,
     dir: &Path,
-    out: OwnedFd,
-    err: OwnedFd,
+    mut streams: Vec<Option<(OwnedFd, &'static str, Splitter)>>,
     sync: OwnedFd,
     mut attach: Attach,
 ) -> Option<String> {
     let mut log = CriLog::open(&spec.strata.log_path);
-    let mut streams = [
-        Some((out, "stdout", Splitter::default())),
-        Some((err, "stderr", Splitter::default())),
-    ];
     let mut sync = Some(sync);
     // ReopenContainerLog writes to this FIFO; opened read-write so it never reads EOF.
     let control = File::options()
@@ -247,13 +288,13 @@ fn pump(
         }
         if let Some(fd) = &sync {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-            which.push(2);
+            which.push(SYNC_SLOT);
         }
         if let Some(file) = &control {
             fds.push(PollFd::new(file.as_fd(), PollFlags::POLLIN));
-            which.push(3);
+            which.push(CONTROL_SLOT);
         }
-        // Attach slots come after, numbered from 4.
+        // Attach slots come after.
         let attach_fds = attach.fds();
         let slots: Vec<_> = attach_fds.iter().map(|(_, slot)| *slot).collect();
         for (k, (fd, _)) in attach_fds.iter().enumerate() {
@@ -276,7 +317,7 @@ fn pump(
                 attach.ready(slots[i - ATTACH_SLOTS]);
                 continue;
             }
-            if i == 3 {
+            if i == CONTROL_SLOT {
                 let mut requests = [0u8; 64];
                 let n = control
                     .as_ref()
@@ -287,7 +328,7 @@ fn pump(
                 }
                 continue;
             }
-            if i == 2 {
+            if i == SYNC_SLOT {
                 // Read to its end: it closes at the exec, or after the init's failure.
                 let Some(fd) = sync.take() else { continue };
                 let mut text = String::new();
@@ -312,6 +353,9 @@ fn pump(
             };
             let stream = *stream;
             match nix::unistd::read(&*fd, &mut buf) {
+                // A terminal's master is non-blocking (attach writes to it).
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                // A terminal's master reads EIO once every slave is closed.
                 Ok(0) | Err(_) => {
                     splitter.finish(&mut |partial, text| log.line(stream, partial, text));
                     streams[i] = None;

@@ -196,3 +196,72 @@ pub fn set_window_size(
     }
     Ok(())
 }
+
+/// Sends `fd` over the unix socket `socket` (`SCM_RIGHTS`), with one byte beside it.
+pub fn send_fd(
+    socket: std::os::fd::BorrowedFd<'_>,
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    use std::os::fd::AsRawFd;
+    let fds = [fd.as_raw_fd()];
+    let payload = [std::io::IoSlice::new(b"f")];
+    sendmsg::<()>(
+        socket.as_raw_fd(),
+        &payload,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one descriptor [`send_fd`] sent on `socket` (close-on-exec here).
+pub fn recv_fd(socket: std::os::fd::BorrowedFd<'_>) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut byte = [0u8; 1];
+    let mut payload = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let message = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut payload,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut received = None;
+    for cmsg in message.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            for fd in fds {
+                #[allow(unsafe_code)]
+                // SAFETY: the kernel installed `fd` in this process for this message; it is
+                // owned by nobody else.
+                let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                received.get_or_insert(owned);
+            }
+        }
+    }
+    received.ok_or_else(|| std::io::Error::other("no descriptor came with the message"))
+}
+
+#[cfg(test)]
+mod fd_passing_tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_descriptor_crosses_a_socket_and_still_works() {
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        super::send_fd(a.as_fd(), w.as_fd()).unwrap();
+        drop(w);
+        let got = super::recv_fd(b.as_fd()).unwrap();
+        std::fs::File::from(got).write_all(b"through").unwrap();
+        let mut text = String::new();
+        std::fs::File::from(r).read_to_string(&mut text).unwrap();
+        assert_eq!(text, "through");
+        // A message without a descriptor is an error, not a panic.
+        (&a).write_all(b"x").unwrap();
+        assert!(super::recv_fd(b.as_fd()).is_err());
+    }
+}

@@ -123,6 +123,10 @@ pub trait Syscall {
         stdout: OwnedFd,
         stderr: OwnedFd,
     ) -> io::Result<()>;
+    /// The container's terminal: a new pty of the devpts at /dev/pts (the container's, by
+    /// now), its slave owned by `uid`, this process's controlling terminal and its stdin,
+    /// stdout and stderr; its master sent over `socket` to the monitor.
+    fn console(&mut self, uid: u32, socket: OwnedFd) -> io::Result<()>;
     /// The first executable `name` in the directories of `path` (a `PATH` value).
     fn find_executable(&mut self, name: &str, path: &str) -> Option<PathBuf>;
     fn set_oom_score_adj(&mut self, adj: i64) -> io::Result<()>;
@@ -235,6 +239,23 @@ impl Syscall for Linux {
         Ok(())
     }
 
+    fn console(&mut self, uid: u32, socket: OwnedFd) -> io::Result<()> {
+        use nix::{fcntl::OFlag, pty};
+        let master = pty::posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)?;
+        pty::grantpt(&master)?;
+        pty::unlockpt(&master)?;
+        let name = pty::ptsname_r(&master)?;
+        nix::unistd::setsid()?;
+        // A session leader without a terminal acquires the first it opens.
+        let slave: OwnedFd = File::options().read(true).write(true).open(&name)?.into();
+        nix::unistd::fchown(&slave, Some(nix::unistd::Uid::from_raw(uid)), None)?;
+        super::process::send_fd(socket.as_fd(), master.as_fd())?;
+        nix::unistd::dup2_stdin(&slave)?;
+        nix::unistd::dup2_stdout(&slave)?;
+        nix::unistd::dup2_stderr(&slave)?;
+        Ok(())
+    }
+
     fn find_executable(&mut self, name: &str, path: &str) -> Option<PathBuf> {
         use std::os::unix::fs::PermissionsExt;
         path.split(':')
@@ -340,6 +361,7 @@ pub enum Call {
     TellStarter(Vec<u8>),
     EnterWorkingDir(PathBuf, bool),
     RedirectStdio,
+    Console(u32),
     SetOomScoreAdj(i64),
     SetRlimit(Rlimit),
     LoadSeccomp(usize),
@@ -412,6 +434,9 @@ impl Syscall for Recorder {
         _stderr: OwnedFd,
     ) -> io::Result<()> {
         self.record(Call::RedirectStdio)
+    }
+    fn console(&mut self, uid: u32, _socket: OwnedFd) -> io::Result<()> {
+        self.record(Call::Console(uid))
     }
     fn find_executable(&mut self, name: &str, _path: &str) -> Option<PathBuf> {
         (name == "sh").then(|| PathBuf::from("/bin/sh"))

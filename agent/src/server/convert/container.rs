@@ -114,6 +114,7 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
             .unwrap_or_default(),
         stdin: config.stdin,
         stdin_once: config.stdin_once,
+        tty: config.tty,
     })
 }
 

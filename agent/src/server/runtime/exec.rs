@@ -70,7 +70,11 @@ pub(super) async fn port_forward(
     let netns = ctx.runtime.pod_network(&request.pod_sandbox_id).await?;
     let url = ctx
         .streaming
-        .issue(Session::PortForward(PortForwardRequest { netns }))?;
+        .issue(Session::PortForward(PortForwardRequest {
+            netns,
+            // Checked above to be 1-65535.
+            ports: request.port.iter().map(|p| *p as u16).collect(),
+        }))?;
     Ok(Response::new(cri::PortForwardResponse { url }))
 }
 
@@ -82,12 +86,13 @@ pub(super) async fn attach(
 ) -> Result<Response<cri::AttachResponse>, Status> {
     let request = request.into_inner();
     check_stdio(request.tty, request.stdin, request.stdout, request.stderr)?;
-    if request.tty {
-        return Err(Status::unimplemented(
-            "attach to a container's terminal (tty) is not supported yet",
-        ));
-    }
     let c = running_container(ctx, &request.container_id).await?;
+    if request.tty && !c.spec.tty {
+        return Err(Status::invalid_argument(format!(
+            "container {} was not created with a terminal (tty)",
+            c.id
+        )));
+    }
     if request.stdin && !c.spec.stdin {
         return Err(Status::invalid_argument(format!(
             "container {} was not created with stdin",
@@ -98,7 +103,9 @@ pub(super) async fn attach(
         attach_dir: Some(ctx.runtime.container_dir(&c.id)),
         container_id: c.id,
         cmd: Vec::new(),
-        tty: false,
+        // The channels the client opens follow its request; a container on a terminal
+        // sends on stdout only.
+        tty: request.tty,
         stdin: request.stdin,
         stdout: request.stdout,
         stderr: request.stderr,

@@ -1,11 +1,14 @@
-//! The CRI streaming server: `Exec` and `PortForward` (and, later, `Attach`) answer with a
-//! URL here carrying a single-use token; the client (the kubelet, crictl) upgrades that
-//! HTTP request to SPDY/3.1 and speaks the Kubernetes remote-command or port-forward
-//! protocol over it.
+//! The CRI streaming server: `Exec`, `Attach` and `PortForward` answer with a URL here
+//! carrying a single-use token; the client (the kubelet, crictl, kubectl) upgrades that
+//! HTTP request to SPDY/3.1 or to WebSocket and speaks the Kubernetes remote-command or
+//! port-forward protocol over it. Plain HTTP, or HTTPS (`[streaming] tls`).
 
 mod exec;
 mod portforward;
+mod remote;
 pub mod spdy;
+mod tls;
+mod websocket;
 
 use std::{
     collections::HashMap,
@@ -30,6 +33,10 @@ use tokio::{
 const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// Most URLs waiting to be used at once.
 const MAX_PENDING: usize = 1000;
+/// How long a SPDY client may take to open its streams (the kubelet's default).
+const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The remote-command subprotocols, most preferred first.
 const REMOTE_COMMAND_PROTOCOLS: &[&str] = &[
@@ -55,6 +62,18 @@ pub enum Session {
 pub struct PortForwardRequest {
     /// The pod's network namespace (`None`: the node's).
     pub netns: Option<std::path::PathBuf>,
+    /// The request's ports: over WebSocket, the ones forwarded (over SPDY each stream
+    /// names its own).
+    pub ports: Vec<u16>,
+}
+
+/// How long a session may take and idle.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A session carrying nothing either way for this long is closed.
+    pub idle: Duration,
+    /// How long a SPDY client may take to open its streams.
+    pub stream_creation: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +100,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("streaming TLS: {0}")]
+    Tls(String),
 }
 
 /// The streaming server: issued URLs and the listener that serves them.
@@ -88,27 +109,45 @@ pub struct Server {
     base_url: String,
     pending: Mutex<HashMap<String, (Session, Instant)>>,
     runtime: Arc<crate::runtime::Runtime>,
+    limits: Limits,
+    /// One permit per open session.
+    sessions: Arc<tokio::sync::Semaphore>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl Server {
-    /// Binds `address:port` (port 0: any free one).
+    /// Binds the configured address and port (port 0: any free one).
     pub async fn bind(
-        address: &str,
-        port: u16,
+        config: &crate::config::StreamingConfig,
         runtime: Arc<crate::runtime::Runtime>,
     ) -> Result<(Arc<Server>, tokio::net::TcpListener), Error> {
+        let (address, port) = (config.address.as_str(), config.port);
         let bind_err = |source| Error::Bind {
             address: format!("{address}:{port}"),
             source,
+        };
+        let tls = match config.tls {
+            false => None,
+            true => Some(tls::acceptor(
+                config.tls_cert.as_deref().zip(config.tls_key.as_deref()),
+                address,
+            )?),
         };
         let listener = tokio::net::TcpListener::bind((address, port))
             .await
             .map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let server = Server {
-            base_url: format!("http://{}", url_host(local)),
+            base_url: format!("{scheme}://{}", url_host(local)),
             pending: Mutex::default(),
             runtime,
+            limits: Limits {
+                idle: Duration::from_secs(config.idle_timeout_secs),
+                stream_creation: STREAM_CREATION_TIMEOUT,
+            },
+            sessions: Arc::new(tokio::sync::Semaphore::new(config.max_sessions)),
+            tls,
         };
         Ok((Arc::new(server), listener))
     }
@@ -152,18 +191,38 @@ impl Server {
             };
             let server = Arc::clone(&self);
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |request| {
-                    let server = Arc::clone(&server);
-                    async move { Ok::<_, Infallible>(server.handle(request)) }
-                });
-                let served = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .with_upgrades()
-                    .await;
-                if let Err(e) = served {
-                    tracing::debug!(error = %e, "streaming connection ended");
+                match server.tls.clone() {
+                    None => server.serve_connection(stream).await,
+                    Some(acceptor) => {
+                        let handshake =
+                            tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                        match handshake.await {
+                            Ok(Ok(stream)) => server.serve_connection(stream).await,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "streaming TLS handshake failed")
+                            }
+                            Err(_) => tracing::debug!("streaming TLS handshake timed out"),
+                        }
+                    }
                 }
             });
+        }
+    }
+
+    async fn serve_connection<IO>(self: Arc<Self>, stream: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let service = hyper::service::service_fn(move |request| {
+            let server = Arc::clone(&self);
+            async move { Ok::<_, Infallible>(server.handle(request)) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades()
+            .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "streaming connection ended");
         }
     }
 
@@ -186,6 +245,9 @@ impl Server {
                 );
             }
         };
+        if websocket::wanted(request.headers()) {
+            return self.upgrade_websocket(request, session);
+        }
         let protocols = match session {
             Session::Exec(_) | Session::Attach(_) => REMOTE_COMMAND_PROTOCOLS,
             Session::PortForward(_) => PORT_FORWARD_PROTOCOLS,
@@ -200,38 +262,114 @@ impl Server {
                 "unable to upgrade: missing upgrade headers in request",
             );
         }
+        let Some(permit) = self.session_permit() else {
+            return busy();
+        };
         let upgrade = hyper::upgrade::on(&mut request);
         let runtime = Arc::clone(&self.runtime);
+        let limits = self.limits;
         tokio::spawn(async move {
+            let _permit = permit;
             match upgrade.await {
                 Ok(upgraded) => match session {
                     Session::Exec(exec) | Session::Attach(exec) => {
-                        exec::run(TokioIo::new(upgraded), runtime, exec, protocol).await
+                        exec::run(TokioIo::new(upgraded), runtime, exec, protocol, limits).await
                     }
                     Session::PortForward(forward) => {
-                        portforward::run(TokioIo::new(upgraded), forward).await
+                        portforward::run(TokioIo::new(upgraded), forward, limits).await
                     }
                 },
                 Err(e) => tracing::debug!(error = %e, "streaming upgrade failed"),
             }
         });
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("Upgrade"),
-        );
-        headers.insert(
-            header::UPGRADE,
-            header::HeaderValue::from_static("SPDY/3.1"),
-        );
-        headers.insert(
-            "X-Stream-Protocol-Version",
-            header::HeaderValue::from_static(protocol),
-        );
-        response
+        switching("SPDY/3.1", &[("X-Stream-Protocol-Version", protocol)])
     }
+
+    /// A session's permit, while fewer than the configured most are open.
+    fn session_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.sessions).try_acquire_owned().ok()
+    }
+
+    /// The WebSocket handshake, and the session served on the upgraded connection.
+    fn upgrade_websocket(
+        self: Arc<Self>,
+        mut request: Request<Incoming>,
+        session: Session,
+    ) -> Response<Full<Bytes>> {
+        let protocols = match session {
+            Session::Exec(_) | Session::Attach(_) => websocket::REMOTE_COMMAND_PROTOCOLS,
+            Session::PortForward(_) => websocket::PORT_FORWARD_PROTOCOLS,
+        };
+        let (accept, protocol) = match websocket::handshake(request.headers(), protocols) {
+            Ok(answer) => answer,
+            Err(
+                websocket::Refusal::BadRequest(message) | websocket::Refusal::Protocol(message),
+            ) => {
+                return text(StatusCode::BAD_REQUEST, &message);
+            }
+        };
+        if let Session::PortForward(forward) = &session
+            && forward.ports.is_empty()
+        {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "port-forward over WebSocket forwards the PortForward request's ports: it named none",
+            );
+        }
+        let Some(permit) = self.session_permit() else {
+            return busy();
+        };
+        let upgrade = hyper::upgrade::on(&mut request);
+        let runtime = Arc::clone(&self.runtime);
+        let limits = self.limits;
+        tokio::spawn(async move {
+            let _permit = permit;
+            let upgraded = match upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(e) => return tracing::debug!(error = %e, "streaming upgrade failed"),
+            };
+            let ws = websocket::accept(TokioIo::new(upgraded)).await;
+            match session {
+                Session::Exec(exec) | Session::Attach(exec) => {
+                    websocket::remote_command(ws, runtime, exec, protocol, limits).await
+                }
+                Session::PortForward(forward) => {
+                    websocket::port_forward(ws, forward, protocol, limits).await
+                }
+            }
+        });
+        let mut headers = vec![("Sec-WebSocket-Accept", accept.as_str())];
+        if !protocol.is_empty() {
+            headers.push(("Sec-WebSocket-Protocol", protocol));
+        }
+        switching("websocket", &headers)
+    }
+}
+
+/// 101 Switching Protocols to `upgrade`, with `headers`.
+fn switching(upgrade: &'static str, headers: &[(&'static str, &str)]) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let map = response.headers_mut();
+    map.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("Upgrade"),
+    );
+    map.insert(header::UPGRADE, header::HeaderValue::from_static(upgrade));
+    for (name, value) in headers {
+        if let Ok(value) = header::HeaderValue::from_str(value) {
+            map.insert(*name, value);
+        }
+    }
+    response
+}
+
+/// The answer when the most sessions are open.
+fn busy() -> Response<Full<Bytes>> {
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many streaming sessions are open; try again later",
+    )
 }
 
 /// Writes the session's frames in order until every sender is gone.

@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use super::{
-    PortForwardRequest,
+    Limits, PortForwardRequest,
     spdy::{Decoder, Frame, RST_REFUSED_STREAM},
     write_frames,
 };
@@ -29,8 +29,18 @@ struct Pair {
     since: tokio::time::Instant,
 }
 
+/// What a forwarded connection tells its client.
+#[derive(Debug)]
+pub enum Event {
+    Data(Bytes),
+    /// Why the connection could not be made.
+    Error(String),
+    /// The pod's side is done.
+    End,
+}
+
 /// Runs one port-forward session on an upgraded connection, until the client closes it.
-pub async fn run<IO>(io: IO, request: PortForwardRequest)
+pub async fn run<IO>(io: IO, request: PortForwardRequest, limits: Limits)
 where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -38,6 +48,9 @@ where
     let (frames, outgoing) = mpsc::channel::<Frame>(64);
     let writing = tokio::spawn(write_frames(writer, outgoing));
     let netns = Arc::new(request.netns);
+    // What the forwarded connections say, by their (data, error) streams.
+    let (events_tx, mut events) = mpsc::channel::<((u32, u32), Event)>(64);
+    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
     let mut pending: HashMap<String, Pair> = HashMap::new();
     // Where the client's data for a forwarded connection goes (None: its end).
     let mut upstream: HashMap<u32, mpsc::Sender<Option<Bytes>>> = HashMap::new();
@@ -48,8 +61,29 @@ where
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => {}
+                Ok(_) => idle_deadline = tokio::time::Instant::now() + limits.idle,
             },
+            Some(((data, error), event)) = events.recv() => {
+                idle_deadline = tokio::time::Instant::now() + limits.idle;
+                match event {
+                    Event::Data(bytes) => {
+                        let _ = frames.send(Frame::Data { stream: data, fin: false, data: bytes }).await;
+                    }
+                    Event::Error(message) => {
+                        close_with(&frames, error, Some(message)).await;
+                        close_with(&frames, data, None).await;
+                    }
+                    Event::End => {
+                        close_with(&frames, data, None).await;
+                        close_with(&frames, error, None).await;
+                    }
+                }
+                continue;
+            }
+            () = tokio::time::sleep_until(idle_deadline) => {
+                tracing::info!("a port-forward session was idle too long");
+                break;
+            }
             _ = tick.tick() => {
                 // A pair whose second stream never came: told on its error stream, if any.
                 let now = tokio::time::Instant::now();
@@ -147,10 +181,9 @@ where
                         tokio::spawn(forward(
                             Arc::clone(&netns),
                             port,
-                            error,
-                            data,
+                            (data, error),
                             rx,
-                            frames.clone(),
+                            events_tx.clone(),
                         ));
                     }
                 }
@@ -185,6 +218,7 @@ where
         }
     }
     drop(upstream);
+    drop(events);
     drop(frames);
     let _ = writing.await;
 }
@@ -209,21 +243,16 @@ async fn close_with(frames: &mpsc::Sender<Frame>, stream: u32, message: Option<S
         .await;
 }
 
-/// One forwarded connection: the pod's port to the data stream and back; an error as text
-/// on the error stream; both streams closed at the end.
-async fn forward(
+/// One forwarded connection: the pod's port to the client and back, until the pod's side
+/// ends (then [`Event::End`]) or cannot be reached (then [`Event::Error`]); `key` names the
+/// connection in `events`.
+pub async fn forward<K: Copy + Send + 'static>(
     netns: Arc<Option<PathBuf>>,
     port: u16,
-    error: u32,
-    data: u32,
+    key: K,
     mut from_client: mpsc::Receiver<Option<Bytes>>,
-    frames: mpsc::Sender<Frame>,
+    events: mpsc::Sender<(K, Event)>,
 ) {
-    let fin = |stream| Frame::Data {
-        stream,
-        fin: true,
-        data: Bytes::new(),
-    };
     let connected = {
         let netns = Arc::clone(&netns);
         tokio::task::spawn_blocking(move || {
@@ -242,15 +271,7 @@ async fn forward(
         Ok(socket) => socket,
         Err(e) => {
             let message = format!("error forwarding port {port} to the pod: {e}");
-            let _ = frames
-                .send(Frame::Data {
-                    stream: error,
-                    fin: false,
-                    data: Bytes::from(message),
-                })
-                .await;
-            let _ = frames.send(fin(data)).await;
-            let _ = frames.send(fin(error)).await;
+            let _ = events.send((key, Event::Error(message))).await;
             return;
         }
     };
@@ -265,19 +286,15 @@ async fn forward(
         let _ = up.shutdown().await;
     };
     let to_client = {
-        let frames = frames.clone();
+        let events = events.clone();
         async move {
             let mut buf = vec![0u8; CHUNK];
             loop {
                 match down.read(&mut buf).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        let frame = Frame::Data {
-                            stream: data,
-                            fin: false,
-                            data: Bytes::copy_from_slice(&buf[..n]),
-                        };
-                        if frames.send(frame).await.is_err() {
+                        let event = Event::Data(Bytes::copy_from_slice(&buf[..n]));
+                        if events.send((key, event)).await.is_err() {
                             break;
                         }
                     }
@@ -287,7 +304,6 @@ async fn forward(
     };
     let to_pod = tokio::spawn(to_pod);
     to_client.await;
-    let _ = frames.send(fin(data)).await;
-    let _ = frames.send(fin(error)).await;
+    let _ = events.send((key, Event::End)).await;
     to_pod.abort();
 }
