@@ -9,13 +9,11 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 use common::{
     Daemon,
+    containerd::Containerd,
     oci::{Compression, ImageBuilder, busybox_layer},
     registry::Registry,
 };
@@ -75,16 +73,6 @@ async fn main() {
         .layer(busybox_layer(), Compression::Gzip)
         .build();
     registry.push("bench/busybox", "v1", &image).await;
-    let pause = ImageBuilder::new()
-        .layer(busybox_layer(), Compression::Gzip)
-        .cmd(&[
-            "/bin/sh",
-            "-c",
-            "trap 'exit 0' TERM; while true; do sleep 3600 & wait; done",
-        ])
-        .label("pause")
-        .build();
-    registry.push("bench/pause", "3.6", &pause).await;
     let reference = registry.reference("bench/busybox", "v1");
 
     // strata.
@@ -98,66 +86,14 @@ async fn main() {
     drop(daemon);
 
     // containerd + runc, on a root of its own.
-    let dir = tempfile::Builder::new()
-        .prefix("strata-bench-containerd-")
-        .tempdir()
-        .expect("dir");
-    let socket = dir.path().join("containerd.sock");
-    let config = format!(
-        r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  # This machine's root cannot lower oom_score_adj (no CAP_SYS_RESOURCE); without this,
-  # runc fails to start the sandbox when containerd asks for -998.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{host}"]
-    endpoint = ["http://{host}"]
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{root}/cni"
-"#,
-        root = dir.path().join("root").display(),
-        state = dir.path().join("state").display(),
-        socket = socket.display(),
-        pause = registry.reference("bench/pause", "3.6"),
-        host = registry.host,
-    );
-    std::fs::write(dir.path().join("config.toml"), config).expect("config");
-    // containerd makes its parent cgroup (`k8s.io`) and leaves it; the bench removes it
-    // again unless the machine had it before.
-    let had_parent = !common::cgroup_dirs("k8s.io").is_empty();
-    let containerd = Command::new("containerd")
-        .arg("--config")
-        .arg(dir.path().join("config.toml"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("containerd.log")).expect("log"))
-        .spawn()
-        .expect("containerd (apt-get install containerd runc)");
-    // Stopped however the bench ends, also on a panic.
-    let mut containerd = Stopper(containerd);
-    let endpoint = format!("unix://{}", socket.display());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while strata_api::connect(&endpoint).await.is_err() {
-        assert!(Instant::now() < deadline, "containerd did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let containerd = Containerd::start(&registry).await;
+    let endpoint = containerd.endpoint.clone();
     pull(&endpoint, &reference).await;
-    let pid = containerd.0.id();
+    let pid = containerd.pid();
     let theirs = bench(&endpoint, &reference, pid, "containerd-shim", MAIN);
     let theirs_one = bench(&endpoint, &reference, pid, "containerd-shim", PARALLEL_1);
     let theirs_eight = bench(&endpoint, &reference, pid, "containerd-shim", PARALLEL_8);
-    containerd.stop();
-    // containerd leaves its shims' mounts and its own state; clear them.
-    for mount in common::mounts_below(dir.path()).into_iter().rev() {
-        let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
-    }
-    if !had_parent {
-        common::remove_cgroup_tree("k8s.io");
-    }
+    drop(containerd);
 
     println!("=== containerd 1.6 + runc ===\n{theirs}");
 
@@ -179,23 +115,4 @@ fn pods_line(output: &str) -> &str {
         .lines()
         .find_map(|l| l.split_once(" pods with one container each, "))
         .map_or("(no many-pods line)", |(_, rest)| rest)
-}
-
-/// A child process that is terminated when dropped.
-struct Stopper(std::process::Child);
-
-impl Stopper {
-    fn stop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Stopper {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            self.stop();
-        }
-    }
 }

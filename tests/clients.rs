@@ -198,7 +198,10 @@ impl Crictl {
         input: &[u8],
     ) -> (std::process::ExitStatus, String, String) {
         use std::io::Write as _;
-        let mut child = Command::new(crictl_binary())
+        // Killed after two minutes: a session that stalls fails the test, not hangs it.
+        let mut child = Command::new("timeout")
+            .arg("120")
+            .arg(crictl_binary())
             .arg("--config")
             .arg(&self.config)
             .args(["--runtime-endpoint", &self.endpoint])
@@ -209,8 +212,12 @@ impl Crictl {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
+        // Written beside the reading of its output: a command may answer as it reads.
+        let mut stdin = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        let writer = std::thread::spawn(move || stdin.write_all(&input));
         let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
         (
             out.status,
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -280,6 +287,13 @@ async fn the_real_crictl_execs_through_the_streaming_server() {
         ["4000", "done"],
         "{out}"
     );
+
+    // Input and output at once, more than every buffer between holds, both whole.
+    let big = "0123456789abcdef".repeat(512 << 10);
+    let (status, out, err) =
+        crictl.run_with_input(&["exec", "-i", &id, "sh", "-c", "cat"], big.as_bytes());
+    assert!(status.success(), "{status}: {err}");
+    assert!(out == big, "{} of {} bytes came back", out.len(), big.len());
 
     // Output bigger than a frame and than a pipe arrives whole and in order.
     let (status, out, err) = crictl.run_with_input(

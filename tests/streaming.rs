@@ -22,7 +22,10 @@ fn ctl_with_input(
     args: &[&str],
     input: &[u8],
 ) -> (std::process::ExitStatus, String, String) {
-    let mut child = Command::new(common::bin("stratactl"))
+    // Killed after two minutes: a session that stalls fails the test, not hangs it.
+    let mut child = Command::new("timeout")
+        .arg("120")
+        .arg(common::bin("stratactl"))
         .args(["-r", &d.endpoint()])
         .args(args)
         .stdin(Stdio::piped())
@@ -30,8 +33,12 @@ fn ctl_with_input(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(input).unwrap();
+    // Written beside the reading of its output: a command may answer as it reads.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
     let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
     (
         out.status,
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -75,6 +82,22 @@ fn processes_with(needle: &str) -> usize {
                 .contains(needle)
         })
         .count()
+}
+
+/// A streaming Exec URL for `cmd` in container `id` (stdout only).
+async fn env_rt_exec(d: &common::Daemon, id: &str, cmd: &[&str]) -> String {
+    d.runtime()
+        .await
+        .exec(cri::ExecRequest {
+            container_id: id.to_string(),
+            cmd: cmd.iter().map(|c| c.to_string()).collect(),
+            stdout: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .url
 }
 
 /// A WebSocket session on a streaming URL, offering `protocol`.
@@ -159,6 +182,59 @@ async fn stratactl_execs_and_forwards_ports_over_websocket() {
     assert!(status.success(), "{err}");
     assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["5000", "done"]);
 
+    // Input and output at once, more than every buffer between holds: nothing waits on
+    // anything else (the output does not go through the loop that reads the input).
+    let big: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    // (Killed after a minute: a session that stalls fails the test, not hangs it.)
+    let mut child = Command::new("timeout")
+        .arg("60")
+        .arg(common::bin("stratactl"))
+        .args(["-r", &d.endpoint(), "exec", "-i", &id, "sh", "-c", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = {
+        let big = big.clone();
+        std::thread::spawn(move || stdin.write_all(&big))
+    };
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout == big,
+        "{} of {} bytes came back",
+        out.stdout.len(),
+        big.len()
+    );
+
+    // The same on a terminal: the exec helper keeps relaying the terminal's output while
+    // the command has not read all of its input yet. (What comes before `stty -echo` is
+    // echoed: the count is wc's, on the last line.)
+    let lines = "abcdefgh\n".repeat(20000);
+    let (status, out, err) = ctl_with_input(
+        d,
+        &[
+            "exec",
+            "-i",
+            "-t",
+            &id,
+            "sh",
+            "-c",
+            "stty -echo; tee /proc/self/fd/2 | wc -l",
+        ],
+        lines.as_bytes(),
+    );
+    assert!(status.success(), "{err}");
+    assert!(out.len() > lines.len(), "{} bytes came back", out.len());
+    assert_eq!(
+        out.lines().map(str::trim).rfind(|l| !l.is_empty()),
+        Some("20000"),
+        "{}",
+        &out[out.len().saturating_sub(200)..]
+    );
+
     // Much output arrives whole and in order.
     let (status, out, _) = ctl_with_input(
         d,
@@ -175,6 +251,33 @@ async fn stratactl_execs_and_forwards_ports_over_websocket() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 20000);
     assert_eq!(lines[12345], "line-12345");
+
+    // A client that does not read: the command's output waits for it, the daemon does
+    // not buffer it (its memory stays where it was, give or take its queues).
+    let rss = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap()
+    };
+    let url = env_rt_exec(d, &id, &["sh", "-c", "cat /dev/zero"]).await;
+    let ws = websocket(&url, "v5.channel.k8s.io").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss_after = rss();
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "the daemon grew from {rss_before} KiB to {rss_after} KiB for a client that does not read"
+    );
+    drop(ws);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with("cat /dev/zero") > 0 {
+        assert!(Instant::now() < deadline, "the unread command lives on");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // On a terminal: script(1) gives stratactl one, raw mode is set and restored.
     let command = format!(
@@ -620,6 +723,25 @@ async fn idle_and_excess_sessions_are_closed_and_bad_upgrades_refused() {
     );
     assert!(status.success(), "{err}");
     assert_eq!(out, "still-here\n");
+
+    // A URL for a container that has exited since: the session says why on its error
+    // channel (a v4 Status), and ends.
+    let url = exec_url(&mut env.rt, "true").await;
+    env.rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+    let mut ws = websocket(&url, "v4.channel.k8s.io").await;
+    let status = read_until(&mut ws, 3, "}").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["status"], "Failure", "{status}");
+    assert!(
+        status["message"].as_str().unwrap().contains("not running"),
+        "{status}"
+    );
     assert_fds_back(&env.daemon, before).await;
     env.remove_pods(vec![pod]).await;
 }

@@ -7,6 +7,7 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod containerd;
 pub mod cri;
 pub mod oci;
 pub mod proxy;
@@ -297,7 +298,7 @@ impl Drop for Daemon {
         }
         // Whatever a failed test left: container processes and their monitors (they outlive
         // the daemon by design), mounts below the daemon's directory, and its cgroups.
-        kill_leftovers(self.dir.path(), &self.cgroup_parent);
+        kill_leftovers(self.dir.path(), Some(&self.cgroup_parent));
         for mount_point in mounts_below(self.dir.path()).into_iter().rev() {
             let _ = nix::mount::umount2(&mount_point, nix::mount::MntFlags::MNT_DETACH);
         }
@@ -308,11 +309,16 @@ impl Drop for Daemon {
 /// SIGKILLs every process in the cgroups below `cgroup_parent`, the monitors the
 /// daemon's records name, and every process whose command line names `dir`, then waits
 /// for the cgroups to empty.
-fn kill_leftovers(dir: &Path, cgroup_parent: &str) {
+pub fn kill_leftovers(dir: &Path, cgroup_parent: Option<&str>) {
     let dir_text = dir.to_string_lossy().into_owned();
     let cgroup_pids = || -> Vec<i32> {
         let mut pids = Vec::new();
-        for top in cgroup_dirs(cgroup_parent) {
+        // Never the root: only a named parent's tree.
+        for top in cgroup_parent
+            .filter(|p| !p.is_empty())
+            .map(cgroup_dirs)
+            .unwrap_or_default()
+        {
             let mut stack = vec![top];
             while let Some(d) = stack.pop() {
                 if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {

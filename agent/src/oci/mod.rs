@@ -15,4 +15,4 @@ mod tty;
 pub use exit::Exit;
 pub use message::{Message, Stage, parse, write_message};
 pub use spawn::{Helper, attach_socket, helper_command, send_dir, write_dir};
-pub use tty::TtyInput;
+pub use tty::{MAX_FRAME as MAX_TTY_FRAME, TtyInput};

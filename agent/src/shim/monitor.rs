@@ -295,26 +295,26 @@ fn pump(
             which.push(CONTROL_SLOT);
         }
         // Attach slots come after.
+        attach.sweep();
         let attach_fds = attach.fds();
-        let slots: Vec<_> = attach_fds.iter().map(|(_, slot)| *slot).collect();
-        for (k, (fd, _)) in attach_fds.iter().enumerate() {
-            fds.push(PollFd::new(*fd, PollFlags::POLLIN));
+        let slots: Vec<_> = attach_fds.iter().map(|(_, slot, _)| *slot).collect();
+        for (k, (fd, _, flags)) in attach_fds.iter().enumerate() {
+            fds.push(PollFd::new(*fd, *flags));
             which.push(ATTACH_SLOTS + k);
         }
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
         }
-        let ready: Vec<usize> = fds
+        let ready: Vec<(usize, PollFlags)> = fds
             .iter()
             .zip(&which)
-            .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
-            .map(|(_, i)| *i)
+            .filter_map(|(fd, i)| fd.revents().filter(|r| !r.is_empty()).map(|r| (*i, r)))
             .collect();
         drop(fds);
         drop(attach_fds);
-        for i in ready {
+        for (i, events) in ready {
             if i >= ATTACH_SLOTS {
-                attach.ready(slots[i - ATTACH_SLOTS]);
+                attach.ready(slots[i - ATTACH_SLOTS], events);
                 continue;
             }
             if i == CONTROL_SLOT {

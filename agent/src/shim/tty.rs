@@ -62,16 +62,31 @@ impl Terminal {
         let signalfd = SignalFd::new(signals).map_err(err("signalfd"))?;
         let stdin = std::io::stdin();
         let stdout = std::io::stdout();
+        // Non-blocking: input the command does not read yet is kept (`pending`) while its
+        // output goes on being relayed, and no more is read while much is kept.
+        let flags =
+            nix::fcntl::fcntl(&self.master, nix::fcntl::FcntlArg::F_GETFL).map_err(err("fcntl"))?;
+        nix::fcntl::fcntl(
+            &self.master,
+            nix::fcntl::FcntlArg::F_SETFL(OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK),
+        )
+        .map_err(err("fcntl"))?;
+        let mut pending: Vec<u8> = Vec::new();
         let mut input = Vec::new();
         let mut input_open = true;
         let mut exit: Option<u8> = None;
         let mut buf = vec![0u8; 32 << 10];
         loop {
+            let master_events = if pending.is_empty() {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            };
             let mut fds = vec![
-                PollFd::new(self.master.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.master.as_fd(), master_events),
                 PollFd::new(signalfd.as_fd(), PollFlags::POLLIN),
             ];
-            if input_open {
+            if input_open && pending.len() < MAX_PENDING {
                 fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
             }
             // Once the command has exited, a terminal that stays quiet (a background child
@@ -98,6 +113,9 @@ impl Terminal {
             };
             let (master_ready, signal_ready, stdin_ready) = (ready(0), ready(1), ready(2));
             drop(fds);
+            if master_ready && !pending.is_empty() {
+                flush(self.master.as_fd(), &mut pending);
+            }
             if master_ready {
                 match nix::unistd::read(&self.master, &mut buf) {
                     Ok(0) | Err(nix::errno::Errno::EIO) => {
@@ -134,7 +152,8 @@ impl Terminal {
                 loop {
                     match TtyInput::decode(&mut input) {
                         Ok(Some(TtyInput::Data(data))) => {
-                            write_all(self.master.as_fd(), &data)?;
+                            pending.extend_from_slice(&data);
+                            flush(self.master.as_fd(), &mut pending);
                         }
                         Ok(Some(TtyInput::Resize { cols, rows })) => {
                             let _ = crate::sys::process::set_window_size(
@@ -145,13 +164,32 @@ impl Terminal {
                         }
                         Ok(Some(TtyInput::End)) => {
                             // The end of a terminal's input is its EOF character.
-                            write_all(self.master.as_fd(), &[4])?;
+                            pending.push(4);
+                            flush(self.master.as_fd(), &mut pending);
                         }
                         Ok(None) => break,
                         Err(e) => return Err(Error::Usage(e)),
                     }
                 }
             }
+        }
+    }
+}
+
+/// Input kept for the command beyond which no more is read.
+const MAX_PENDING: usize = 64 << 10;
+
+/// Writes what the terminal takes of `pending` now (its master is non-blocking).
+fn flush(master: BorrowedFd<'_>, pending: &mut Vec<u8>) {
+    while !pending.is_empty() {
+        match nix::unistd::write(master, pending) {
+            Ok(0) | Err(nix::errno::Errno::EAGAIN) => return,
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            // The terminal is gone: nobody reads this.
+            Err(_) => pending.clear(),
         }
     }
 }

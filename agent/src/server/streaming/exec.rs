@@ -9,11 +9,11 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use bytes::{Bytes, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 
 use super::{
-    ExecRequest, Limits,
+    Activity, ExecRequest, Limits,
     remote::{self, Channel, Command, Input, Opened, Out},
     spdy::{Decoder, Frame, RST_REFUSED_STREAM},
     write_frames,
@@ -36,28 +36,32 @@ pub async fn run<IO>(
     let (mut reader, writer) = tokio::io::split(io);
     let (frames, outgoing) = mpsc::channel::<Frame>(64);
     let writing = tokio::spawn(write_frames(writer, outgoing));
+    let activity = Activity::new();
     let mut session = Session {
         request,
         protocol,
         frames,
         streams: HashMap::new(),
         command: None,
-        output: None,
+        done: None,
+        activity: activity.clone(),
     };
     let mut decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(64 << 10);
     let creation_deadline = tokio::time::Instant::now() + limits.stream_creation;
     let mut close_deadline: Option<tokio::time::Instant> = None;
-    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
+    let deadline = |close: Option<tokio::time::Instant>, started: bool| match (close, started) {
+        (Some(close), _) => close,
+        (None, false) => creation_deadline.min(activity.deadline(limits.idle)),
+        (None, true) => activity.deadline(limits.idle),
+    };
     loop {
-        let deadline = match (close_deadline, session.command.is_some()) {
-            (Some(close), _) => close,
-            (None, false) => creation_deadline.min(idle_deadline),
-            (None, true) => idle_deadline,
-        };
-        let output = async {
-            match session.output.as_mut() {
-                Some(rx) => rx.recv().await,
+        let until = deadline(close_deadline, session.command.is_some());
+        let done = async {
+            match session.done.as_mut() {
+                Some(rx) => {
+                    let _ = rx.await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -67,7 +71,7 @@ pub async fn run<IO>(
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                idle_deadline = tokio::time::Instant::now() + limits.idle;
+                activity.touch();
                 let mut closed = false;
                 loop {
                     match decoder.decode(&mut buf) {
@@ -89,22 +93,21 @@ pub async fn run<IO>(
                     break;
                 }
             }
-            out = output => {
-                idle_deadline = tokio::time::Instant::now() + limits.idle;
-                match out {
-                    Some(out) => session.on_output(out).await,
-                    None => {
-                        // The command ended and its status is sent: the client closes now.
-                        session.output = None;
-                        session.finish().await;
-                        close_deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
-                    }
-                }
+            () = done => {
+                // The command ended, its status is sent and our streams closed: the client
+                // closes now.
+                session.done = None;
+                close_deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
             }
-            () = tokio::time::sleep_until(deadline) => {
-                match (close_deadline, session.command.is_some()) {
+            () = tokio::time::sleep_until(until) => {
+                let started = session.command.is_some();
+                // Something was carried since the deadline was set: not idle.
+                if tokio::time::Instant::now() < deadline(close_deadline, started) {
+                    continue;
+                }
+                match (close_deadline, started) {
                     (Some(_), _) => {}
-                    (None, false) if deadline == creation_deadline => {
+                    (None, false) if until == creation_deadline => {
                         tracing::info!("a streaming client did not open its streams in time");
                     }
                     (None, _) => tracing::info!("a streaming session was idle too long"),
@@ -117,11 +120,14 @@ pub async fn run<IO>(
     if let Some(command) = session.command.as_mut() {
         command.cancel();
     }
-    if let Some(mut output) = session.output.take() {
-        while output.recv().await.is_some() {}
-    }
+    // A client that stopped reading cannot hold the session up: a grace, then the writer
+    // is cut (which ends the relay and the command's pumps behind it).
+    let done = session.done.take();
     drop(session);
-    let _ = writing.await;
+    if let Some(done) = done {
+        let _ = tokio::time::timeout(CLOSE_GRACE, done).await;
+    }
+    super::finish_writer(writing, CLOSE_GRACE).await;
 }
 
 struct Session {
@@ -132,8 +138,9 @@ struct Session {
     streams: HashMap<u32, Channel>,
     /// Once started.
     command: Option<Command>,
-    /// The command's output, until its end.
-    output: Option<mpsc::Receiver<Out>>,
+    /// Fires once the command's output, its status and our streams' ends are sent.
+    done: Option<oneshot::Receiver<()>>,
+    activity: Activity,
 }
 
 impl Session {
@@ -185,10 +192,20 @@ impl Session {
                         resize: self.stream_of(Channel::Resize).is_some(),
                     };
                     let (out, output) = mpsc::channel(16);
-                    self.output = Some(output);
                     self.command = Some(
                         Command::start(runtime, &self.request, self.protocol, opened, out).await,
                     );
+                    // The output goes out beside this loop, not through it: a command
+                    // that writes while its input is full must not wait on the reader.
+                    let (done_tx, done_rx) = oneshot::channel();
+                    self.done = Some(done_rx);
+                    tokio::spawn(relay(
+                        output,
+                        self.frames.clone(),
+                        self.streams.clone(),
+                        self.activity.clone(),
+                        done_tx,
+                    ));
                 }
                 true
             }
@@ -198,11 +215,13 @@ impl Session {
             }
             Frame::Data { stream, fin, data } => {
                 let channel = self.streams.get(&stream).copied();
+                let (stdin, tty) = (self.request.stdin, self.request.tty);
                 let Some(command) = self.command.as_mut() else {
                     return true;
                 };
+                // Only the channels the request asked for carry input.
                 match channel {
-                    Some(Channel::Stdin) => {
+                    Some(Channel::Stdin) if stdin => {
                         if !data.is_empty() {
                             command.send(Input::Stdin(data)).await;
                         }
@@ -210,7 +229,7 @@ impl Session {
                             command.send(Input::StdinEnd).await;
                         }
                     }
-                    Some(Channel::Resize) => command.resize_bytes(&data).await,
+                    Some(Channel::Resize) if tty => command.resize_bytes(&data).await,
                     _ => {}
                 }
                 true
@@ -230,37 +249,50 @@ impl Session {
             | Frame::WindowUpdate { .. } => true,
         }
     }
+}
 
-    async fn on_output(&mut self, out: Out) {
+/// Sends the command's output and status on the client's streams as it comes; at its end
+/// closes the outputs, then the error stream, and says so on `done`.
+async fn relay(
+    mut output: mpsc::Receiver<Out>,
+    frames: mpsc::Sender<Frame>,
+    streams: HashMap<u32, Channel>,
+    activity: Activity,
+    done: oneshot::Sender<()>,
+) {
+    let stream_of = |channel: Channel| {
+        streams
+            .iter()
+            .find_map(|(id, c)| (*c == channel).then_some(*id))
+    };
+    while let Some(out) = output.recv().await {
+        activity.touch();
         let (channel, data) = match out {
             Out::Data(channel, data) => (channel, data),
             Out::Status(status) => (Channel::Error, Bytes::from(status)),
         };
-        if let Some(stream) = self.stream_of(channel) {
-            let _ = self
-                .frames
+        if let Some(stream) = stream_of(channel) {
+            let frame = Frame::Data {
+                stream,
+                fin: false,
+                data,
+            };
+            if frames.send(frame).await.is_err() {
+                // The connection is gone: dropping `output` ends the command's pumps.
+                return;
+            }
+        }
+    }
+    for channel in [Channel::Stdout, Channel::Stderr, Channel::Error] {
+        if let Some(stream) = stream_of(channel) {
+            let _ = frames
                 .send(Frame::Data {
                     stream,
-                    fin: false,
-                    data,
+                    fin: true,
+                    data: Bytes::new(),
                 })
                 .await;
         }
     }
-
-    /// The end on our side: the outputs closed, then the error stream.
-    async fn finish(&mut self) {
-        for channel in [Channel::Stdout, Channel::Stderr, Channel::Error] {
-            if let Some(stream) = self.stream_of(channel) {
-                let _ = self
-                    .frames
-                    .send(Frame::Data {
-                        stream,
-                        fin: true,
-                        data: Bytes::new(),
-                    })
-                    .await;
-            }
-        }
-    }
+    let _ = done.send(());
 }

@@ -35,6 +35,10 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 const MAX_PENDING: usize = 1000;
 /// How long a SPDY client may take to open its streams (the kubelet's default).
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most ports one WebSocket port-forward takes (two channel numbers each).
+const MAX_WEBSOCKET_PORTS: usize = 100;
+/// How long a client may take to send its request's head.
+const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a TLS handshake may take.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -65,6 +69,41 @@ pub struct PortForwardRequest {
     /// The request's ports: over WebSocket, the ones forwarded (over SPDY each stream
     /// names its own).
     pub ports: Vec<u16>,
+}
+
+/// When a session last carried something either way, for its idle timeout; shared by the
+/// session's tasks.
+#[derive(Debug, Clone)]
+pub struct Activity {
+    since: Instant,
+    /// Milliseconds after `since`.
+    last: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
+impl Activity {
+    pub fn new() -> Activity {
+        Activity {
+            since: Instant::now(),
+            last: Arc::default(),
+        }
+    }
+
+    pub fn touch(&self) {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// When the session will have been idle for `idle`, as things are now.
+    pub fn deadline(&self, idle: Duration) -> tokio::time::Instant {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        tokio::time::Instant::from_std(self.since) + Duration::from_millis(last) + idle
+    }
 }
 
 /// How long a session may take and idle.
@@ -189,6 +228,8 @@ impl Server {
                     continue;
                 }
             };
+            // Sessions are interactive: small frames go out at once, not after an ACK.
+            let _ = stream.set_nodelay(true);
             let server = Arc::clone(&self);
             tokio::spawn(async move {
                 match server.tls.clone() {
@@ -217,7 +258,11 @@ impl Server {
             let server = Arc::clone(&self);
             async move { Ok::<_, Infallible>(server.handle(request)) }
         });
+        // A request's head within the timeout (also the next one's, on a kept-alive
+        // connection): a client without a token cannot hold connections open.
         let served = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(REQUEST_HEAD_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades()
             .await;
@@ -309,11 +354,14 @@ impl Server {
             }
         };
         if let Session::PortForward(forward) = &session
-            && forward.ports.is_empty()
+            && !(1..=MAX_WEBSOCKET_PORTS).contains(&forward.ports.len())
         {
             return text(
                 StatusCode::BAD_REQUEST,
-                "port-forward over WebSocket forwards the PortForward request's ports: it named none",
+                &format!(
+                    "port-forward over WebSocket forwards the PortForward request's ports (1 to {MAX_WEBSOCKET_PORTS}): it named {}",
+                    forward.ports.len()
+                ),
             );
         }
         let Some(permit) = self.session_permit() else {
@@ -372,6 +420,15 @@ fn busy() -> Response<Full<Bytes>> {
     )
 }
 
+/// Waits up to `grace` for a session's writer to send what is left, then cuts it: a client
+/// that stopped reading cannot hold a session (and its permit) for good.
+async fn finish_writer(mut writing: tokio::task::JoinHandle<()>, grace: Duration) {
+    if tokio::time::timeout(grace, &mut writing).await.is_err() {
+        writing.abort();
+        let _ = writing.await;
+    }
+}
+
 /// Writes the session's frames in order until every sender is gone.
 async fn write_frames<W: AsyncWrite + Unpin>(mut writer: W, mut frames: mpsc::Receiver<Frame>) {
     let mut encoder = Encoder::default();
@@ -418,10 +475,10 @@ fn negotiate(
         .filter(|p| !p.is_empty())
         .collect();
     if offered.is_empty() {
-        return Err(Box::new(text(
-            StatusCode::BAD_REQUEST,
-            "unable to upgrade: header X-Stream-Protocol-Version is missing",
-        )));
+        // Clients from before protocol negotiation speak the oldest protocol.
+        if let Some(oldest) = ours.last() {
+            return Ok(oldest);
+        }
     }
     if let Some(chosen) = offered
         .iter()
@@ -493,8 +550,15 @@ mod tests {
                 .count(),
             4
         );
-        let missing = negotiate(&HeaderMap::new(), REMOTE_COMMAND_PROTOCOLS).unwrap_err();
-        assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+        // No header: the oldest protocol, as for clients from before negotiation.
+        assert_eq!(
+            negotiate(&HeaderMap::new(), REMOTE_COMMAND_PROTOCOLS).unwrap(),
+            "channel.k8s.io"
+        );
+        assert_eq!(
+            negotiate(&HeaderMap::new(), PORT_FORWARD_PROTOCOLS).unwrap(),
+            "portforward.k8s.io"
+        );
     }
 
     #[test]

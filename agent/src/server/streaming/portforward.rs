@@ -12,7 +12,7 @@ use tokio::{
 };
 
 use super::{
-    Limits, PortForwardRequest,
+    Activity, Limits, PortForwardRequest,
     spdy::{Decoder, Frame, RST_REFUSED_STREAM},
     write_frames,
 };
@@ -48,12 +48,16 @@ where
     let (frames, outgoing) = mpsc::channel::<Frame>(64);
     let writing = tokio::spawn(write_frames(writer, outgoing));
     let netns = Arc::new(request.netns);
-    // What the forwarded connections say, by their (data, error) streams.
-    let (events_tx, mut events) = mpsc::channel::<((u32, u32), Event)>(64);
-    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
+    // What the forwarded connections say, by their (data, error) streams, goes out beside
+    // this loop (a connection's data must not wait on the reader).
+    let (events_tx, events) = mpsc::channel::<((u32, u32), Event)>(64);
+    let activity = Activity::new();
+    let relaying = tokio::spawn(relay(events, frames.clone(), activity.clone()));
     let mut pending: HashMap<String, Pair> = HashMap::new();
     // Where the client's data for a forwarded connection goes (None: its end).
     let mut upstream: HashMap<u32, mpsc::Sender<Option<Bytes>>> = HashMap::new();
+    // Each forwarded connection's task, by both of its streams (a reset of either ends it).
+    let mut connections: HashMap<u32, tokio::task::AbortHandle> = HashMap::new();
     let mut decoder = Decoder::default();
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -61,26 +65,12 @@ where
         tokio::select! {
             read = reader.read_buf(&mut buf) => match read {
                 Ok(0) | Err(_) => break,
-                Ok(_) => idle_deadline = tokio::time::Instant::now() + limits.idle,
+                Ok(_) => activity.touch(),
             },
-            Some(((data, error), event)) = events.recv() => {
-                idle_deadline = tokio::time::Instant::now() + limits.idle;
-                match event {
-                    Event::Data(bytes) => {
-                        let _ = frames.send(Frame::Data { stream: data, fin: false, data: bytes }).await;
-                    }
-                    Event::Error(message) => {
-                        close_with(&frames, error, Some(message)).await;
-                        close_with(&frames, data, None).await;
-                    }
-                    Event::End => {
-                        close_with(&frames, data, None).await;
-                        close_with(&frames, error, None).await;
-                    }
+            () = tokio::time::sleep_until(activity.deadline(limits.idle)) => {
+                if tokio::time::Instant::now() < activity.deadline(limits.idle) {
+                    continue;
                 }
-                continue;
-            }
-            () = tokio::time::sleep_until(idle_deadline) => {
                 tracing::info!("a port-forward session was idle too long");
                 break;
             }
@@ -178,13 +168,16 @@ where
                         pending.remove(&id);
                         let (tx, rx) = mpsc::channel(16);
                         upstream.insert(data, tx);
-                        tokio::spawn(forward(
+                        let task = tokio::spawn(forward(
                             Arc::clone(&netns),
                             port,
                             (data, error),
                             rx,
                             events_tx.clone(),
                         ));
+                        connections.retain(|_, t| !t.is_finished());
+                        connections.insert(data, task.abort_handle());
+                        connections.insert(error, task.abort_handle());
                     }
                 }
                 Frame::Data { stream, fin, data } => {
@@ -199,6 +192,9 @@ where
                 }
                 Frame::RstStream { stream, .. } => {
                     upstream.remove(&stream);
+                    if let Some(task) = connections.remove(&stream) {
+                        task.abort();
+                    }
                 }
                 Frame::Ping(id) => {
                     let _ = frames.send(Frame::Ping(id)).await;
@@ -217,10 +213,46 @@ where
             break;
         }
     }
+    // The session is over: its connections end with it (they see the relay gone).
     drop(upstream);
-    drop(events);
+    for task in connections.values() {
+        task.abort();
+    }
+    relaying.abort();
+    let _ = relaying.await;
     drop(frames);
-    let _ = writing.await;
+    super::finish_writer(writing, Duration::from_secs(10)).await;
+}
+
+/// The forwarded connections' events as frames on their streams.
+async fn relay(
+    mut events: mpsc::Receiver<((u32, u32), Event)>,
+    frames: mpsc::Sender<Frame>,
+    activity: Activity,
+) {
+    while let Some(((data, error), event)) = events.recv().await {
+        activity.touch();
+        match event {
+            Event::Data(bytes) => {
+                let frame = Frame::Data {
+                    stream: data,
+                    fin: false,
+                    data: bytes,
+                };
+                if frames.send(frame).await.is_err() {
+                    return;
+                }
+            }
+            Event::Error(message) => {
+                close_with(&frames, error, Some(message)).await;
+                close_with(&frames, data, None).await;
+            }
+            Event::End => {
+                close_with(&frames, data, None).await;
+                close_with(&frames, error, None).await;
+            }
+        }
+    }
 }
 
 /// Closes our side of `stream`, after `message` on it, if any.
@@ -285,17 +317,22 @@ pub async fn forward<K: Copy + Send + 'static>(
         // The client's end: the pod reads end of file, and may still answer.
         let _ = up.shutdown().await;
     };
+    // Until the pod's side ends, or the session does (its events unread: nobody to answer).
     let to_client = {
         let events = events.clone();
         async move {
             let mut buf = vec![0u8; CHUNK];
             loop {
-                match down.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
+                let read = tokio::select! {
+                    read = down.read(&mut buf) => read,
+                    () = events.closed() => return false,
+                };
+                match read {
+                    Ok(0) | Err(_) => return true,
                     Ok(n) => {
                         let event = Event::Data(Bytes::copy_from_slice(&buf[..n]));
                         if events.send((key, event)).await.is_err() {
-                            break;
+                            return false;
                         }
                     }
                 }
@@ -303,7 +340,8 @@ pub async fn forward<K: Copy + Send + 'static>(
         }
     };
     let to_pod = tokio::spawn(to_pod);
-    to_client.await;
-    let _ = events.send((key, Event::End)).await;
+    if to_client.await {
+        let _ = events.send((key, Event::End)).await;
+    }
     to_pod.abort();
 }

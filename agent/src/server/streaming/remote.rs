@@ -409,7 +409,11 @@ where
                 (Input::StdinEnd, Feed::Raw) => break,
                 (Input::Resize { .. }, Feed::Raw) => continue,
                 (Input::Stdin(_) | Input::StdinEnd, Feed::Monitor { stdin: false }) => continue,
-                (Input::Stdin(data), _) => TtyInput::Data(data.to_vec()).encode(),
+                // A frame carries at most MAX_TTY_FRAME bytes; a client's message, more.
+                (Input::Stdin(data), _) => data
+                    .chunks(crate::oci::MAX_TTY_FRAME)
+                    .flat_map(|chunk| TtyInput::Data(chunk.to_vec()).encode())
+                    .collect(),
                 (Input::Resize { cols, rows }, _) => TtyInput::Resize { cols, rows }.encode(),
                 (Input::StdinEnd, _) if ended => continue,
                 (Input::StdinEnd, _) => {

@@ -11,7 +11,7 @@ use std::{sync::Arc, time::Duration};
 
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
 use http::HeaderMap;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -23,7 +23,7 @@ use tokio_tungstenite::{
 };
 
 use super::{
-    ExecRequest, Limits, PortForwardRequest,
+    Activity, ExecRequest, Limits, PortForwardRequest,
     portforward::{Event, forward},
     remote::{Channel, Command, Input, Opened, Out},
 };
@@ -129,7 +129,8 @@ impl Codec {
     fn encode(self, channel: u8, data: &[u8]) -> Message {
         if self.base64 {
             let mut text = String::with_capacity(1 + data.len().div_ceil(3) * 4);
-            text.push(char::from(b'0' + channel % 10));
+            // '0' + channel, as the kubelet writes it (':' for 10 and so on).
+            text.push(char::from(b'0'.saturating_add(channel)));
             base64::engine::general_purpose::STANDARD.encode_string(data, &mut text);
             Message::text(text)
         } else {
@@ -171,7 +172,9 @@ where
     WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await
 }
 
-/// One remote-command session over WebSocket, to its end.
+/// One remote-command session over WebSocket, to its end. The command's output goes out
+/// from a task of its own, beside the loop that reads the client (a command writing while
+/// its input is full must not wait on that loop).
 pub async fn remote_command<IO>(
     ws: WebSocketStream<IO>,
     runtime: Arc<Runtime>,
@@ -183,7 +186,7 @@ pub async fn remote_command<IO>(
 {
     let codec = Codec::of(protocol);
     let v5 = protocol == "v5.channel.k8s.io";
-    let (mut sink, mut incoming) = ws.split();
+    let (sink, mut incoming) = ws.split();
     let opened = Opened {
         stdin: request.stdin,
         stdout: request.stdout,
@@ -199,23 +202,22 @@ pub async fn remote_command<IO>(
     } else {
         Channel::Error
     };
-    if sink.send(codec.encode(first as u8, &[])).await.is_err() {
-        return;
-    }
-    let (out, mut output) = mpsc::channel(16);
+    let (out, output) = mpsc::channel(16);
     // An empty protocol is channel.k8s.io's: text statuses.
     let status_protocol = if protocol.is_empty() {
         "channel.k8s.io"
     } else {
         protocol
     };
+    let activity = Activity::new();
     let mut command = Command::start(&runtime, &request, status_protocol, opened, out).await;
-    let mut ended = false;
-    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
+    let mut writer = tokio::spawn(write_output(sink, output, codec, first, activity.clone()));
+    let mut close_deadline: Option<tokio::time::Instant> = None;
     loop {
+        let until = close_deadline.unwrap_or_else(|| activity.deadline(limits.idle));
         tokio::select! {
             message = incoming.next() => {
-                idle_deadline = tokio::time::Instant::now() + limits.idle;
+                activity.touch();
                 let message = match message {
                     Some(Ok(Message::Close(_))) | None => break,
                     Some(Err(e)) => {
@@ -238,25 +240,15 @@ pub async fn remote_command<IO>(
                     _ => {}
                 }
             }
-            out = output.recv(), if !ended => {
-                idle_deadline = tokio::time::Instant::now() + limits.idle;
-                let message = match out {
-                    Some(Out::Data(channel, data)) => codec.encode(channel as u8, &data),
-                    Some(Out::Status(status)) => codec.encode(Channel::Error as u8, &status),
-                    None => {
-                        // The command ended and its status is sent.
-                        ended = true;
-                        let _ = sink.close().await;
-                        idle_deadline = tokio::time::Instant::now() + CLOSE_GRACE;
+            // The command ended, its status is sent and our close too: the client answers.
+            _ = &mut writer, if close_deadline.is_none() => {
+                close_deadline = Some(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            () = tokio::time::sleep_until(until) => {
+                if close_deadline.is_none() {
+                    if tokio::time::Instant::now() < activity.deadline(limits.idle) {
                         continue;
                     }
-                };
-                if sink.send(message).await.is_err() {
-                    break;
-                }
-            }
-            () = tokio::time::sleep_until(idle_deadline) => {
-                if !ended {
                     tracing::info!("a WebSocket streaming session was idle too long");
                 }
                 break;
@@ -264,14 +256,48 @@ pub async fn remote_command<IO>(
         }
     }
     command.cancel();
-    if !ended {
-        while output.recv().await.is_some() {}
-        let _ = sink.close().await;
+    if close_deadline.is_none() {
+        // The command's end still goes out, if the client still reads.
+        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
 }
 
+/// Sends the session's first (empty) message, then the command's output and status as
+/// they come, then our close.
+async fn write_output<IO>(
+    mut sink: SplitSink<WebSocketStream<IO>, Message>,
+    mut output: mpsc::Receiver<Out>,
+    codec: Codec,
+    first: Channel,
+    activity: Activity,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    if sink.send(codec.encode(first as u8, &[])).await.is_err() {
+        return;
+    }
+    while let Some(out) = output.recv().await {
+        activity.touch();
+        let message = match out {
+            Out::Data(channel, data) => codec.encode(channel as u8, &data),
+            Out::Status(status) => codec.encode(Channel::Error as u8, &status),
+        };
+        if sink.send(message).await.is_err() {
+            // The client is gone: dropping `output` ends the command's pumps.
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
 /// One port-forward session over WebSocket: a connection to each of the request's ports,
-/// made at once, until every one has ended or the client goes away.
+/// made at once, until every one has ended or the client goes away. What the pod sends
+/// goes out from a task of its own, beside the loop that reads the client.
 pub async fn port_forward<IO>(
     ws: WebSocketStream<IO>,
     request: PortForwardRequest,
@@ -281,27 +307,28 @@ pub async fn port_forward<IO>(
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let codec = Codec::of(protocol);
-    let (mut sink, mut incoming) = ws.split();
+    let (sink, mut incoming) = ws.split();
     let netns = Arc::new(request.netns);
-    let (events_tx, mut events) = mpsc::channel::<(usize, Event)>(64);
+    let (events_tx, events) = mpsc::channel::<(usize, Event)>(64);
+    let activity = Activity::new();
     let mut upstream = Vec::new();
     for (i, port) in request.ports.iter().enumerate() {
-        let head = port.to_le_bytes();
-        let data = codec.encode((2 * i) as u8, &head);
-        let error = codec.encode((2 * i + 1) as u8, &head);
-        if sink.send(data).await.is_err() || sink.send(error).await.is_err() {
-            return;
-        }
         let (tx, rx) = mpsc::channel(16);
         upstream.push(Some(tx));
         tokio::spawn(forward(Arc::clone(&netns), *port, i, rx, events_tx.clone()));
     }
     drop(events_tx);
-    let mut idle_deadline = tokio::time::Instant::now() + limits.idle;
+    let mut writer = tokio::spawn(write_events(
+        sink,
+        events,
+        codec,
+        request.ports.clone(),
+        activity.clone(),
+    ));
     loop {
         tokio::select! {
             message = incoming.next() => {
-                idle_deadline = tokio::time::Instant::now() + limits.idle;
+                activity.touch();
                 let message = match message {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
                     Some(Ok(message)) => message,
@@ -316,26 +343,51 @@ pub async fn port_forward<IO>(
                     upstream[port] = None;
                 }
             }
-            event = events.recv() => {
-                idle_deadline = tokio::time::Instant::now() + limits.idle;
-                let message = match event {
-                    // Every connection has ended.
-                    None => break,
-                    Some((i, Event::Data(data))) => codec.encode((2 * i) as u8, &data),
-                    Some((i, Event::Error(text))) => codec.encode((2 * i + 1) as u8, text.as_bytes()),
-                    Some((_, Event::End)) => continue,
-                };
-                if sink.send(message).await.is_err() {
-                    break;
+            // Every connection has ended (or the client stopped reading).
+            _ = &mut writer => break,
+            () = tokio::time::sleep_until(activity.deadline(limits.idle)) => {
+                if tokio::time::Instant::now() < activity.deadline(limits.idle) {
+                    continue;
                 }
-            }
-            () = tokio::time::sleep_until(idle_deadline) => {
                 tracing::info!("a WebSocket port-forward session was idle too long");
                 break;
             }
         }
     }
+    // The connections end with the session (they see the writer gone).
     drop(upstream);
+    writer.abort();
+}
+
+/// Sends each port's two opening messages, then what the connections say, then our close.
+async fn write_events<IO>(
+    mut sink: SplitSink<WebSocketStream<IO>, Message>,
+    mut events: mpsc::Receiver<(usize, Event)>,
+    codec: Codec,
+    ports: Vec<u16>,
+    activity: Activity,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    for (i, port) in ports.iter().enumerate() {
+        let head = port.to_le_bytes();
+        for channel in [2 * i, 2 * i + 1] {
+            if sink.send(codec.encode(channel as u8, &head)).await.is_err() {
+                return;
+            }
+        }
+    }
+    while let Some((i, event)) = events.recv().await {
+        activity.touch();
+        let message = match event {
+            Event::Data(data) => codec.encode((2 * i) as u8, &data),
+            Event::Error(text) => codec.encode((2 * i + 1) as u8, text.as_bytes()),
+            Event::End => continue,
+        };
+        if sink.send(message).await.is_err() {
+            return;
+        }
+    }
     let _ = sink.close().await;
 }
 
