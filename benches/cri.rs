@@ -17,22 +17,6 @@ use common::{
     oci::{Compression, ImageBuilder, busybox_layer},
     registry::Registry,
 };
-use strata_api::cri::{ImageSpec, PullImageRequest, image_service_client::ImageServiceClient};
-
-async fn pull(endpoint: &str, image: &str) {
-    let channel = strata_api::connect(endpoint).await.expect("connect");
-    ImageServiceClient::new(channel)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull {image} on {endpoint}: {e}"));
-}
-
 /// Extra `stratactl bench` arguments of the main run, and of the 1- and 8-client runs.
 const MAIN: &[&str] = &["--iterations", "20", "--pods", "50"];
 const PARALLEL_1: &[&str] = &["--iterations", "1", "--pods", "40", "--parallel", "1"];
@@ -77,7 +61,7 @@ async fn main() {
 
     // strata.
     let daemon = Daemon::start().await;
-    pull(&daemon.endpoint(), &reference).await;
+    common::pull_on(&daemon.endpoint(), &reference).await;
     let (ours, pid) = (daemon.endpoint(), daemon.pid().as_raw() as u32);
     let strata = bench(&ours, &reference, pid, "__monitor", MAIN);
     println!("=== strata ===\n{strata}");
@@ -88,7 +72,7 @@ async fn main() {
     // containerd + runc, on a root of its own.
     let containerd = Containerd::start(&registry).await;
     let endpoint = containerd.endpoint.clone();
-    pull(&endpoint, &reference).await;
+    common::pull_on(&endpoint, &reference).await;
     let pid = containerd.pid();
     let theirs = bench(&endpoint, &reference, pid, "containerd-shim", MAIN);
     let theirs_one = bench(&endpoint, &reference, pid, "containerd-shim", PARALLEL_1);

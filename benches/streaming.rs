@@ -28,10 +28,7 @@ use common::{
     oci::{Compression, ImageBuilder, busybox_layer},
     registry::Registry,
 };
-use strata_api::cri::{
-    self, ImageSpec, PullImageRequest, image_service_client::ImageServiceClient,
-    runtime_service_client::RuntimeServiceClient,
-};
+use strata_api::cri::{self, ImageSpec, runtime_service_client::RuntimeServiceClient};
 
 /// Round trips timed per client.
 const ROUND_TRIPS: usize = 30;
@@ -344,20 +341,6 @@ async fn measure(target: &Target, image: &str) -> Vec<String> {
     lines
 }
 
-async fn pull(endpoint: &str, image: &str) {
-    let channel = strata_api::connect(endpoint).await.expect("connect");
-    ImageServiceClient::new(channel)
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| panic!("pull {image} on {endpoint}: {e}"));
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let registry = Registry::start().await;
@@ -369,7 +352,7 @@ async fn main() {
     let config = tempfile::NamedTempFile::new().unwrap();
 
     let daemon = Daemon::start().await;
-    pull(&daemon.endpoint(), &reference).await;
+    common::pull_on(&daemon.endpoint(), &reference).await;
     let strata = Target {
         name: "strata",
         endpoint: daemon.endpoint(),
@@ -380,7 +363,7 @@ async fn main() {
     drop(daemon);
 
     let containerd = Containerd::start(&registry).await;
-    pull(&containerd.endpoint, &reference).await;
+    common::pull_on(&containerd.endpoint, &reference).await;
     let theirs_target = Target {
         name: "containerd 1.6 + runc",
         endpoint: containerd.endpoint.clone(),

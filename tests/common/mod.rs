@@ -559,3 +559,19 @@ pub fn store_listing(daemon: &Daemon) -> (Vec<String>, Vec<String>) {
     );
     (layers, names(daemon.root.join("blobs/sha256")))
 }
+
+/// Pulls `image` on the CRI endpoint `endpoint` (strata's or another runtime's).
+pub async fn pull_on(endpoint: &str, image: &str) {
+    use strata_api::cri::{ImageSpec, PullImageRequest, image_service_client::ImageServiceClient};
+    let channel = strata_api::connect(endpoint).await.expect("connect");
+    ImageServiceClient::new(channel)
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("pull {image} on {endpoint}: {e}"));
+}

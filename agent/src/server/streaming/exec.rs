@@ -285,13 +285,7 @@ async fn relay(
     }
     for channel in [Channel::Stdout, Channel::Stderr, Channel::Error] {
         if let Some(stream) = stream_of(channel) {
-            let _ = frames
-                .send(Frame::Data {
-                    stream,
-                    fin: true,
-                    data: Bytes::new(),
-                })
-                .await;
+            let _ = frames.send(Frame::fin(stream)).await;
         }
     }
     let _ = done.send(());

@@ -266,13 +266,7 @@ async fn close_with(frames: &mpsc::Sender<Frame>, stream: u32, message: Option<S
             })
             .await;
     }
-    let _ = frames
-        .send(Frame::Data {
-            stream,
-            fin: true,
-            data: Bytes::new(),
-        })
-        .await;
+    let _ = frames.send(Frame::fin(stream)).await;
 }
 
 /// One forwarded connection: the pod's port to the client and back, until the pod's side

@@ -62,6 +62,17 @@ pub enum Frame {
     },
 }
 
+impl Frame {
+    /// The end of our side of `stream`: an empty data frame with FIN.
+    pub fn fin(stream: u32) -> Frame {
+        Frame::Data {
+            stream,
+            fin: true,
+            data: bytes::Bytes::new(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("SPDY frame of {0} bytes is over the limit")]
