@@ -496,9 +496,12 @@ fn decompress(
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    let kind = e.kind();
-                    let text = e.to_string();
-                    let _ = tx.send(Err(io::Error::new(kind, text)));
+                    // io::Error is not Clone: the unpacker gets the errno, or else the kind.
+                    let copy = match e.raw_os_error() {
+                        Some(errno) => io::Error::from_raw_os_error(errno),
+                        None => io::Error::new(e.kind(), e.to_string()),
+                    };
+                    let _ = tx.send(Err(copy));
                     return Err(e);
                 }
             }

@@ -11,9 +11,11 @@ use crate::{
 };
 
 /// An I/O failure: a full disk is the caller's to fix (ResourceExhausted), the rest is ours.
+/// Judged by kind, not by errno alone: an error copied across a thread keeps its kind only.
 fn io_code(e: &io::Error) -> Code {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
+    match (e.raw_os_error(), e.kind()) {
+        (Some(libc::ENOSPC | libc::EDQUOT), _)
+        | (_, io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded) => Code::ResourceExhausted,
         _ => Code::Internal,
     }
 }
@@ -116,5 +118,35 @@ impl From<super::streaming::Error> for Status {
             E::Token(_) | E::Bind { .. } | E::Tls(_) => Code::Internal,
         };
         Status::new(code, crate::report::error_line(&e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::digest::Digest;
+
+    fn unpack_failure(source: io::Error) -> Code {
+        let digest = Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("digest");
+        code(&image::Error::Unpack {
+            digest,
+            source: unpack::Error::Entry {
+                entry: "big".into(),
+                source,
+            },
+        })
+    }
+
+    #[test]
+    fn a_full_disk_is_resource_exhausted_even_when_copied_across_threads() {
+        let errno = io::Error::from_raw_os_error(libc::ENOSPC);
+        let copied = io::Error::new(errno.kind(), errno.to_string());
+        assert_eq!(copied.raw_os_error(), None);
+        assert_eq!(unpack_failure(errno), Code::ResourceExhausted);
+        assert_eq!(unpack_failure(copied), Code::ResourceExhausted);
+        let quota = io::Error::from_raw_os_error(libc::EDQUOT);
+        assert_eq!(unpack_failure(quota), Code::ResourceExhausted);
+        let broken = io::Error::new(io::ErrorKind::InvalidData, "bad tar header");
+        assert_eq!(unpack_failure(broken), Code::DataLoss);
     }
 }
