@@ -53,6 +53,15 @@ cleanup() {
     for d in $cgroups; do
         find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
     done
+    # The pods' DEL removed their rules; what a killed daemon left is removed here.
+    for t in nat filter; do
+        rules=$(iptables -w -t "$t" -S 2>/dev/null | grep -F "name: \\\"strata-critest-$$\\\"" | grep '^-A')
+        while read -r rule; do [ -n "$rule" ] && sh -c "iptables -w -t $t -D ${rule#-A }"; done <<< "$rules"
+        for chain in $(grep -o -- '-j CNI-[0-9a-fDN-]*' <<< "$rules" | awk '{print $2}' | sort -u); do
+            iptables -w -t "$t" -F "$chain" && iptables -w -t "$t" -X "$chain"
+        done
+    done
+    [ -n "${bridge:-}" ] && ip link del "$bridge" 2>/dev/null
     [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
     if [ "${KEEP_OUT:-}" = 1 ]; then echo "critest.sh: results kept in $work/out"; else rm -rf "$work"; fi
 }
@@ -81,12 +90,27 @@ root = "$work/root"
 state_dir = "$work/run"
 socket = "$work/run/strata.sock"
 cgroup_parent = "strata-critest-$$"
+[cni]
+conf_dir = "$work/cni"
+bin_dirs = ["/usr/lib/cni"]
 [registries."registry.k8s.io"]
 mirrors = ["http://$registry"]
 [registries."k8s.gcr.io"]
 mirrors = ["http://$registry"]
 [registries."gcr.io"]
 mirrors = ["http://$registry"]
+EOF
+# The pods' network: Debian's reference plugins on a bridge of the run's own, its leases in
+# the run's directory. critest maps host ports on 127.0.0.1, which portmap's snat serves.
+bridge=stcrit$(( $$ % 100000 ))
+mkdir -p "$work/cni"
+cat > "$work/cni/10-critest.conflist" <<EOF
+{"cniVersion": "1.0.0", "name": "strata-critest-$$", "plugins": [
+  {"type": "bridge", "bridge": "$bridge", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+   "ipam": {"type": "host-local", "dataDir": "$work/leases",
+            "ranges": [[{"subnet": "10.249.$(( $$ % 250 )).0/24"}]], "routes": [{"dst": "0.0.0.0/0"}]}},
+  {"type": "portmap", "capabilities": {"portMappings": true}, "snat": true},
+  {"type": "loopback"}]}
 EOF
 "$stratad" --config "$work/config.toml" > "$work/stratad.log" 2>&1 &
 daemon_pid=$!

@@ -73,9 +73,13 @@ async fn status_reports_conditions_and_verbose_info() {
     let network = find("NetworkReady");
     assert!(
         !network.status,
-        "no pod network exists yet, so NetworkReady must be false"
+        "the daemon has no CNI network config, so NetworkReady must be false"
     );
-    assert!(!network.reason.is_empty() && !network.message.is_empty());
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(
+        network.message.contains("cni config uninitialized") && network.message.contains("no-cni"),
+        "{network:?}"
+    );
     assert_eq!(brief.runtime_handlers.len(), 1);
     assert_eq!(brief.runtime_handlers[0].name, "");
 
@@ -173,17 +177,27 @@ async fn unimplemented_rpcs_say_so() {
                 .await
                 .map(drop),
         ),
-        (
-            "UpdateRuntimeConfig",
-            rt.update_runtime_config(cri::UpdateRuntimeConfigRequest::default())
-                .await
-                .map(drop),
-        ),
     ];
     for (rpc, result) in codes {
         let status = result.expect_err(rpc);
         assert_eq!(status.code(), Code::Unimplemented, "{rpc}: {status:?}");
     }
+    // The kubelet's pod CIDR is taken; one that is not a CIDR is refused.
+    let update = |cidr: &str| cri::UpdateRuntimeConfigRequest {
+        runtime_config: Some(cri::RuntimeConfig {
+            network_config: Some(cri::NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    };
+    rt.update_runtime_config(update("10.244.1.0/24,fd00:10:244:1::/64"))
+        .await
+        .unwrap();
+    let bad = rt
+        .update_runtime_config(update("10.244.1.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument, "{bad:?}");
     // The daemon is unharmed and still answers.
     rt.version(VersionRequest::default()).await.unwrap();
 }

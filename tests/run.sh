@@ -10,10 +10,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # Packages the tests use, from Debian's archive.
-# libseccomp-dev and pkg-config build the agent's seccomp compiler; the last six are what
-# ../shared/cri-tools needs to unpack crictl/critest and build critest's stand-in images.
+# libseccomp-dev and pkg-config build the agent's seccomp compiler; the six after them are what
+# ../shared/cri-tools needs to unpack crictl/critest and build critest's stand-in images;
+# containernetworking-plugins (bridge, host-local, portmap, loopback) and iptables wire the
+# network tests' pods.
 packages=(ca-certificates docker-registry busybox-static apache2-utils curl iproute2 util-linux
-          libseccomp-dev pkg-config xz-utils jq skopeo gcc libc6-dev binutils)
+          libseccomp-dev pkg-config xz-utils jq skopeo gcc libc6-dev binutils
+          containernetworking-plugins iptables)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -85,6 +85,8 @@ struct FileConfig {
     registries: BTreeMap<String, RegistryConfig>,
     #[serde(default)]
     streaming: StreamingConfig,
+    #[serde(default)]
+    cni: crate::cni::Settings,
 }
 
 /// The streaming server behind Exec's URLs (`[streaming]`).
@@ -191,6 +193,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
     pub streaming: StreamingConfig,
+    pub cni: crate::cni::Settings,
 }
 
 impl Config {
@@ -235,6 +238,7 @@ impl Config {
             images: file.images,
             registries: file.registries,
             streaming: file.streaming,
+            cni: file.cni,
         };
         config.validate()?;
         Ok(config)
@@ -322,6 +326,16 @@ impl Config {
                 value: format!("{:?} / {:?}", streaming.tls_cert, streaming.tls_key),
                 reason: "give both, with tls = true (or neither, for a self-signed certificate)"
                     .into(),
+            });
+        }
+        if self.cni.max_conf_num == 0 || self.cni.setup_timeout_secs == 0 {
+            return Err(Error::Invalid {
+                what: "cni.max_conf_num / cni.setup_timeout_secs",
+                value: format!(
+                    "{} / {}",
+                    self.cni.max_conf_num, self.cni.setup_timeout_secs
+                ),
+                reason: "must be at least 1".into(),
             });
         }
         for (host, registry) in &self.registries {

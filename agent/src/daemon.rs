@@ -90,6 +90,7 @@ pub async fn run(config: Config) -> Result<()> {
         &config.cgroup_parent,
     )?;
     runtime.set_pids_limit(config.pids_limit);
+    runtime.set_network(Arc::new(crate::cni::Cni::new(config.cni.clone())));
     runtime.set_rlimits(&config.rlimits);
     // Layers that containers use are never garbage-collected, across restarts too.
     for (container, layers) in runtime.layers_in_use().await {
@@ -98,6 +99,7 @@ pub async fn run(config: Config) -> Result<()> {
             layers.iter().filter_map(|d| d.parse().ok()).collect(),
         );
     }
+    runtime.release_orphans().await;
     let runtime = Arc::new(runtime);
     let (streaming, streaming_listener) =
         server::streaming::Server::bind(&config.streaming, Arc::clone(&runtime))

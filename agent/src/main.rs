@@ -4,6 +4,7 @@
 
 mod cgroup;
 mod clock;
+mod cni;
 mod config;
 mod daemon;
 mod image;

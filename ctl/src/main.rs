@@ -674,6 +674,26 @@ async fn info(client: &Client, format: Format) -> anyhow::Result<()> {
             ]);
         }
         print!("{}", table.render());
+        // The pod networks in use, by name and plugins.
+        let cni: serde_json::Value = status
+            .info
+            .get("cni")
+            .and_then(|c| serde_json::from_str(c).ok())
+            .unwrap_or_default();
+        for list in cni["networks"].as_array().into_iter().flatten() {
+            let plugins: Vec<&str> = list["plugins"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["type"].as_str())
+                .collect();
+            println!(
+                "network {}: {} (CNI {})",
+                list["name"].as_str().unwrap_or("?"),
+                plugins.join(" → "),
+                list["cniVersion"].as_str().unwrap_or("?")
+            );
+        }
         return Ok(());
     }
     // Like crictl: the status, then each verbose info entry as the JSON it holds.

@@ -23,6 +23,14 @@ pub struct Containerd {
 impl Containerd {
     /// Pushes a pause image to `registry`, starts containerd and waits until it serves.
     pub async fn start(registry: &Registry) -> Containerd {
+        Self::start_with_cni(registry, None).await
+    }
+
+    /// As `start`, with pod networks from `cni_conf_dir` (plugins from Debian's dir).
+    pub async fn start_with_cni(
+        registry: &Registry,
+        cni_conf_dir: Option<&std::path::Path>,
+    ) -> Containerd {
         let pause = ImageBuilder::new()
             .layer(busybox_layer(), Compression::Gzip)
             .cmd(&[
@@ -52,8 +60,13 @@ state = "{state}"
   [plugins."io.containerd.grpc.v1.cri".registry.mirrors."{host}"]
     endpoint = ["http://{host}"]
   [plugins."io.containerd.grpc.v1.cri".cni]
-    conf_dir = "{root}/cni"
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni}"
 "#,
+            cni = cni_conf_dir.map_or_else(
+                || dir.path().join("root/cni").display().to_string(),
+                |d| d.display().to_string()
+            ),
             root = dir.path().join("root").display(),
             state = dir.path().join("state").display(),
             socket = socket.display(),

@@ -186,6 +186,14 @@ impl Daemon {
             text.push_str(&format!("cgroup_parent = {:?}\n", self.cgroup_parent));
         }
         text.push_str(&options.config);
+        // Pods get no network unless a test gives one: the node's own config dir is not
+        // the tests' to read.
+        if !options.config.contains("[cni]") {
+            text.push_str(&format!(
+                "\n[cni]\nconf_dir = {:?}\n",
+                self.path("no-cni").to_str().expect("utf-8 path")
+            ));
+        }
         std::fs::write(&config, text).expect("write config");
         let log = std::fs::File::create(&self.log).expect("log file");
         let mut cmd = Command::new(bin("stratad"));

@@ -15,7 +15,7 @@ pub use containers::ContainerFilter;
 use sandbox::{NamespaceMode, PodSpec, Sandbox, SandboxState};
 
 use crate::{
-    cgroup,
+    cgroup, cni,
     oci::{self, Helper, spec},
     state,
     sys::mount::is_mount_point,
@@ -43,6 +43,8 @@ pub enum Error {
     Cgroup(#[from] cgroup::Error),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
+    #[error(transparent)]
+    Network(#[from] crate::cni::Error),
     #[error("pinning the pod's namespaces: {0}")]
     Namespaces(String),
     #[error("{what} {path}: {source}")]
@@ -106,6 +108,10 @@ pub struct Runtime {
     /// Per-container operation locks (see `op_lock`).
     op_locks:
         std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    /// Pod networks (CNI).
+    network: std::sync::Arc<cni::Cni>,
+    /// Networks of pods whose creation a crash interrupted: released by `release_orphans`.
+    orphan_networks: std::sync::Mutex<Vec<cni::Attachment>>,
 }
 
 impl Runtime {
@@ -124,6 +130,7 @@ impl Runtime {
         }
         let cgroups = cgroup::Hierarchy::detect(cgroup_root)?;
         let mut sandboxes = BTreeMap::new();
+        let mut orphans = Vec::new();
         for entry in std::fs::read_dir(&records).map_err(io_err("cannot read", &records))? {
             let entry = entry.map_err(io_err("cannot read", &records))?;
             let record = entry.path().join("state.json");
@@ -132,6 +139,12 @@ impl Runtime {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::info!(sandbox = %id, "removing a half-created pod sandbox");
+                    orphans.extend(
+                        read_attachments(&entry.path())
+                            .ok()
+                            .flatten()
+                            .unwrap_or_default(),
+                    );
                     release_pins(&pins.join(&id));
                     let _ = std::fs::remove_dir_all(entry.path());
                     continue;
@@ -191,9 +204,34 @@ impl Runtime {
             creating: Default::default(),
             creating_pods: Default::default(),
             op_locks: Default::default(),
+            network: std::sync::Arc::new(cni::Cni::new(cni::Settings::default())),
+            orphan_networks: std::sync::Mutex::new(orphans),
         };
         runtime.reconcile_containers();
         Ok(runtime)
+    }
+
+    pub fn set_network(&mut self, network: std::sync::Arc<cni::Cni>) {
+        self.network = network;
+    }
+
+    pub fn network(&self) -> &cni::Cni {
+        &self.network
+    }
+
+    /// Releases (`DEL`) the networks of pods a crash left half-created.
+    pub async fn release_orphans(&self) {
+        let orphans = std::mem::take(
+            &mut *self
+                .orphan_networks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        for attachment in orphans {
+            if let Err(e) = self.network.del(&attachment).await {
+                tracing::warn!(sandbox = %attachment.container_id, error = %e, "cannot release the network of a half-created pod");
+            }
+        }
     }
 
     pub fn set_pids_limit(&mut self, limit: i64) {
@@ -273,6 +311,7 @@ impl Runtime {
             shm: None,
             pid_holder: None,
             pid_holder_started: None,
+            ips: Vec::new(),
             spec,
         };
         match self.create(sandbox).await {
@@ -282,7 +321,7 @@ impl Runtime {
             }
             Err((e, partial)) => {
                 // Undo whatever was made; the pod never existed.
-                self.destroy(&partial);
+                self.destroy(&partial).await;
                 Err(e)
             }
         }
@@ -343,6 +382,10 @@ impl Runtime {
                 .collect();
             attempt!(pin_namespaces(&ns_dir, &hostname, &kinds, &sandbox.spec.sysctls).await);
         }
+        if sandbox.spec.network != NamespaceMode::Node && self.network.configured() {
+            let netns = self.pins.join(&sandbox.id).join("ns").join("net");
+            attempt!(self.join_networks(&mut sandbox, netns, &dir).await);
+        }
         if sandbox.spec.pid == NamespaceMode::Pod {
             let dir = self.pins.join(&sandbox.id);
             attempt!(std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir)));
@@ -366,8 +409,103 @@ impl Runtime {
         Ok(sandbox)
     }
 
+    /// Runs `ADD` of every network into the pod's netns. What the plugins are given is
+    /// saved before they run (a crash mid-`ADD` can still be undone), and again with
+    /// their results.
+    async fn join_networks(&self, sandbox: &mut Sandbox, netns: PathBuf, dir: &Path) -> Result<()> {
+        let spec = &sandbox.spec;
+        let (ingress_rate, egress_rate) = cni::bandwidth(&spec.annotations);
+        let pod = cni::PodNetwork {
+            id: sandbox.id.clone(),
+            netns,
+            name: spec.name.clone(),
+            namespace: spec.namespace.clone(),
+            uid: spec.uid.clone(),
+            port_mappings: spec.port_mappings.clone(),
+            ingress_rate,
+            egress_rate,
+            dns: spec.dns.clone(),
+            cgroup_path: format!("/{}", sandbox.cgroup),
+        };
+        let mut attachments = self.network.plan(&pod)?;
+        write_attachments(dir, &attachments)?;
+        for attachment in attachments.iter_mut() {
+            // On failure, the ones joined before are left by `destroy`, through the plan.
+            self.network.add(attachment).await?;
+        }
+        write_attachments(dir, &attachments)?;
+        sandbox.ips = attachments.iter().flat_map(|a| a.addresses().ips).collect();
+        // A pod without DNS settings of its own takes the ones its network gives.
+        if let (None, Some(first)) = (&sandbox.spec.dns, attachments.first()) {
+            let given = first.addresses();
+            if !given.nameservers.is_empty() {
+                let dns = sandbox::Dns {
+                    servers: given.nameservers,
+                    searches: given.search,
+                    options: given.options,
+                };
+                let path = dir.join("resolv.conf");
+                let text = sandbox::resolv_conf(Some(&dns), "");
+                state::write_atomic(&path, text.as_bytes())
+                    .map_err(io_err("cannot write", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `DEL` of every network the pod joined (retried: a plugin may fail on a busy node),
+    /// then the cache goes. Without a cache there is nothing to release.
+    async fn leave_networks(&self, id: &str) -> Result<()> {
+        let dir = self.sandbox_dir(id);
+        let Some(attachments) = read_attachments(&dir)? else {
+            return Ok(());
+        };
+        for attachment in attachments.iter().rev() {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match self.network.del(attachment).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 3 => {
+                        tracing::warn!(sandbox = %id, error = %e, "CNI DEL failed; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(200 * tries)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        let path = cni::cache_path(&dir);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err("cannot remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// `CHECK` of each network a ready pod joined: (network, interface, what was wrong).
+    pub async fn check_networks(
+        &self,
+        sandbox: &Sandbox,
+    ) -> Result<Vec<(String, String, Option<String>)>> {
+        let attachments = read_attachments(&self.sandbox_dir(&sandbox.id))?.unwrap_or_default();
+        let mut out = Vec::new();
+        for a in attachments.iter().filter(|a| a.result.is_some()) {
+            let problem = if sandbox.state == SandboxState::Ready {
+                self.network.check(a).await.err().map(|e| e.to_string())
+            } else {
+                Some("the pod is not ready".into())
+            };
+            out.push((a.network.clone(), a.ifname.clone(), problem));
+        }
+        Ok(out)
+    }
+
     /// Removes everything a pod has on the machine; best effort, for failed creations.
-    fn destroy(&self, sandbox: &Sandbox) {
+    async fn destroy(&self, sandbox: &Sandbox) {
+        if let Err(e) = self.leave_networks(&sandbox.id).await {
+            tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot release a failed pod's network");
+        }
         stop_pid_holder(sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
         if let Ok(cg) = self.cgroups.cgroup(&sandbox.cgroup)
@@ -406,6 +544,8 @@ impl Runtime {
                 .child(crate::cgroup::POD_HOLDER_LEAF)?,
         )
         .await?;
+        // Before the netns goes: plugins find the pod's interfaces in it.
+        self.leave_networks(&sandbox.id).await?;
         release_pins(&self.pins.join(&sandbox.id));
         // Saved every time: a stop that failed half-way and is retried records it then.
         self.save(&sandbox)
@@ -428,6 +568,7 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         stop_pid_holder(&sandbox, &self.pins.join(&sandbox.id));
+        self.leave_networks(&sandbox.id).await?;
         release_pins(&self.pins.join(&sandbox.id));
         let cgroup = self.cgroups.cgroup(&sandbox.cgroup)?;
         kill_cgroup(&cgroup).await?;
@@ -788,4 +929,25 @@ pub(crate) fn new_id() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The networks a pod joined (or was joining), from its cache; `None` without one.
+fn read_attachments(dir: &Path) -> Result<Option<Vec<cni::Attachment>>> {
+    let path = cni::cache_path(dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| Error::Corrupt { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err("cannot read", &path)(e)),
+    }
+}
+
+fn write_attachments(dir: &Path, attachments: &[cni::Attachment]) -> Result<()> {
+    let path = cni::cache_path(dir);
+    let bytes = serde_json::to_vec_pretty(attachments).map_err(|source| Error::Corrupt {
+        path: path.clone(),
+        source,
+    })?;
+    state::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
 }

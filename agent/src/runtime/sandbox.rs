@@ -43,6 +43,9 @@ pub struct PodSpec {
     /// Namespaced sysctls, set in the pod's own namespaces when they are made.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// Ports the pod's network publishes on the node (CNI's `portMappings`).
+    #[serde(default)]
+    pub port_mappings: Vec<crate::cni::PortMapping>,
     /// Limits for the whole pod (CRI's pod-level resources plus overhead).
     #[serde(skip)]
     pub resources: crate::cgroup::Resources,
@@ -86,6 +89,9 @@ pub struct Sandbox {
     /// When the holder started (`/proc/<pid>/stat`), which tells it from a recycled pid.
     #[serde(default)]
     pub pid_holder_started: Option<u64>,
+    /// The pod's addresses from its networks, IPv4 first.
+    #[serde(default)]
+    pub ips: Vec<String>,
 }
 
 /// `/etc/hosts` for the pod.

@@ -5,7 +5,7 @@ use std::io;
 use tonic::{Code, Status};
 
 use crate::{
-    cgroup,
+    cgroup, cni,
     image::{self, content, manifest, registry, unpack},
     runtime, seccomp,
 };
@@ -92,6 +92,12 @@ fn runtime_code(e: &runtime::Error) -> Code {
         E::Invalid { .. } => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Resource { .. } | cgroup::Error::Path(_)) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Io { source, .. }) | E::Io { source, .. } => io_code(source),
+        E::Network(n) => match n {
+            cni::Error::NotReady(_) | cni::Error::PluginMissing { .. } => Code::FailedPrecondition,
+            cni::Error::Plugin { .. } | cni::Error::Output { .. } => Code::Unknown,
+            cni::Error::Timeout { .. } => Code::DeadlineExceeded,
+            cni::Error::Spawn { .. } => Code::Internal,
+        },
         E::Seccomp(seccomp::Error::Compile(_)) => Code::Internal,
         E::Seccomp(_) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::NoHierarchy(_) | cgroup::Error::Survivors(..))

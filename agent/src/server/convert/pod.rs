@@ -36,7 +36,13 @@ pub fn pod_spec(config: cri::PodSandboxConfig, runtime_handler: String) -> Resul
         .security_context
         .and_then(|s| s.namespace_options)
         .unwrap_or_default();
+    let port_mappings = config
+        .port_mappings
+        .iter()
+        .map(port_mapping)
+        .collect::<Result<Vec<_>, Status>>()?;
     Ok(PodSpec {
+        port_mappings,
         name: metadata.name,
         uid: metadata.uid,
         namespace: metadata.namespace,
@@ -57,6 +63,31 @@ pub fn pod_spec(config: cri::PodSandboxConfig, runtime_handler: String) -> Resul
         pid: ns_mode(ns.pid),
         runtime_handler,
         resources: linux.resources.map(resources).unwrap_or_default(),
+    })
+}
+
+fn port_mapping(p: &cri::PortMapping) -> Result<crate::cni::PortMapping, Status> {
+    let port = |what: &str, v: i32| {
+        u16::try_from(v).map_err(|_| {
+            Status::invalid_argument(format!("port mapping: {what} {v} is not a port number"))
+        })
+    };
+    let protocol = match cri::Protocol::try_from(p.protocol) {
+        Ok(cri::Protocol::Tcp) => "tcp",
+        Ok(cri::Protocol::Udp) => "udp",
+        Ok(cri::Protocol::Sctp) => "sctp",
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "port mapping: unknown protocol {}",
+                p.protocol
+            )));
+        }
+    };
+    Ok(crate::cni::PortMapping {
+        protocol: protocol.into(),
+        container_port: port("container port", p.container_port)?,
+        host_port: port("host port", p.host_port)?,
+        host_ip: p.host_ip.clone(),
     })
 }
 
@@ -110,8 +141,15 @@ pub fn cri_pod_status(s: &Sandbox) -> cri::PodSandboxStatus {
         metadata: Some(cri_metadata(&s.spec)),
         state: cri_state(s.state),
         created_at: s.created_at,
-        // No pod network yet: a pod has loopback only (or the node's network).
-        network: Some(cri::PodSandboxNetworkStatus::default()),
+        network: Some(cri::PodSandboxNetworkStatus {
+            ip: s.ips.first().cloned().unwrap_or_default(),
+            additional_ips: s
+                .ips
+                .iter()
+                .skip(1)
+                .map(|ip| cri::PodIp { ip: ip.clone() })
+                .collect(),
+        }),
         linux: Some(cri::LinuxPodSandboxStatus {
             namespaces: Some(cri::Namespace {
                 options: Some(cri::NamespaceOption {

@@ -233,4 +233,11 @@ impl RuntimeService for Runtime {
     ) -> Result<Response<RuntimeConfigResponse>, Status> {
         node::runtime_config(&self.ctx, _request).await
     }
+
+    async fn update_runtime_config(
+        &self,
+        request: Request<cri::UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<cri::UpdateRuntimeConfigResponse>, Status> {
+        node::update_runtime_config(&self.ctx, request).await
+    }
 }

@@ -28,15 +28,18 @@ pub(super) async fn status(
     ctx: &Context,
     request: Request<StatusRequest>,
 ) -> Result<Response<StatusResponse>, Status> {
+    let network = ctx.runtime.network().networks();
     let conditions = vec![
         condition("RuntimeReady", true, "", ""),
-        // Only host-network pods can be given a network until CNI support lands.
-        condition(
-            "NetworkReady",
-            false,
-            "NetworkPluginNotReady",
-            "strata has no pod network plugin (CNI) yet; only host-network pods can be networked",
-        ),
+        match &network {
+            Ok(_) => condition("NetworkReady", true, "", ""),
+            Err(e) => condition(
+                "NetworkReady",
+                false,
+                "NetworkPluginNotReady",
+                &crate::report::error_line(e),
+            ),
+        },
     ];
     let mut info = HashMap::new();
     if request.get_ref().verbose {
@@ -49,6 +52,12 @@ pub(super) async fn status(
             "pid": std::process::id(),
         });
         info.insert("version".to_string(), version.to_string());
+        let lists: Vec<_> = network.iter().flatten().map(|l| &l.raw).collect();
+        let cni = serde_json::json!({
+            "networks": lists,
+            "error": network.as_ref().err().map(|e| e.to_string()),
+        });
+        info.insert("cni".to_string(), cni.to_string());
     }
     Ok(Response::new(StatusResponse {
         status: Some(RuntimeStatus { conditions }),
@@ -65,6 +74,36 @@ pub(super) async fn status(
             user_namespaces_host_network: false,
         }),
     }))
+}
+
+/// The kubelet's pod CIDR, handed to plugins that take `ipRanges` (host-local).
+pub(super) async fn update_runtime_config(
+    ctx: &Context,
+    request: Request<strata_api::cri::UpdateRuntimeConfigRequest>,
+) -> Result<Response<strata_api::cri::UpdateRuntimeConfigResponse>, Status> {
+    let cidr = request
+        .into_inner()
+        .runtime_config
+        .and_then(|c| c.network_config)
+        .map(|n| n.pod_cidr)
+        .unwrap_or_default();
+    for part in cidr.split(',').filter(|p| !p.is_empty()) {
+        let valid = part.split_once('/').is_some_and(|(ip, len)| {
+            ip.parse::<std::net::IpAddr>().is_ok() && len.parse::<u8>().is_ok_and(|l| l <= 128)
+        });
+        if !valid {
+            return Err(Status::invalid_argument(format!(
+                "pod CIDR {part:?} is not an address/prefix"
+            )));
+        }
+    }
+    // A dual-stack node gives both, comma-separated; host-local takes the first range set.
+    let first = cidr.split(',').next().unwrap_or_default();
+    tracing::info!(pod_cidr = %cidr, "the kubelet set the pod CIDR");
+    ctx.runtime.network().set_pod_cidr(first);
+    Ok(Response::new(
+        strata_api::cri::UpdateRuntimeConfigResponse {},
+    ))
 }
 
 pub(super) async fn runtime_config(

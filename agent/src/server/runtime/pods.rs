@@ -57,7 +57,18 @@ pub(super) async fn pod_sandbox_status(
     let sandbox = ctx.runtime.pod(&request.pod_sandbox_id).await?;
     let mut info = HashMap::new();
     if request.verbose {
+        let networks: Vec<_> = ctx
+            .runtime
+            .check_networks(&sandbox)
+            .await?
+            .into_iter()
+            .map(|(name, ifname, problem)| {
+                serde_json::json!({"name": name, "interface": ifname, "check": problem.unwrap_or_else(|| "ok".into())})
+            })
+            .collect();
         let details = serde_json::json!({
+            "networks": networks,
+            "ips": sandbox.ips,
             "id": sandbox.id,
             "name": sandbox.spec.full_name(),
             "cgroup": sandbox.cgroup,
