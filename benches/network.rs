@@ -44,16 +44,7 @@ fn pod(name: &str, host_network: bool) -> cri::PodSandboxConfig {
     if host_network {
         // A host-network pod has the node's hostname (runc refuses one of its own).
         config.hostname.clear();
-        config.linux = Some(cri::LinuxPodSandboxConfig {
-            security_context: Some(cri::LinuxSandboxSecurityContext {
-                namespace_options: Some(cri::NamespaceOption {
-                    network: cri::NamespaceMode::Node as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        config.linux = Some(common::cri::host_network());
     }
     config
 }

@@ -327,16 +327,7 @@ async fn stratactl_forwards_ports_into_a_pod_and_a_host_network_pod() {
         l.local_addr().unwrap().port()
     };
     let mut host_pod_config = common::cri::pod_config("forward-host");
-    host_pod_config.linux = Some(cri::LinuxPodSandboxConfig {
-        security_context: Some(cri::LinuxSandboxSecurityContext {
-            namespace_options: Some(cri::NamespaceOption {
-                network: cri::NamespaceMode::Node as i32,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    host_pod_config.linux = Some(common::cri::host_network());
     let host_pod = env
         .rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {

@@ -107,6 +107,20 @@ pub fn container_config(name: &str, image: &str, script: &str) -> ContainerConfi
     }
 }
 
+/// A pod's Linux config for the node's network (a host-network pod).
+pub fn host_network() -> cri::LinuxPodSandboxConfig {
+    cri::LinuxPodSandboxConfig {
+        security_context: Some(cri::LinuxSandboxSecurityContext {
+            namespace_options: Some(cri::NamespaceOption {
+                network: cri::NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 pub fn pid_mode(mode: cri::NamespaceMode) -> cri::LinuxContainerConfig {
     cri::LinuxContainerConfig {
         security_context: Some(cri::LinuxContainerSecurityContext {
