@@ -10,11 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{
-    Daemon,
-    oci::{Compression, ImageBuilder, busybox_layer},
-    registry::Registry,
-};
+use common::{Daemon, registry::Registry};
 
 fn ctl(daemon: &Daemon, args: &[&str]) -> String {
     daemon.ctl(args).ok().trim().to_string()
@@ -23,11 +19,7 @@ fn ctl(daemon: &Daemon, args: &[&str]) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let registry = Registry::start().await;
-    let image = ImageBuilder::new()
-        .layer(busybox_layer(), Compression::Gzip)
-        .build();
-    registry.push("bench/base", "v1", &image).await;
-    let reference = registry.reference("bench/base", "v1");
+    let reference = registry.push_busybox("bench/base").await;
     let daemon = Daemon::start().await;
     ctl(&daemon, &["pull", &reference]);
     let pod_json = daemon.path("pod.json");

@@ -11,12 +11,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{
-    Daemon,
-    containerd::Containerd,
-    oci::{Compression, ImageBuilder, busybox_layer},
-    registry::Registry,
-};
+use common::{Daemon, containerd::Containerd, registry::Registry};
 /// Extra `stratactl bench` arguments of the main run, and of the 1- and 8-client runs.
 const MAIN: &[&str] = &["--iterations", "20", "--pods", "50"];
 const PARALLEL_1: &[&str] = &["--iterations", "1", "--pods", "40", "--parallel", "1"];
@@ -53,11 +48,7 @@ fn bench(endpoint: &str, image: &str, daemon_pid: u32, helper: &str, args: &[&st
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let registry = Registry::start().await;
-    let image = ImageBuilder::new()
-        .layer(busybox_layer(), Compression::Gzip)
-        .build();
-    registry.push("bench/busybox", "v1", &image).await;
-    let reference = registry.reference("bench/busybox", "v1");
+    let reference = registry.push_busybox("bench/busybox").await;
 
     // strata.
     let daemon = Daemon::start().await;

@@ -22,12 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Daemon,
-    containerd::Containerd,
-    oci::{Compression, ImageBuilder, busybox_layer},
-    registry::Registry,
-};
+use common::{Daemon, containerd::Containerd, registry::Registry};
 use strata_api::cri::{self, ImageSpec, runtime_service_client::RuntimeServiceClient};
 
 /// Round trips timed per client.
@@ -73,11 +68,11 @@ impl Target {
 /// `port`; the pod's and the container's ids.
 async fn serving_pod(target: &Target, image: &str, port: u16) -> (String, String) {
     let mut rt = RuntimeServiceClient::new(strata_api::connect(&target.endpoint).await.unwrap());
-    let pod_config: cri::PodSandboxConfig = serde_json::from_value(serde_json::json!({
+    let mut pod_config: cri::PodSandboxConfig = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "stream-bench", "namespace": "bench", "uid": "stream-bench-uid"},
-        "linux": {"security_context": {"namespace_options": {"network": 2}}},
     }))
     .unwrap();
+    pod_config.linux = Some(common::cri::host_network());
     let pod = rt
         .run_pod_sandbox(cri::RunPodSandboxRequest {
             config: Some(pod_config.clone()),
@@ -344,11 +339,7 @@ async fn measure(target: &Target, image: &str) -> Vec<String> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let registry = Registry::start().await;
-    let image = ImageBuilder::new()
-        .layer(busybox_layer(), Compression::Gzip)
-        .build();
-    registry.push("bench/busybox", "v1", &image).await;
-    let reference = registry.reference("bench/busybox", "v1");
+    let reference = registry.push_busybox("bench/busybox").await;
     let config = tempfile::NamedTempFile::new().unwrap();
 
     let daemon = Daemon::start().await;

@@ -279,6 +279,15 @@ impl Registry {
         .await;
     }
 
+    /// Pushes an image of Debian's static busybox alone as `repo:v1`; returns its reference.
+    pub async fn push_busybox(&self, repo: &str) -> String {
+        let image = super::oci::ImageBuilder::new()
+            .layer(super::oci::busybox_layer(), super::oci::Compression::Gzip)
+            .build();
+        self.push(repo, "v1", &image).await;
+        self.reference(repo, "v1")
+    }
+
     /// `127.0.0.1:port/repo:tag`.
     pub fn reference(&self, repo: &str, tag: &str) -> String {
         format!("{}/{repo}:{tag}", self.host)
