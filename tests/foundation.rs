@@ -48,7 +48,14 @@ async fn version_via_client_and_ctl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_reports_conditions_and_verbose_info() {
-    let daemon = Daemon::start().await;
+    let mut daemon = Daemon::prepare();
+    let config = format!("[cni]\nconf_dir = {:?}\n", daemon.path("no-cni"));
+    daemon
+        .launch(Options {
+            config,
+            ..Options::default()
+        })
+        .await;
     let mut client = daemon.runtime().await;
 
     let brief = client

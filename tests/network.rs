@@ -29,6 +29,7 @@ struct Net {
     bridge: String,
     /// The subnet's first three octets.
     prefix: String,
+    shapers_before: BTreeSet<String>,
 }
 
 impl Net {
@@ -47,6 +48,7 @@ impl Net {
             name: format!("strata-test-{pid}-{n}"),
             bridge: format!("stt{}x{n}", pid % 100_000),
             prefix: format!("10.{}.{}", 180 + n, pid % 250),
+            shapers_before: shapers(),
         }
     }
 
@@ -125,8 +127,13 @@ impl Drop for Net {
     /// (the plugins name the network in each rule's comment) and chains, and the bridge.
     fn drop(&mut self) {
         let tag = format!("name: \\\"{}\\\"", self.name);
-        for table in ["nat", "filter"] {
-            let out = Command::new("iptables")
+        for (iptables, table) in [
+            ("iptables", "nat"),
+            ("iptables", "filter"),
+            ("ip6tables", "nat"),
+            ("ip6tables", "filter"),
+        ] {
+            let out = Command::new(iptables)
                 .args(["-w", "-t", table, "-S"])
                 .output();
             let listing = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
@@ -151,14 +158,14 @@ impl Drop for Net {
                 // `-S` quotes as a shell does: the rule is given back through one.
                 let _ = Command::new("sh")
                     .arg("-c")
-                    .arg(format!("iptables -w -t {table} -D {spec}"))
+                    .arg(format!("{iptables} -w -t {table} -D {spec}"))
                     .status();
             }
             for chain in chains {
-                let _ = Command::new("iptables")
+                let _ = Command::new(iptables)
                     .args(["-w", "-t", table, "-F", &chain])
                     .status();
-                let _ = Command::new("iptables")
+                let _ = Command::new(iptables)
                     .args(["-w", "-t", table, "-X", &chain])
                     .status();
             }
@@ -167,18 +174,39 @@ impl Drop for Net {
             .args(["link", "del", &self.bridge])
             .stderr(std::process::Stdio::null())
             .status();
+        // The bandwidth plugin's ifb devices of pods whose DEL never ran.
+        for ifb in shapers().difference(&self.shapers_before) {
+            let _ = Command::new("ip").args(["link", "del", ifb]).status();
+        }
     }
 }
 
-/// iptables rules (nat and filter) that name a pod.
-fn rules_of(pod: &str) -> usize {
-    let out = Command::new("iptables-save")
+/// The bandwidth plugin's ifb devices on the node (it names them `bwp…`).
+fn shapers() -> BTreeSet<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "type", "ifb"])
         .output()
-        .expect("iptables-save");
+        .expect("ip link");
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(pod))
-        .count()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|name| name.split('@').next().unwrap_or(name).to_string())
+        .filter(|name| name.starts_with("bwp"))
+        .collect()
+}
+
+/// iptables and ip6tables rules (every table) that name a pod.
+fn rules_of(pod: &str) -> usize {
+    ["iptables-save", "ip6tables-save"]
+        .iter()
+        .map(|save| {
+            let out = Command::new(save).output().expect(save);
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.contains(pod))
+                .count()
+        })
+        .sum()
 }
 
 fn pod_config(name: &str, ports: &[(u16, u16)]) -> cri::PodSandboxConfig {
@@ -380,6 +408,37 @@ async fn a_restart_between_run_and_stop_still_cleans_up() {
     env.daemon.stop().await;
 }
 
+/// After a reboot the pod's netns is gone (its pin is a plain file): `DEL` is given no
+/// netns, as the spec has it, and the plugins still release the lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_netns_still_releases_the_lease() {
+    let net = Net::new();
+    net.install(
+        "10-test.conflist",
+        &net.conflist(5, &[json!({"type": "loopback"})]).to_string(),
+    );
+    let mut env = env_with(&net.daemon_config(30)).await;
+    let pod = run_pod(&mut env, "rebooted", &[]).await.unwrap();
+    assert_eq!(net.leases().len(), 1);
+    let pin = env
+        .daemon
+        .state_dir
+        .join("sandboxes")
+        .join(&pod)
+        .join("ns/net");
+    let st = Command::new("umount").arg("-l").arg(&pin).status().unwrap();
+    assert!(st.success(), "cannot unmount {}", pin.display());
+    // The namespace goes with its last holder, and the kernel removes the veth pair.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while net.veths() != 0 {
+        assert!(Instant::now() < deadline, "the veth outlived its netns");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop_and_remove(&mut env, &pod).await;
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+    env.daemon.stop().await;
+}
+
 /// 20 pods started and stopped at once: distinct addresses, nothing left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_pods_at_once() {
@@ -459,7 +518,12 @@ async fn bad_configs_and_plugins_fail_cleanly() {
     let net = Net::new();
     net.plugin("failing", r#"cat >/dev/null; echo '{"cniVersion":"1.0.0","code":7,"msg":"the failing plugin says no"}'; exit 1"#);
     net.plugin("garbage", "cat >/dev/null; echo 'this is not json'");
-    net.plugin("hanging", "exec sleep 600");
+    // A plugin that hangs, with a child of its own: both are killed at the timeout.
+    let child_pid = net.path("hanging.child");
+    net.plugin(
+        "hanging",
+        &format!("sleep 600 &\necho $! > {child_pid:?}\nexec sleep 600"),
+    );
     net.install("10-test.conflist", "{ not json");
     let mut env = env_with(&net.daemon_config(2)).await;
     let pins = env.daemon.state_dir.join("sandboxes");
@@ -521,6 +585,30 @@ async fn bad_configs_and_plugins_fail_cleanly() {
         .output()
         .unwrap();
     assert!(hung.stdout.is_empty(), "the hanging plugin still runs");
+    let child: u32 = std::fs::read_to_string(&child_pid)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Gone, or a zombie waiting for whoever reaps orphans here.
+    let alive = || {
+        std::fs::read_to_string(format!("/proc/{child}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+    };
+    while alive() {
+        assert!(
+            Instant::now() < deadline,
+            "the hanging plugin's child {child} outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // A pool of one address: the second pod fails with host-local's own message.
     net.install("10-test.conflist", &net.conflist(1, &[]).to_string());
@@ -536,6 +624,250 @@ async fn bad_configs_and_plugins_fail_cleanly() {
     assert!(net.leases().is_empty());
     assert_eq!(net.veths(), 0);
     assert!(network_ready(&mut env).await.0);
+    env.daemon.stop().await;
+}
+
+/// Dual stack and traffic shaping: host-local hands out an IPv4 and an IPv6 address (the
+/// pod's `ip` and `additional_ips`), the bandwidth plugin shapes the pod's traffic at the
+/// rates of its annotations, and stop removes the shaper, the rules and both leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_and_bandwidth_annotations() {
+    let net = Net::new();
+    let v6 = format!(
+        "fd00:5374:{:x}:{:x}",
+        NETS.load(std::sync::atomic::Ordering::SeqCst),
+        std::process::id() % 0xffff
+    );
+    let conflist = json!({"cniVersion": "1.0.0", "name": net.name, "plugins": [
+        {"type": "bridge", "bridge": net.bridge, "isGateway": true, "ipMasq": true,
+         "ipam": {"type": "host-local", "dataDir": net.path("leases"),
+                  "ranges": [[{"subnet": format!("{}.0/24", net.prefix)}],
+                             [{"subnet": format!("{v6}::/64")}]],
+                  "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]}},
+        {"type": "bandwidth", "capabilities": {"bandwidth": true}},
+    ]});
+    net.install("10-dual.conflist", &conflist.to_string());
+    let mut env = env_with(&net.daemon_config(30)).await;
+    let mut config = pod_config("shaped", &[]);
+    config.annotations.extend([
+        (
+            "kubernetes.io/ingress-bandwidth".to_string(),
+            "1M".to_string(),
+        ),
+        (
+            "kubernetes.io/egress-bandwidth".to_string(),
+            "2M".to_string(),
+        ),
+    ]);
+    let before = shapers();
+    let pod = env
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_sandbox_id;
+    let ips = pod_ips(&mut env, &pod).await;
+    assert_eq!(ips.len(), 2, "{ips:?}");
+    assert!(ips[0].starts_with(&format!("{}.", net.prefix)), "{ips:?}");
+    assert!(ips[1].starts_with(&format!("{v6}:")), "{ips:?}");
+    assert_eq!(net.leases(), ips.iter().cloned().collect());
+
+    // Ingress (towards the pod) is shaped on the host's end of the veth; egress through an
+    // ifb device of the plugin's.
+    let out = Command::new("ip")
+        .args(["-o", "link", "show", "master", &net.bridge])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    let veth = listing
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .next()
+        .unwrap_or_else(|| panic!("no veth on the bridge: {listing}"));
+    let qdiscs = |dev: &str| {
+        let out = Command::new("tc")
+            .args(["qdisc", "show", "dev", dev])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let on_veth = qdiscs(&veth);
+    assert!(
+        on_veth.contains("tbf") && on_veth.contains("rate 1Mbit"),
+        "{veth}: {on_veth}"
+    );
+    let added: Vec<String> = shapers().difference(&before).cloned().collect();
+    assert_eq!(added.len(), 1, "one ifb device for the pod: {added:?}");
+    let on_ifb = qdiscs(&added[0]);
+    assert!(on_ifb.contains("rate 2Mbit"), "{}: {on_ifb}", added[0]);
+
+    stop_and_remove(&mut env, &pod).await;
+    assert!(net.leases().is_empty(), "{:?}", net.leases());
+    assert_eq!(net.veths(), 0);
+    assert_eq!(shapers(), before, "the pod's ifb device is left");
+    assert_eq!(
+        rules_of(&pod),
+        0,
+        "iptables/ip6tables rules of the pod left"
+    );
+    env.daemon.stop().await;
+}
+
+/// Without any network config, a pod of its own network is refused before anything is
+/// built (as containerd and CRI-O refuse it); host-network pods still run. A loopback-only
+/// network gives a pod no address of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_network_config_refuses_pods_and_builds_nothing() {
+    let net = Net::new();
+    let mut env = env_with(&net.daemon_config(10)).await;
+    let (ready, message) = network_ready(&mut env).await;
+    assert!(
+        !ready && message.contains("cni config uninitialized"),
+        "{message}"
+    );
+    let err = run_pod(&mut env, "netless", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("cni config uninitialized")
+            && err
+                .message()
+                .contains(&net.path("conf").display().to_string()),
+        "{err:?}"
+    );
+    for dir in [
+        env.daemon.state_dir.join("sandboxes"),
+        env.daemon.root.join("sandboxes"),
+    ] {
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "left in {}: {left:?}", dir.display());
+    }
+    assert!(
+        common::cgroup_dirs(&env.daemon.cgroup_parent).is_empty(),
+        "a refused pod made cgroups"
+    );
+    assert!(common::mounts_below(env.daemon.path("").as_path()).is_empty());
+
+    let mut host = pod_config("hostnet", &[]);
+    host.linux = Some(common::cri::host_network());
+    let hostnet = env
+        .rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(host),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("a host-network pod needs no network config")
+        .into_inner()
+        .pod_sandbox_id;
+    stop_and_remove(&mut env, &hostnet).await;
+
+    // The config dir is watched: a loopback-only network makes the node ready.
+    net.install(
+        "10-lo.conflist",
+        r#"{"cniVersion":"1.0.0","name":"lo-only","plugins":[{"type":"loopback"}]}"#,
+    );
+    assert!(network_ready(&mut env).await.0);
+    let pod = run_pod(&mut env, "loopback", &[]).await.unwrap();
+    assert_eq!(
+        pod_ips(&mut env, &pod).await,
+        Vec::<String>::new(),
+        "loopback addresses are not the pod's"
+    );
+    stop_and_remove(&mut env, &pod).await;
+    env.daemon.stop().await;
+}
+
+/// CNI 1.1.0: `STATUS` gates the node's readiness and every pod's `ADD`; `GC` at start-up is
+/// given the attachments of the pods that still hold one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_1_1_status_gates_pods_and_gc_keeps_live_attachments() {
+    let net = Net::new();
+    let down = net.path("down");
+    let gc = net.path("gc.json");
+    let calls = net.path("calls");
+    net.plugin(
+        "gate",
+        &format!(
+            r#"input=$(cat)
+echo "$CNI_COMMAND $CNI_CONTAINERID" >> {calls:?}
+case "$CNI_COMMAND" in
+STATUS) if [ -e {down:?} ]; then echo '{{"cniVersion":"1.1.0","code":50,"msg":"the gate is down"}}'; exit 1; fi ;;
+GC) printf '%s' "$input" > {gc:?} ;;
+ADD) echo '{{"cniVersion":"1.1.0","interfaces":[{{"name":"eth0","sandbox":"'"$CNI_NETNS"'"}}],"ips":[{{"interface":0,"address":"10.177.0.9/24"}}]}}' ;;
+esac"#
+        ),
+    );
+    net.install(
+        "10-gate.conflist",
+        &json!({"cniVersion": "1.1.0", "name": net.name, "plugins": [{"type": "gate"}]})
+            .to_string(),
+    );
+    std::fs::write(&down, "").unwrap();
+    let mut env = env_with(&net.daemon_config(10)).await;
+    let (ready, message) = network_ready(&mut env).await;
+    assert!(!ready && message.contains("the gate is down"), "{message}");
+    let err = run_pod(&mut env, "gated", &[]).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("the gate is down (code 50)"),
+        "{err:?}"
+    );
+    let added = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("ADD"))
+            .count()
+    };
+    assert_eq!(added(), 0, "ADD ran while STATUS said not ready");
+
+    std::fs::remove_file(&down).unwrap();
+    assert!(network_ready(&mut env).await.0);
+    let kept = run_pod(&mut env, "kept", &[]).await.unwrap();
+    let gone = run_pod(&mut env, "gone", &[]).await.unwrap();
+    assert_eq!(pod_ips(&mut env, &kept).await, ["10.177.0.9"]);
+    env.rt
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: gone.clone(),
+        })
+        .await
+        .unwrap();
+
+    env.daemon.stop().await;
+    let _ = std::fs::remove_file(&gc);
+    env.daemon
+        .launch(common::Options {
+            config: net.daemon_config(10),
+            ..Default::default()
+        })
+        .await;
+    env.node.rt = env.daemon.runtime().await;
+    let given: Value = serde_json::from_str(&std::fs::read_to_string(&gc).expect("GC ran"))
+        .expect("GC's stdin is JSON");
+    assert_eq!(given["name"], net.name);
+    assert_eq!(given["cniVersion"], "1.1.0");
+    assert_eq!(
+        given["cni.dev/valid-attachments"],
+        json!([{"containerID": kept, "ifname": "eth0"}]),
+        "the stopped pod's attachment is not valid, the ready one's is"
+    );
+    stop_and_remove(&mut env, &kept).await;
+    env.rt
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: gone,
+        })
+        .await
+        .unwrap();
     env.daemon.stop().await;
 }
 

@@ -115,6 +115,11 @@ pub struct Daemon {
     log: PathBuf,
 }
 
+/// The network of a test's pods when the test names none: loopback only, through
+/// Debian's `loopback` plugin.
+const LOOPBACK_CONFLIST: &str =
+    r#"{"cniVersion": "1.0.0", "name": "strata-test-loopback", "plugins": [{"type": "loopback"}]}"#;
+
 static DAEMONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 impl Daemon {
@@ -186,12 +191,16 @@ impl Daemon {
             text.push_str(&format!("cgroup_parent = {:?}\n", self.cgroup_parent));
         }
         text.push_str(&options.config);
-        // Pods get no network unless a test gives one: the node's own config dir is not
-        // the tests' to read.
+        // Pods join a loopback-only network unless a test gives them one: the node's own
+        // config dir is not the tests' to read, and without a network a pod is refused.
         if !options.config.contains("[cni]") {
+            let conf_dir = self.path("cni-loopback");
+            std::fs::create_dir_all(&conf_dir).expect("cni conf dir");
+            std::fs::write(conf_dir.join("10-loopback.conflist"), LOOPBACK_CONFLIST)
+                .expect("write conflist");
             text.push_str(&format!(
-                "\n[cni]\nconf_dir = {:?}\n",
-                self.path("no-cni").to_str().expect("utf-8 path")
+                "\n[cni]\nconf_dir = {:?}\nbin_dirs = [\"/usr/lib/cni\"]\n",
+                conf_dir.to_str().expect("utf-8 path")
             ));
         }
         std::fs::write(&config, text).expect("write config");

@@ -29,6 +29,16 @@ pub struct Plugin {
 }
 
 impl NetworkList {
+    /// Whether the list's `cniVersion` is `major.minor` or later.
+    pub fn at_least(&self, major: u64, minor: u64) -> bool {
+        let mut parts = self
+            .cni_version
+            .split('.')
+            .map(|p| p.parse::<u64>().unwrap_or(0));
+        let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        have >= (major, minor)
+    }
+
     /// A list from a conflist value (as cached with a pod).
     pub fn parse_value(value: &Value) -> Result<NetworkList, String> {
         let object = value.as_object().ok_or("not a JSON object")?;
@@ -118,9 +128,7 @@ impl Plugin {
         runtime_config: &Map<String, Value>,
         prev: Option<&Value>,
     ) -> Vec<u8> {
-        let mut conf = self.conf.clone();
-        conf.insert("name".into(), Value::String(list.name.clone()));
-        conf.insert("cniVersion".into(), Value::String(list.cni_version.clone()));
+        let mut conf = self.conf(list);
         let granted: Map<String, Value> = runtime_config
             .iter()
             .filter(|(k, _)| self.capabilities.contains(k))
@@ -133,6 +141,14 @@ impl Plugin {
             conf.insert("prevResult".into(), prev.clone());
         }
         serde_json::to_vec(&Value::Object(conf)).unwrap_or_default()
+    }
+
+    /// The plugin's own config with the list's name and version: what every command reads.
+    pub fn conf(&self, list: &NetworkList) -> Map<String, Value> {
+        let mut conf = self.conf.clone();
+        conf.insert("name".into(), Value::String(list.name.clone()));
+        conf.insert("cniVersion".into(), Value::String(list.cni_version.clone()));
+        conf
     }
 }
 
@@ -150,10 +166,6 @@ fn config_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
-}
-
-pub fn has_files(dir: &Path) -> bool {
-    !config_files(dir).is_empty()
 }
 
 /// The first `max` valid lists of the directory, or why there are none.
@@ -261,6 +273,27 @@ mod tests {
         std::fs::remove_file(dir.path().join("20-two.conflist")).unwrap();
         let err = load(dir.path(), 1).unwrap_err();
         assert!(err.contains("05-broken.conflist"), "{err}");
+    }
+
+    #[test]
+    fn versions_and_the_shipped_example() {
+        let list = |v: &str| {
+            NetworkList::parse_value(
+                &json!({"cniVersion": v, "name": "n", "plugins": [{"type": "x"}]}),
+            )
+            .unwrap()
+        };
+        assert!(list("1.1.0").at_least(1, 1));
+        assert!(list("2.0.0").at_least(1, 1));
+        assert!(!list("1.0.0").at_least(1, 1));
+        assert!(!list("0.4.0").at_least(1, 1));
+        assert!(!list("garbage").at_least(1, 1));
+
+        let example = include_str!("../../../deploy/cni/10-strata.conflist");
+        let example = NetworkList::parse_file(example).unwrap();
+        assert_eq!(example.name, "strata");
+        let kinds: Vec<&str> = example.plugins.iter().map(|p| p.kind.as_str()).collect();
+        assert_eq!(kinds, ["bridge", "portmap", "bandwidth", "loopback"]);
     }
 
     #[test]

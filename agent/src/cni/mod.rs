@@ -27,6 +27,13 @@ pub enum Error {
     /// No usable network config: the node's network is not ready.
     #[error("cni config uninitialized: {0}")]
     NotReady(String),
+    /// A plugin's `STATUS` said its network cannot take pods now.
+    #[error("network {network:?} is not ready: {reason}")]
+    Unready {
+        network: String,
+        #[source]
+        reason: Box<Error>,
+    },
     #[error("CNI plugin {plugin:?} of network {network:?} is in none of {dirs}")]
     PluginMissing {
         network: String,
@@ -184,11 +191,6 @@ impl Cni {
             }
         }
         Ok(lists)
-    }
-
-    /// Whether there is a network config at all (without one, pods get loopback only).
-    pub fn configured(&self) -> bool {
-        config::has_files(&self.settings.conf_dir)
     }
 
     fn binary(&self, network: &str, kind: &str) -> Result<PathBuf> {
@@ -358,6 +360,7 @@ impl Cni {
         Ok(())
     }
 
+    /// One plugin command of an attachment; `ADD` returns the plugin's result.
     async fn run(
         &self,
         list: &NetworkList,
@@ -366,36 +369,73 @@ impl Cni {
         attachment: &Attachment,
         prev: Option<&Value>,
     ) -> Result<Value> {
-        let binary = self.binary(&list.name, &plugin.kind)?;
         let stdin = plugin.stdin(list, &attachment.runtime_config, prev);
+        // A namespace that is gone (its pin lost with a reboot) is given as none, as the
+        // spec has it for `DEL`: plugins then release what they hold outside it.
+        let netns = if command == "DEL" && !crate::sys::mount::is_namespace(&attachment.netns) {
+            std::ffi::OsStr::new("")
+        } else {
+            attachment.netns.as_os_str()
+        };
+        let env = [
+            ("CNI_CONTAINERID", attachment.container_id.as_ref()),
+            ("CNI_NETNS", netns),
+            ("CNI_IFNAME", attachment.ifname.as_ref()),
+            ("CNI_ARGS", attachment.args.as_ref()),
+        ];
+        let stdout = self.exec(list, plugin, command, &env, &stdin).await?;
+        if command != "ADD" {
+            return Ok(Value::Null);
+        }
+        result::parse(&stdout).map_err(|reason| Error::Output {
+            plugin: plugin.kind.clone(),
+            command,
+            reason,
+        })
+    }
+
+    /// Runs a plugin with `CNI_COMMAND`, `CNI_PATH` and `env`, `stdin` on its standard input,
+    /// in a process group of its own: one that runs past the timeout is killed with
+    /// everything it started. Returns what it printed, if it succeeded.
+    async fn exec(
+        &self,
+        list: &NetworkList,
+        plugin: &Plugin,
+        command: &'static str,
+        env: &[(&str, &std::ffi::OsStr)],
+        stdin: &[u8],
+    ) -> Result<Vec<u8>> {
+        let binary = self.binary(&list.name, &plugin.kind)?;
         let path = std::env::join_paths(&self.settings.bin_dirs).unwrap_or_default();
         let mut child = tokio::process::Command::new(&binary)
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", &attachment.container_id)
-            .env("CNI_NETNS", &attachment.netns)
-            .env("CNI_IFNAME", &attachment.ifname)
-            .env("CNI_ARGS", &attachment.args)
             .env("CNI_PATH", path)
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| Error::Spawn {
                 plugin: plugin.kind.clone(),
                 source,
             })?;
+        let group = child.id();
         let secs = self.settings.setup_timeout_secs;
         let finished = tokio::time::timeout(Duration::from_secs(secs), async {
             if let Some(mut input) = child.stdin.take() {
                 // A plugin that exits without reading its config is judged by its exit.
-                let _ = input.write_all(&stdin).await;
+                let _ = input.write_all(stdin).await;
             }
             child.wait_with_output().await
         })
         .await;
         let output = match finished {
             Err(_) => {
+                if let Some(group) = group {
+                    crate::sys::process::kill_group(group);
+                }
                 return Err(Error::Timeout {
                     plugin: plugin.kind.clone(),
                     command,
@@ -417,14 +457,51 @@ impl Cni {
                 message: result::failure(&output.stdout, &output.stderr, output.status),
             });
         }
-        if command != "ADD" {
-            return Ok(Value::Null);
+        Ok(output.stdout)
+    }
+
+    /// The networks a pod would join, each asked whether it is ready (`STATUS`, for lists
+    /// of CNI 1.1.0 and later; older plugins have no such command).
+    pub async fn status(&self) -> Result<Vec<NetworkList>> {
+        let lists = self.networks()?;
+        for list in lists.iter().filter(|l| l.at_least(1, 1)) {
+            for plugin in &list.plugins {
+                let stdin = serde_json::to_vec(&plugin.conf(list)).unwrap_or_default();
+                self.exec(list, plugin, "STATUS", &[], &stdin)
+                    .await
+                    .map_err(|reason| Error::Unready {
+                        network: list.name.clone(),
+                        reason: Box::new(reason),
+                    })?;
+            }
         }
-        result::parse(&output.stdout).map_err(|reason| Error::Output {
-            plugin: plugin.kind.clone(),
-            command,
-            reason,
-        })
+        Ok(lists)
+    }
+
+    /// `GC` of every network of CNI 1.1.0 and later: plugins release whatever they hold
+    /// for attachments not in `valid` (network, container id, interface).
+    pub async fn gc(&self, valid: &[(String, String, String)]) {
+        let Ok(lists) = self.networks() else {
+            return;
+        };
+        for list in lists.iter().filter(|l| l.at_least(1, 1)) {
+            let attachments: Vec<Value> = valid
+                .iter()
+                .filter(|(network, _, _)| *network == list.name)
+                .map(|(_, id, ifname)| json!({"containerID": id, "ifname": ifname}))
+                .collect();
+            for plugin in &list.plugins {
+                let mut conf = plugin.conf(list);
+                conf.insert(
+                    "cni.dev/valid-attachments".into(),
+                    Value::Array(attachments.clone()),
+                );
+                let stdin = serde_json::to_vec(&conf).unwrap_or_default();
+                if let Err(e) = self.exec(list, plugin, "GC", &[], &stdin).await {
+                    tracing::warn!(network = %list.name, error = %e, "CNI GC failed");
+                }
+            }
+        }
     }
 }
 

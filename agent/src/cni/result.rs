@@ -36,13 +36,26 @@ pub fn addresses(result: &Value) -> Addresses {
             .unwrap_or_default()
     };
     let bare = |cidr: &str| cidr.split('/').next().unwrap_or(cidr).to_string();
+    // The pod's addresses are not its loopback's (a `loopback` plugin reports those).
+    let on_loopback = |ip: &Value| {
+        ip.get("interface")
+            .and_then(Value::as_u64)
+            .and_then(|i| result.get("interfaces")?.get(usize::try_from(i).ok()?))
+            .and_then(|interface| interface.get("name"))
+            .is_some_and(|name| name == "lo")
+    };
     let mut ips: Vec<String> = result
         .get("ips")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
+        .filter(|ip| !on_loopback(ip))
         .filter_map(|ip| ip.get("address").and_then(Value::as_str))
         .map(bare)
+        .filter(|ip| {
+            ip.parse::<std::net::IpAddr>()
+                .map_or(true, |addr| !addr.is_loopback())
+        })
         .collect();
     // Results of 0.1.0 and 0.2.0.
     for old in ["ip4", "ip6"] {
@@ -111,6 +124,11 @@ mod tests {
         assert_eq!(a.ips, ["10.1.0.5", "fd00::5"]);
         assert_eq!(a.nameservers, ["10.1.0.1"]);
         assert_eq!(a.search, ["svc"]);
+        let lo = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "lo", "sandbox": "/run/netns/x"}, {"name": "eth0"}],
+            "ips": [{"interface": 0, "address": "127.0.0.1/8"}, {"interface": 0, "address": "::1/128"},
+                    {"interface": 1, "address": "10.3.0.2/24"}, {"address": "127.0.0.2/8"}]});
+        assert_eq!(addresses(&lo).ips, ["10.3.0.2"]);
         let old = json!({"cniVersion": "0.2.0", "ip4": {"ip": "10.2.0.3/16"}});
         assert_eq!(addresses(&old).ips, ["10.2.0.3"]);
         assert!(parse(b"garbage").unwrap_err().contains("garbage"));

@@ -219,7 +219,8 @@ impl Runtime {
         &self.network
     }
 
-    /// Releases (`DEL`) the networks of pods a crash left half-created.
+    /// Releases (`DEL`) the networks of pods a crash left half-created, then has plugins
+    /// that can (`GC`, CNI 1.1.0) release whatever no known pod holds.
     pub async fn release_orphans(&self) {
         let orphans = std::mem::take(
             &mut *self
@@ -232,6 +233,24 @@ impl Runtime {
                 tracing::warn!(sandbox = %attachment.container_id, error = %e, "cannot release the network of a half-created pod");
             }
         }
+        let ids: Vec<String> = self.sandboxes.lock().await.keys().cloned().collect();
+        let mut valid = Vec::new();
+        for id in ids {
+            match read_attachments(&self.sandbox_dir(&id)) {
+                Ok(attachments) => valid.extend(
+                    attachments
+                        .into_iter()
+                        .flatten()
+                        .map(|a| (a.network, a.container_id, a.ifname)),
+                ),
+                // A pod whose attachments cannot be read might hold anything: no GC.
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "no CNI GC: a pod's networks are unreadable");
+                    return;
+                }
+            }
+        }
+        self.network.gc(&valid).await;
     }
 
     pub fn set_pids_limit(&mut self, limit: i64) {
@@ -276,6 +295,11 @@ impl Runtime {
 
     pub async fn run_pod(&self, spec: PodSpec) -> Result<Sandbox> {
         validate(&spec)?;
+        // A pod of its own network needs one to join: refused before anything is built,
+        // as containerd and CRI-O refuse it while the node's network is not ready.
+        if spec.network != NamespaceMode::Node {
+            self.network.status().await?;
+        }
         // The name is reserved under the lock; the pod is built without it (namespaces
         // pinned, the PID holder spawned), so that no other call waits for it.
         let _reserved = {
@@ -382,7 +406,7 @@ impl Runtime {
                 .collect();
             attempt!(pin_namespaces(&ns_dir, &hostname, &kinds, &sandbox.spec.sysctls).await);
         }
-        if sandbox.spec.network != NamespaceMode::Node && self.network.configured() {
+        if sandbox.spec.network != NamespaceMode::Node {
             let netns = self.pins.join(&sandbox.id).join("ns").join("net");
             attempt!(self.join_networks(&mut sandbox, netns, &dir).await);
         }

@@ -93,7 +93,9 @@ fn runtime_code(e: &runtime::Error) -> Code {
         E::Cgroup(cgroup::Error::Resource { .. } | cgroup::Error::Path(_)) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Io { source, .. }) | E::Io { source, .. } => io_code(source),
         E::Network(n) => match n {
-            cni::Error::NotReady(_) | cni::Error::PluginMissing { .. } => Code::FailedPrecondition,
+            cni::Error::NotReady(_)
+            | cni::Error::PluginMissing { .. }
+            | cni::Error::Unready { .. } => Code::FailedPrecondition,
             cni::Error::Plugin { .. } | cni::Error::Output { .. } => Code::Unknown,
             cni::Error::Timeout { .. } => Code::DeadlineExceeded,
             cni::Error::Spawn { .. } => Code::Internal,

@@ -42,6 +42,12 @@ pub fn is_mount_point(path: &Path) -> bool {
         .any(|mount_point| unescape_mount_path(mount_point) == target)
 }
 
+/// True if `path` is a namespace (a pin of one, or `/proc/<pid>/ns/*`): a file of nsfs.
+pub fn is_namespace(path: &Path) -> bool {
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    rustix::fs::statfs(path).is_ok_and(|fs| fs.f_type == NSFS_MAGIC)
+}
+
 /// The mount point of the mount that holds `path` (the longest mount point above it).
 pub fn mount_point_of(path: &Path) -> Option<PathBuf> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;

@@ -17,6 +17,14 @@ pub fn signal_if(pid: u32, signal: Signal, is_ours: impl FnOnce() -> bool) {
     }
 }
 
+/// Kills every process of the group `pgid`, one the caller's child leads. A group's id is
+/// not given to another process while any member of the group lives.
+pub fn kill_group(pgid: u32) {
+    if let Some(pgid) = i32::try_from(pgid).ok().and_then(Pid::from_raw) {
+        let _ = rustix::process::kill_process_group(pgid, Signal::KILL);
+    }
+}
+
 /// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22): with the
 /// pid, it names one process for good.
 pub fn start_time(pid: u32) -> Option<u64> {

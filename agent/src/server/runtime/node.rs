@@ -28,7 +28,7 @@ pub(super) async fn status(
     ctx: &Context,
     request: Request<StatusRequest>,
 ) -> Result<Response<StatusResponse>, Status> {
-    let network = ctx.runtime.network().networks();
+    let network = ctx.runtime.network().status().await;
     let conditions = vec![
         condition("RuntimeReady", true, "", ""),
         match &network {
