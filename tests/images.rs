@@ -926,6 +926,19 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
             Code::ResourceExhausted,
         ),
         (
+            "a whiteout of ..",
+            ImageBuilder::new()
+                .layer(
+                    LayerBuilder::new()
+                        .file("a/f", b"f", 0o644)
+                        .raw(tar::EntryType::Regular, "a/.wh..", "", b"")
+                        .finish(),
+                    Compression::Gzip,
+                )
+                .build(),
+            Code::DataLoss,
+        ),
+        (
             "wrong diff_id",
             ImageBuilder::new()
                 .layer(file_layer("x", b"x"), Compression::Gzip)
@@ -1030,6 +1043,87 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
             .await
             .unwrap(),
         good.id()
+    );
+}
+
+/// A gzip bomb (2 MiB that inflate to 2 GiB) and a manifest of 10,000 layers: each refused
+/// fast, with nothing left in the store, and the store still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_bomb_and_ten_thousand_layers_are_refused_fast() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let bomb = oci::gzip_bomb(2 << 30);
+    assert!(bomb.bytes.len() < 4 << 20, "{} bytes", bomb.bytes.len());
+    let carrier = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .build();
+    let with_layers = |layers: Vec<serde_json::Value>| carrier.manifest_with(layers).bytes;
+    registry.push_blob("hostile/bomb", &carrier.config).await;
+    registry.push_blob("hostile/bomb", &bomb).await;
+    registry
+        .push_manifest(
+            "hostile/bomb",
+            "v1",
+            oci::OCI_MANIFEST,
+            &with_layers(vec![bomb.descriptor()]),
+        )
+        .await;
+    let started = Instant::now();
+    let err = pull(&daemon, &registry.reference("hostile/bomb", "v1"))
+        .await
+        .unwrap_err();
+    let bomb_took = started.elapsed();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("inflates past 67108864 bytes"),
+        "{}",
+        err.message()
+    );
+    assert!(bomb_took < Duration::from_secs(20), "took {bomb_took:?}");
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(layers.is_empty(), "layers left: {layers:?}");
+    assert!(
+        !blobs.iter().any(|b| b == hex(&bomb.digest)),
+        "the bomb's blob was kept"
+    );
+
+    // 10,000 layers (one small blob, listed again and again: the registry checks that
+    // each exists). Refused before the config or any layer is fetched.
+    let small = &carrier.layers[0].blob;
+    registry.push_blob("hostile/layers", &carrier.config).await;
+    registry.push_blob("hostile/layers", small).await;
+    registry
+        .push_manifest(
+            "hostile/layers",
+            "v1",
+            oci::OCI_MANIFEST,
+            &with_layers(vec![small.descriptor(); 10_000]),
+        )
+        .await;
+    let started = Instant::now();
+    let err = pull(&daemon, &registry.reference("hostile/layers", "v1"))
+        .await
+        .unwrap_err();
+    let layers_took = started.elapsed();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("10000 layers") && err.message().contains("256"),
+        "{}",
+        err.message()
+    );
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+    println!("refused: gzip bomb in {bomb_took:?}, 10,000 layers in {layers_took:?}");
+
+    registry.push("hostile/after", "v1", &carrier).await;
+    assert_eq!(
+        pull(&daemon, &registry.reference("hostile/after", "v1"))
+            .await
+            .unwrap(),
+        carrier.id()
     );
 }
 

@@ -661,6 +661,19 @@ async fn bad_archives_are_refused_and_change_nothing() {
         v.extend(br#""}"#);
         v
     };
+    // A gzip bomb as the image's one layer, and an image listing one layer 10,000 times.
+    // (The bomb stands for a layer the node lacks: one it has is not unpacked again.)
+    let mut bomb = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new().file("srv/bomb", b"b", 0o644).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    bomb.layers[0].blob = oci::gzip_bomb(2 << 30);
+    bomb.manifest = bomb.manifest_with(vec![bomb.layers[0].blob.descriptor()]);
+    let mut ten_thousand = good.clone();
+    ten_thousand.manifest =
+        ten_thousand.manifest_with(vec![ten_thousand.layers[1].blob.descriptor(); 10_000]);
     let mut corrupt_gz = gzip(&archive);
     let middle = corrupt_gz.len() / 2;
     corrupt_gz[middle] ^= 0xff;
@@ -728,6 +741,16 @@ async fn bad_archives_are_refused_and_change_nothing() {
             "a layer that escapes its root",
             layout_archive(&hostile_layer, "local/bad:v1", &[]),
             "DataLoss",
+        ),
+        (
+            "a gzip bomb",
+            layout_archive(&bomb, "local/bad:v1", &[]),
+            "inflates past 67108864 bytes",
+        ),
+        (
+            "10,000 layers",
+            layout_archive(&ten_thousand, "local/bad:v1", &[]),
+            "10000 layers",
         ),
         (
             "a config lying about diff_ids",

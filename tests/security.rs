@@ -6,7 +6,7 @@ mod common;
 
 use std::{
     os::unix::fs::MetadataExt,
-    path::Path,
+    path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
@@ -607,6 +607,27 @@ async fn numeric_users_are_ids_everywhere_and_never_names() {
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 
+    // Image users that are no ids: a gid of -1, a uid of -1.
+    for user in ["0:-1", "-1", "4294967295:0"] {
+        let bad = ImageBuilder::new()
+            .layer(busybox_layer(), Compression::Gzip)
+            .user(user)
+            .label(user)
+            .build();
+        let reference = env
+            .publish(&format!("sec/user{}", bad.id().len() + user.len()), &bad)
+            .await;
+        let err = env
+            .create(&pod, container_config("bad", &reference, "id -u"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "image user {user:?}: {err:?}"
+        );
+    }
+
     let image = env.image.clone();
     for (what, user, group) in [
         ("run_as_user 2^32", Some(1i64 << 32), None),
@@ -978,5 +999,149 @@ async fn a_container_cannot_raise_its_own_cgroup_limits() {
         "{lines:?}"
     );
     assert_eq!(read("pids.max"), "1024", "{lines:?}");
+    env.remove_pods(vec![pod]).await;
+}
+
+/// An image's own symlinks at the places the runtime writes or mounts (`/etc/hosts`,
+/// `/etc/resolv.conf`, `/etc/hostname`, `/etc`, `/dev`) and its own `/dev/null` cannot send
+/// the runtime's writes to the host or take the place of the real device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_images_symlinks_and_devices_cannot_turn_the_runtime_on_the_host() {
+    let mut env = env().await;
+    let canaries = tempfile::Builder::new()
+        .prefix("strata-canary-")
+        .tempdir()
+        .unwrap();
+    let canary = |name: &str| canaries.path().join(name);
+    for dir in ["dev", "etc"] {
+        std::fs::create_dir(canary(dir)).unwrap();
+    }
+    let empty = |dir: &str| std::fs::read_dir(canary(dir)).unwrap().count() == 0;
+    let path = |p: PathBuf| p.display().to_string();
+
+    let links = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new()
+                .symlink("etc/hosts", &path(canary("hosts")))
+                .symlink(
+                    "etc/resolv.conf",
+                    &format!("../../../../..{}", path(canary("resolv"))),
+                )
+                .symlink("etc/hostname", &path(canary("hostname")))
+                .symlink("dev", &path(canary("dev")))
+                .finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let links = env.publish("sec/etc-links", &links).await;
+    let pod = env.pod("links").await;
+    let script = "grep -q localhost /etc/hosts && echo hosts-ok; [ -c /dev/null ] && echo null-is-a-device; \
+                  echo x > /dev/null && echo null-writable; hostname";
+    let (out, st) = env
+        .run_config(&pod, container_config("links", &links, script))
+        .await;
+    assert_eq!(st.exit_code, 0, "{out:?}");
+    assert_eq!(
+        out[..3],
+        ["hosts-ok", "null-is-a-device", "null-writable"],
+        "{out:?}"
+    );
+    for file in ["hosts", "resolv", "hostname"] {
+        assert!(
+            !canary(file).exists(),
+            "the runtime wrote the host's {file} canary"
+        );
+    }
+    assert!(empty("dev"), "the runtime made nodes in a host directory");
+
+    // /etc itself a symlink out (over the lower layers' directory), and an image's own
+    // /dev/null (a regular file).
+    let etc = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new()
+                .file("dev/null", b"the image's null", 0o666)
+                .finish(),
+            Compression::Gzip,
+        )
+        .layer(
+            LayerBuilder::new()
+                .symlink("etc", &path(canary("etc")))
+                .finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let etc = env.publish("sec/etc-dir-link", &etc).await;
+    let script = "cat /etc/hosts >/dev/null && echo hosts-readable; [ -c /dev/null ] && echo null-is-a-device; \
+                  cat /dev/null | wc -c";
+    let (out, st) = env
+        .run_config(&pod, container_config("etcdir", &etc, script))
+        .await;
+    assert_eq!(st.exit_code, 0, "{out:?}");
+    assert_eq!(out, ["hosts-readable", "null-is-a-device", "0"], "{out:?}");
+    assert!(
+        empty("etc"),
+        "the runtime wrote into the host directory /etc led to"
+    );
+    env.remove_pods(vec![pod]).await;
+}
+
+/// CVE-2024-21626: no fd of the runtime reaches an exec, and a working dir through
+/// `/proc/self/fd/N` (a leaked fd to a host directory, in runc's case) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn execs_get_no_host_fd_and_fd_working_dirs_are_refused() {
+    let mut env = env().await;
+    let pod = env.pod("fds").await;
+    let image = env.image.clone();
+    let id = env
+        .create(&pod, container_config("sleeper", &image, "exec sleep 1000"))
+        .await
+        .unwrap();
+    env.start(&id).await;
+    // `ls` itself holds fd 3 (the directory it reads); anything more came from outside.
+    let out = exec(&env, &id, &["sh", "-c", "ls /proc/self/fd"], 10)
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let fds: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(fds, ["0", "1", "2", "3"], "an exec's fds");
+    let out = exec(&env, &id, &["sh", "-c", "ls -l /proc/1/fd/"], 10)
+        .await
+        .unwrap();
+    assert!(
+        !text(&out.stdout).contains("strata") && !text(&out.stdout).contains("/sys/fs/cgroup"),
+        "the init holds a runtime fd: {}",
+        text(&out.stdout)
+    );
+
+    for fd in 3..8 {
+        let mut config = container_config("fdcwd", &image, "pwd; ls");
+        config.working_dir = format!("/proc/self/fd/{fd}");
+        let outcome = match env.create(&pod, config).await {
+            Err(e) => format!("refused at create: {e:?}"),
+            Ok(cid) => {
+                let started = env
+                    .rt
+                    .start_container(cri::StartContainerRequest {
+                        container_id: cid.clone(),
+                    })
+                    .await;
+                let st = env.wait_exit(&cid).await;
+                let lines = common::cri::stdout_lines(&st);
+                assert!(
+                    started.is_err() || st.exit_code != 0,
+                    "fd {fd}: the container ran in {lines:?}"
+                );
+                assert!(lines.is_empty(), "fd {fd}: it printed {lines:?}");
+                format!(
+                    "refused at start: {:?} / exit {}",
+                    started.err(),
+                    st.exit_code
+                )
+            }
+        };
+        assert!(outcome.contains("refused"), "{outcome}");
+    }
     env.remove_pods(vec![pod]).await;
 }

@@ -135,6 +135,26 @@ pub struct ImagesConfig {
     pub progress_timeout_secs: u64,
     /// A layer with more entries than this is refused.
     pub max_layer_entries: u64,
+    /// A layer may inflate to this many times its compressed size (but always to
+    /// [`ImagesConfig::LAYER_FLOOR`]): more is a decompression bomb.
+    pub max_layer_ratio: u64,
+    /// No layer inflates past this many bytes, whatever its compressed size.
+    pub max_layer_bytes: u64,
+    /// An image of more layers than this is refused (overlay stacks at most 500).
+    pub max_layers: usize,
+}
+
+impl ImagesConfig {
+    /// What any layer may inflate to, however small its compressed size.
+    pub const LAYER_FLOOR: u64 = 64 << 20;
+
+    /// The uncompressed bytes a layer of `compressed` bytes may amount to.
+    pub fn max_layer_size(&self, compressed: u64) -> u64 {
+        self.max_layer_ratio
+            .saturating_mul(compressed)
+            .max(Self::LAYER_FLOOR)
+            .min(self.max_layer_bytes)
+    }
 }
 
 impl Default for ImagesConfig {
@@ -143,6 +163,9 @@ impl Default for ImagesConfig {
             max_concurrent_downloads: 3,
             progress_timeout_secs: 60,
             max_layer_entries: 1_000_000,
+            max_layer_ratio: 16,
+            max_layer_bytes: 64 << 30,
+            max_layers: 256,
         }
     }
 }
@@ -300,12 +323,22 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
-        if self.images.progress_timeout_secs == 0 {
-            return Err(Error::Invalid {
-                what: "images.progress_timeout_secs",
-                value: "0".into(),
-                reason: "must be at least 1".into(),
-            });
+        for (what, value) in [
+            (
+                "images.progress_timeout_secs",
+                self.images.progress_timeout_secs,
+            ),
+            ("images.max_layer_ratio", self.images.max_layer_ratio),
+            ("images.max_layer_bytes", self.images.max_layer_bytes),
+            ("images.max_layers", self.images.max_layers as u64),
+        ] {
+            if value == 0 {
+                return Err(Error::Invalid {
+                    what,
+                    value: "0".into(),
+                    reason: "must be at least 1".into(),
+                });
+            }
         }
         let streaming = &self.streaming;
         if streaming.idle_timeout_secs == 0 || streaming.max_sessions == 0 {

@@ -259,6 +259,20 @@ impl Image {
         std::iter::once(&self.config).chain(self.layers.iter().map(|l| &l.blob))
     }
 
+    /// This image's manifest, but listing `layers` (descriptors of anything).
+    pub fn manifest_with(&self, layers: Vec<serde_json::Value>) -> Blob {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": self.manifest_media_type(),
+            "config": self.config.descriptor(),
+            "layers": layers,
+        });
+        Blob::new(
+            serde_json::to_vec(&manifest).expect("manifest"),
+            self.manifest_media_type(),
+        )
+    }
+
     pub fn manifest_media_type(&self) -> &str {
         if self.docker {
             DOCKER_MANIFEST
@@ -408,4 +422,31 @@ pub fn busybox_layer() -> Vec<u8> {
         .file("etc/group", b"root:x:0:\nuser:x:1000:\n", 0o644)
         .dir("tmp", 0o1777)
         .finish()
+}
+
+/// A gzip bomb as a layer blob: concatenated gzip members of a tar header for one file of
+/// `size` bytes, then zeros up to it (and the end marker). A few MiB that inflate to `size`.
+pub fn gzip_bomb(size: u64) -> Blob {
+    let gzip = |data: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_path("bomb").unwrap();
+    header.set_size(size);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let chunk: u64 = 4 << 20;
+    let zeros = gzip(&vec![0u8; chunk as usize]);
+    let mut bomb = gzip(header.as_bytes());
+    for _ in 0..size / chunk {
+        bomb.extend_from_slice(&zeros);
+    }
+    bomb.extend(gzip(&vec![0u8; (size % chunk) as usize + 1024]));
+    Blob::new(bomb, "application/vnd.oci.image.layer.v1.tar+gzip")
 }

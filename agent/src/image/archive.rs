@@ -554,6 +554,7 @@ impl ImageStore {
     fn store_found(&self, found: Vec<Found>) -> Result<Vec<Imported>> {
         let mut records = Vec::new();
         for f in found {
+            manifest::check_layer_count(f.layers.len(), self.config.max_layers)?;
             let config_bytes = self.content.read(&f.config, manifest::MAX_DOCUMENT)?;
             let config = manifest::parse_config(&config_bytes)?;
             if config.rootfs.diff_ids.len() != f.layers.len() {
@@ -638,13 +639,21 @@ impl ImageStore {
         let pending = self.layers.begin(diff_id)?;
         let blob = std::fs::File::open(self.content.path(digest))
             .map_err(|e| Error::Internal(format!("blob {digest}: {e}")))?;
+        let compressed = blob
+            .metadata()
+            .map_err(|e| Error::Internal(format!("blob {digest}: {e}")))?
+            .len();
+        let limits = unpack::Limits {
+            max_entries: self.config.max_layer_entries,
+            max_bytes: self.config.max_layer_size(compressed),
+        };
         let blob = io::BufReader::with_capacity(256 << 10, blob);
         let reader = compression.reader(blob).map_err(|e| Error::Unpack {
             digest: digest.clone(),
             source: unpack::Error::Read(e),
         })?;
-        let unpacked = unpack::unpack(reader, pending.root(), self.config.max_layer_entries)
-            .map_err(|source| Error::Unpack {
+        let unpacked =
+            unpack::unpack(reader, pending.root(), limits).map_err(|source| Error::Unpack {
                 digest: digest.clone(),
                 source,
             })?;

@@ -32,9 +32,19 @@ pub enum Error {
     MediaType(String),
     #[error("no image for {wanted} in the index (it has: {available})")]
     NoPlatform { wanted: String, available: String },
+    #[error("an image of {count} layers: more than the {max} allowed (images.max_layers)")]
+    TooManyLayers { count: usize, max: usize },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Refuses an image of more than `max` layers, before any of them is fetched.
+pub fn check_layer_count(count: usize, max: usize) -> Result<()> {
+    if count > max {
+        return Err(Error::TooManyLayers { count, max });
+    }
+    Ok(())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -130,6 +130,7 @@ impl ImageStore {
             });
         };
 
+        manifest::check_layer_count(manifest.layers.len(), self.config.max_layers)?;
         let config_bytes = self.fetch_config(&repo, &manifest.config).await?;
         let config = manifest::parse_config(&config_bytes)?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -424,12 +425,15 @@ impl ImageStore {
         };
         let pending_layer = if unpack {
             let pending = self.layers.begin(diff_id)?;
-            let max = self.config.max_layer_entries;
+            let limits = unpack::Limits {
+                max_entries: self.config.max_layer_entries,
+                max_bytes: self.config.max_layer_size(desc.size),
+            };
             let (tx, pipe) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(PIPE_DEPTH);
             let (decompressed, unpacked) = std::thread::scope(|scope| {
                 let root = pending.root();
                 let unpacker =
-                    scope.spawn(move || unpack::unpack(ChunkReader::new(pipe), root, max));
+                    scope.spawn(move || unpack::unpack(ChunkReader::new(pipe), root, limits));
                 let decompressed = decompress(&mut source, compression, &tx);
                 drop(tx);
                 let unpacked = unpacker

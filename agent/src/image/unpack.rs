@@ -6,6 +6,7 @@
 //! Every path goes through [`RootDir`], so no entry reaches outside the directory.
 
 use std::{
+    cell::Cell,
     ffi::OsStr,
     io::{self, Read},
     path::{Path, PathBuf},
@@ -32,6 +33,14 @@ pub enum Error {
     Read(#[source] io::Error),
     #[error("layer has more than {0} entries")]
     TooManyEntries(u64),
+    /// More uncompressed bytes than the layer may have: a decompression bomb, or a layer
+    /// over the configured caps.
+    #[error(
+        "layer inflates past {0} bytes, its cap (max_layer_ratio × its compressed size, at most max_layer_bytes)"
+    )]
+    TooLarge(u64),
+    #[error("layer entry {0:?} is a whiteout of no file")]
+    BadWhiteout(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -46,25 +55,55 @@ pub struct Unpacked {
     pub entries: u64,
 }
 
-/// A reader that hashes what passes through it.
-struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
+/// What one layer may amount to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_entries: u64,
+    /// Bytes of the whole uncompressed stream.
+    pub max_bytes: u64,
 }
 
-impl<R: Read> Read for HashingReader<R> {
+/// A reader that hashes what passes through it, and fails once more than `max` bytes
+/// passed (saying so in `exceeded`, which outlives the borrows of the tar walk).
+struct HashingReader<'a, R> {
+    inner: R,
+    hasher: Hasher,
+    read: u64,
+    max: u64,
+    exceeded: &'a Cell<bool>,
+}
+
+impl<R: Read> Read for HashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.max {
+            self.exceeded.set(true);
+            return Err(io::Error::other("the layer's size cap"));
+        }
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
 }
 
-/// Unpacks `tar` into `dest`, which should be empty.
-pub fn unpack<R: Read>(tar: R, dest: &RootDir, max_entries: u64) -> Result<Unpacked> {
+/// Unpacks `tar` into `dest`, which should be empty. Stops at the first entry past
+/// `limits.max_entries` and the first byte past `limits.max_bytes`.
+pub fn unpack<R: Read>(tar: R, dest: &RootDir, limits: Limits) -> Result<Unpacked> {
+    let max_entries = limits.max_entries;
+    let exceeded = Cell::new(false);
+    let read_err = |e: io::Error| {
+        if exceeded.get() {
+            Error::TooLarge(limits.max_bytes)
+        } else {
+            Error::Read(e)
+        }
+    };
     let mut reader = HashingReader {
         inner: tar,
         hasher: Hasher::default(),
+        read: 0,
+        max: limits.max_bytes,
+        exceeded: &exceeded,
     };
     // The archive borrows the reader; it is done with it once the entries run out.
     let mut archive = tar::Archive::new(&mut reader);
@@ -72,16 +111,25 @@ pub fn unpack<R: Read>(tar: R, dest: &RootDir, max_entries: u64) -> Result<Unpac
     let mut content_bytes = 0u64;
     // Directory times are set last: creating entries inside a directory changes its mtime.
     let mut dir_times: Vec<(PathBuf, Attrs)> = Vec::new();
-    for entry in archive.entries().map_err(Error::Read)? {
-        let mut entry = entry.map_err(Error::Read)?;
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
         entries += 1;
         if entries > max_entries {
             return Err(Error::TooManyEntries(max_entries));
         }
-        let path = entry.path().map_err(Error::Read)?.into_owned();
-        let fail = |source: io::Error| Error::Entry {
-            entry: path.display().to_string(),
-            source,
+        let path = entry.path().map_err(read_err)?.into_owned();
+        if is_whiteout_of_nothing(&path) {
+            return Err(Error::BadWhiteout(path.display().to_string()));
+        }
+        let fail = |source: io::Error| {
+            if exceeded.get() {
+                Error::TooLarge(limits.max_bytes)
+            } else {
+                Error::Entry {
+                    entry: path.display().to_string(),
+                    source,
+                }
+            }
         };
         content_bytes += apply(&mut entry, &path, dest, &mut dir_times).map_err(fail)?;
     }
@@ -92,12 +140,20 @@ pub fn unpack<R: Read>(tar: R, dest: &RootDir, max_entries: u64) -> Result<Unpac
         })?;
     }
     // The tar end marker and padding are part of the diff_id: hash to the very end.
-    io::copy(&mut reader, &mut io::sink()).map_err(Error::Read)?;
+    io::copy(&mut reader, &mut io::sink()).map_err(read_err)?;
     Ok(Unpacked {
         diff_id: reader.hasher.finish(),
         content_bytes,
         entries,
     })
+}
+
+/// `.wh..` and `.wh...`: whiteouts of the directory they are in, or of its parent.
+fn is_whiteout_of_nothing(path: &Path) -> bool {
+    path.file_name()
+        .and_then(OsStr::to_str)
+        .and_then(|name| name.strip_prefix(WHITEOUT_PREFIX))
+        .is_some_and(|hidden| hidden == "." || hidden == "..")
 }
 
 fn attrs_of<R: Read>(entry: &tar::Entry<R>) -> io::Result<Attrs> {
@@ -210,4 +266,65 @@ fn apply_xattrs<R: Read>(entry: &mut tar::Entry<R>, path: &Path, dest: &RootDir)
         dest.set_xattr(path, OsStr::new(&name), &value)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, data) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(0);
+            header.set_entry_type(EntryType::Regular);
+            tar.append_data(&mut header, path, *data).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn unpack_with(tar: &[u8], max_bytes: u64) -> Result<Unpacked> {
+        let dir = tempfile::tempdir().unwrap();
+        let root = RootDir::open(dir.path()).unwrap();
+        let limits = Limits {
+            max_entries: 100,
+            max_bytes,
+        };
+        unpack(tar, &root, limits)
+    }
+
+    #[test]
+    fn a_layer_stops_at_its_size_cap() {
+        let zeros = vec![0u8; 1 << 20];
+        let tar = tar_of(&[("big", &zeros)]);
+        let within = unpack_with(&tar, tar.len() as u64).unwrap();
+        assert_eq!(within.content_bytes, 1 << 20);
+        match unpack_with(&tar, 100 << 10) {
+            Err(Error::TooLarge(cap)) => assert_eq!(cap, 100 << 10),
+            other => panic!("{other:?}"),
+        }
+        // Bytes after the end marker count too: they are part of the diff_id.
+        let mut padded = tar_of(&[("small", b"x")]);
+        let end = padded.len() as u64;
+        padded.extend(std::iter::repeat_n(0u8, 1 << 20));
+        assert!(matches!(
+            unpack_with(&padded, end + 1000),
+            Err(Error::TooLarge(_))
+        ));
+    }
+
+    #[test]
+    fn whiteouts_of_dot_and_dotdot_are_refused() {
+        for name in ["a/.wh..", "a/.wh...", ".wh.."] {
+            let tar = tar_of(&[("a/f", b"f"), (name, b"")]);
+            match unpack_with(&tar, 1 << 20) {
+                Err(Error::BadWhiteout(entry)) => assert_eq!(entry, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
 }

@@ -46,6 +46,7 @@ fn code(e: &image::Error) -> Code {
             manifest::Error::NoPlatform { .. } => Code::NotFound,
             manifest::Error::MediaType(_) => Code::FailedPrecondition,
             manifest::Error::Malformed { .. } => Code::DataLoss,
+            manifest::Error::TooManyLayers { .. } => Code::ResourceExhausted,
         },
         E::Content(c) => match c {
             content::Error::Size { .. } | content::Error::Digest { .. } => Code::DataLoss,
@@ -53,7 +54,10 @@ fn code(e: &image::Error) -> Code {
             content::Error::Io { source, .. } => io_code(source),
         },
         E::Unpack { source, .. } => match source {
-            unpack::Error::TooManyEntries(_) => Code::ResourceExhausted,
+            unpack::Error::TooManyEntries(_) | unpack::Error::TooLarge(_) => {
+                Code::ResourceExhausted
+            }
+            unpack::Error::BadWhiteout(_) => Code::DataLoss,
             other => match io_in_chain(other) {
                 Some(io) if io_code(io) == Code::ResourceExhausted => Code::ResourceExhausted,
                 _ => Code::DataLoss,
