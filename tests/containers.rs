@@ -1640,6 +1640,8 @@ async fn a_pod_whose_namespaces_are_gone_after_a_reboot_is_not_ready_and_removab
     }
     let left = common::mounts_below(&env.daemon.state_dir);
     assert!(left.is_empty(), "still mounted: {left:?}");
+    // The state dir is a tmpfs (/run) on a real node: it is empty after a reboot.
+    std::fs::remove_dir_all(&env.daemon.state_dir).unwrap();
     env.daemon.launch(common::Options::default()).await;
     env.rt = env.daemon.runtime().await;
 

@@ -99,6 +99,7 @@ pub async fn run(config: Config) -> Result<()> {
             layers.iter().filter_map(|d| d.parse().ok()).collect(),
         );
     }
+    images.collect_leftovers().await?;
     runtime.release_orphans().await;
     let runtime = Arc::new(runtime);
     let (streaming, streaming_listener) =

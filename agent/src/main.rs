@@ -7,6 +7,7 @@ mod clock;
 mod cni;
 mod config;
 mod daemon;
+mod failpoint;
 mod image;
 mod oci;
 mod report;

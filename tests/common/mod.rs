@@ -98,6 +98,8 @@ pub struct Options {
     pub config: String,
     /// Extra flags after the harness's own.
     pub args: Vec<String>,
+    /// Extra environment variables (`STRATA_FAILPOINTS`, say).
+    pub env: Vec<(String, String)>,
     /// Give the harness's root, state directory and socket in the config file instead of
     /// as flags.
     pub paths_from_config: bool,
@@ -213,6 +215,7 @@ impl Daemon {
             cmd.arg("--socket").arg(&self.socket);
         }
         cmd.args(&options.args)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -294,6 +297,31 @@ impl Daemon {
 
     pub async fn stop(&mut self) -> ExitStatus {
         self.stop_with(Signal::SIGTERM).await
+    }
+
+    /// Waits for a daemon that is about to kill itself (a crash point) and checks that it
+    /// died of SIGKILL.
+    pub async fn wait_crash(&mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self.child.take().expect("daemon running");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("stratad did not crash:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        assert_eq!(
+            status.signal(),
+            Some(Signal::SIGKILL as i32),
+            "{status}:\n{}",
+            self.logs()
+        );
     }
 }
 

@@ -552,6 +552,7 @@ impl ImageStore {
     /// Checks each image's config against its layers, unpacks the layers the node lacks, and
     /// records all the images at once.
     fn store_found(&self, found: Vec<Found>) -> Result<Vec<Imported>> {
+        crate::failpoint::hit("import.stored");
         let mut records = Vec::new();
         for f in found {
             manifest::check_layer_count(f.layers.len(), self.config.max_layers)?;

@@ -319,6 +319,7 @@ impl ImageStore {
         self.content.write(&manifest_digest, &manifest_bytes)?;
         self.content.sync()?;
         self.layers.sync()?;
+        crate::failpoint::hit("commit.stored");
 
         let mut new_layers = parent.layers.clone();
         new_layers.push(LayerRef {

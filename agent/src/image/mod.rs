@@ -250,6 +250,14 @@ impl ImageStore {
         Ok(Some(removed))
     }
 
+    /// Frees what a crash left unrecorded: the blobs and layers of a pull, import or
+    /// commit that stored them but never recorded its image. For start-up, once the layers
+    /// of every container are pinned.
+    pub async fn collect_leftovers(&self) -> Result<()> {
+        let _gc = self.gc.write().await;
+        self.collect_garbage()
+    }
+
     /// Deletes blobs and layers that no image refers to. Callers hold the gc lock.
     fn collect_garbage(&self) -> Result<()> {
         let (blobs, layers): (HashSet<Digest>, HashSet<Digest>) = {

@@ -217,6 +217,7 @@ impl ImageStore {
         };
         self.content.sync()?;
         self.layers.sync()?;
+        crate::failpoint::hit("pull.recording");
         let mut records = self.records();
         records.update(|all| record_new(all, record))?;
         records
@@ -549,6 +550,7 @@ impl Read for ChannelSource<'_, '_> {
                 Some(Err(message)) => return Err(io::Error::other(DownloadAborted(message))),
                 Some(Ok(chunk)) => {
                     io::Write::write_all(self.ingest, &chunk)?;
+                    crate::failpoint::hit("pull.downloading");
                     if self.ingest.written() > self.limit {
                         return Err(io::Error::other(format!(
                             "the registry sent more than the {} bytes the manifest gives",

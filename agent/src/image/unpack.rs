@@ -132,6 +132,7 @@ pub fn unpack<R: Read>(tar: R, dest: &RootDir, limits: Limits) -> Result<Unpacke
             }
         };
         content_bytes += apply(&mut entry, &path, dest, &mut dir_times).map_err(fail)?;
+        crate::failpoint::hit("unpack.entry");
     }
     for (path, attrs) in dir_times.iter().rev() {
         dest.set_mtime(path, attrs).map_err(|source| Error::Entry {

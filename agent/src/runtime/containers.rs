@@ -372,6 +372,8 @@ impl Runtime {
         ] {
             std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         }
+        // A crash from here on is undone at the next start through this record.
+        super::write_record(&layout.dir.join(super::CREATING), &c)?;
         let init = layout.init();
         rootfs::write_init_layer(&init, &self.sandbox_dir(&sandbox.id), &spec)
             .map_err(io_err("cannot write the init layer", &init))?;
@@ -401,9 +403,11 @@ impl Runtime {
                 .map_err(|e| io_err("cannot create", &fifo)(e.into()))?;
         }
         let (init, monitor) = spawn_monitor(&layout.dir).await?;
+        crate::failpoint::hit("container.creating");
         c.pid = Some(init);
         c.monitor = crate::sys::process::start_time(monitor).map(|started| (monitor, started));
         self.save_container(&c)?;
+        let _ = std::fs::remove_file(layout.dir.join(super::CREATING));
         Ok(c)
     }
 
@@ -464,6 +468,7 @@ impl Runtime {
                 )));
             }
         };
+        crate::failpoint::hit("container.starting");
         c.started_at = crate::clock::now_nanos();
         c.state = ContainerState::Running;
         let refreshed = self.refresh(&mut c);
@@ -524,6 +529,7 @@ impl Runtime {
                 }
             }
         }
+        crate::failpoint::hit("container.stopping");
         kill_cgroup(&cgroup).await?;
         let refreshed = self.refresh(&mut c);
         self.containers.lock().await.insert(c.id.clone(), c.clone());
@@ -546,6 +552,7 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         self.cgroups.cgroup(&c.cgroup)?.remove()?;
+        crate::failpoint::hit("container.removing");
         let dir = self.containers_dir.join(&c.id);
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
         self.containers.lock().await.remove(&c.id);

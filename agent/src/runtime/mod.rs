@@ -139,6 +139,7 @@ impl Runtime {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::info!(sandbox = %id, "removing a half-created pod sandbox");
+                    remove_half_built::<Sandbox>(&cgroups, &entry.path(), |s| &s.cgroup);
                     orphans.extend(
                         read_attachments(&entry.path())
                             .ok()
@@ -184,6 +185,7 @@ impl Runtime {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::info!(path = %entry.path().display(), "removing a half-created container");
+                    remove_half_built::<Container>(&cgroups, &entry.path(), |c| &c.cgroup);
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
                 Err(e) => return Err(io_err("cannot read", &record)(e)),
@@ -280,12 +282,7 @@ impl Runtime {
     }
 
     fn save(&self, sandbox: &Sandbox) -> Result<()> {
-        let path = self.records.join(&sandbox.id).join("state.json");
-        let bytes = serde_json::to_vec_pretty(sandbox).map_err(|source| Error::Corrupt {
-            path: path.clone(),
-            source,
-        })?;
-        state::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
+        write_record(&self.records.join(&sandbox.id).join("state.json"), sandbox)
     }
 
     /// The directory with the pod's hostname, hosts and resolv.conf.
@@ -363,6 +360,9 @@ impl Runtime {
         }
         let dir = self.sandbox_dir(&sandbox.id);
         attempt!(std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir)));
+        // What a crash during the build leaves is found through this (its cgroup, with the
+        // PID holder in it), and undone at the next start.
+        attempt!(write_record(&dir.join(CREATING), &sandbox));
         // CRI leaves the hostname optional; without one a pod takes the node's, as on
         // containerd and CRI-O.
         let hostname = if sandbox.spec.hostname.is_empty() {
@@ -405,10 +405,12 @@ impl Runtime {
                 .map(|k| (k.to_string(), ns_dir.join(k)))
                 .collect();
             attempt!(pin_namespaces(&ns_dir, &hostname, &kinds, &sandbox.spec.sysctls).await);
+            crate::failpoint::hit("pod.pinned");
         }
         if sandbox.spec.network != NamespaceMode::Node {
             let netns = self.pins.join(&sandbox.id).join("ns").join("net");
             attempt!(self.join_networks(&mut sandbox, netns, &dir).await);
+            crate::failpoint::hit("pod.networked");
         }
         if sandbox.spec.pid == NamespaceMode::Pod {
             let dir = self.pins.join(&sandbox.id);
@@ -430,6 +432,7 @@ impl Runtime {
             attempt!(mount_shm(&shm));
         }
         attempt!(self.save(&sandbox));
+        let _ = std::fs::remove_file(dir.join(CREATING));
         Ok(sandbox)
     }
 
@@ -925,6 +928,37 @@ fn mount_shm(path: &Path) -> Result<()> {
 }
 
 /// Unmounts and removes a pod's pinned namespaces and /dev/shm; missing ones are fine.
+/// The record of a pod or container being built, beside where its `state.json` will be.
+pub(crate) const CREATING: &str = "creating.json";
+
+pub(crate) fn write_record(path: &Path, record: &impl serde::Serialize) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(record).map_err(|source| Error::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    state::write_atomic(path, &bytes).map_err(io_err("cannot write", path))
+}
+
+/// Kills whatever runs in a half-built pod's or container's cgroup and removes it, as its
+/// `creating.json` names it. Best effort: for start-up.
+fn remove_half_built<T: serde::de::DeserializeOwned>(
+    cgroups: &cgroup::Hierarchy,
+    dir: &Path,
+    cgroup_of: impl Fn(&T) -> &str,
+) {
+    let Some(record) = std::fs::read(dir.join(CREATING))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<T>(&bytes).ok())
+    else {
+        return;
+    };
+    if let Ok(cg) = cgroups.cgroup(cgroup_of(&record))
+        && let Err(e) = cg.kill_all().and_then(|()| cg.remove())
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a half-built cgroup");
+    }
+}
+
 fn release_pins(pod_pins: &Path) {
     let shm = pod_pins.join("shm");
     if is_mount_point(&shm)

@@ -17,6 +17,14 @@ pub fn signal_if(pid: u32, signal: Signal, is_ours: impl FnOnce() -> bool) {
     }
 }
 
+/// Ends this process at once, as a crash would: SIGKILL to itself (no unwinding, no
+/// destructors, no flushing), for the tests' crash points.
+#[cfg(debug_assertions)]
+pub fn crash() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::KILL);
+    std::process::abort()
+}
+
 /// Kills every process of the group `pgid`, one the caller's child leads. A group's id is
 /// not given to another process while any member of the group lives.
 pub fn kill_group(pgid: u32) {
