@@ -1391,7 +1391,7 @@ async fn image_fs_info_counts_the_store() {
 async fn a_full_disk_fails_the_pull_cleanly() {
     let registry = Registry::start().await;
     let mut daemon = Daemon::prepare();
-    let mount = Mount::tmpfs(&daemon.path("small"), "6m");
+    let mount = common::Tmpfs::mount(&daemon.path("small"), "6m");
     daemon.root = mount.path.join("root");
     daemon.launch(Options::default()).await;
 
@@ -1421,41 +1421,6 @@ async fn a_full_disk_fails_the_pull_cleanly() {
         small.id()
     );
     daemon.stop().await;
-}
-
-/// A tmpfs mounted for one test and unmounted when it ends.
-struct Mount {
-    path: PathBuf,
-}
-
-impl Mount {
-    fn tmpfs(path: &Path, size: &str) -> Mount {
-        std::fs::create_dir_all(path).unwrap();
-        let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size}"),
-                "strata-test",
-                path.to_str().unwrap(),
-            ])
-            .status()
-            .expect("mount");
-        assert!(status.success(), "mounting a tmpfs needs root");
-        Mount {
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1561,4 +1526,96 @@ async fn tag_history_and_disk_usage() {
         "df {on_disk} vs du {du}"
     );
     assert!(daemon.ctl(["df"]).ok().contains("sharing:"));
+}
+
+/// `stratactl check`: a blob whose bytes changed on disk, a layer whose directory went, a
+/// blob nothing names: each found, mended by `--repair` (the images that lost a part go,
+/// to be pulled again), and the store checks clean afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_finds_and_repairs_what_is_wrong_with_the_store() {
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let build = |name: &str| {
+        ImageBuilder::new()
+            .layer(busybox_layer(), Compression::Gzip)
+            .layer(file_layer(name, name.as_bytes()), Compression::Gzip)
+            .build()
+    };
+    let (a, b, c) = (build("a"), build("b"), build("c"));
+    for (repo, image) in [("check/a", &a), ("check/b", &b), ("check/c", &c)] {
+        registry.push(repo, "v1", image).await;
+        pull(&daemon, &registry.reference(repo, "v1"))
+            .await
+            .unwrap();
+    }
+    let clean = daemon.ctl(["check"]);
+    assert!(
+        clean
+            .ok()
+            .contains("checked 3 images, 10 blobs, 4 layers: 0 problems, 0 left"),
+        "{}",
+        clean.stdout
+    );
+
+    // The damage: a's own layer blob gets a flipped byte; b's own layer directory goes; a
+    // blob nobody names appears.
+    let blob = |digest: &str| daemon.root.join("blobs/sha256").join(hex(digest));
+    let mut bytes = std::fs::read(blob(&a.layers[1].blob.digest)).unwrap();
+    bytes[10] ^= 0xff;
+    std::fs::write(blob(&a.layers[1].blob.digest), &bytes).unwrap();
+    std::fs::remove_dir_all(daemon.root.join("layers").join(hex(&b.layers[1].diff_id))).unwrap();
+    let stray = oci::Blob::new(b"nobody's".to_vec(), "application/octet-stream");
+    std::fs::write(blob(&stray.digest), &stray.bytes).unwrap();
+
+    let found = daemon.ctl(["check", "-o", "json"]);
+    assert!(
+        !found.status.success(),
+        "check must fail while problems are left"
+    );
+    let report: serde_json::Value = serde_json::from_str(&found.stdout).unwrap();
+    let problems: Vec<(String, String)> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            ("corrupt-blob".to_string(), a.layers[1].blob.digest.clone()),
+            ("missing-layer".to_string(), b.layers[1].diff_id.clone()),
+            ("orphan-blob".to_string(), stray.digest.clone()),
+        ],
+        "{report}"
+    );
+
+    let repaired = daemon.ctl(["check", "--repair"]);
+    assert!(
+        repaired.ok().contains("3 problems, 0 left"),
+        "{}",
+        repaired.stdout
+    );
+    let again = daemon.ctl(["check"]);
+    assert!(
+        again.ok().contains(": 0 problems, 0 left"),
+        "{}",
+        again.stdout
+    );
+    // a and b went (their parts are gone), c and the shared base stayed; a and b come back.
+    let ids: Vec<String> = list(&daemon).await.into_iter().map(|i| i.id).collect();
+    assert_eq!(ids, [c.id().to_string()]);
+    for (repo, image) in [("check/a", &a), ("check/b", &b)] {
+        assert_eq!(
+            pull(&daemon, &registry.reference(repo, "v1"))
+                .await
+                .unwrap(),
+            image.id()
+        );
+    }
+    assert!(daemon.ctl(["check"]).ok().contains(": 0 problems, 0 left"));
 }

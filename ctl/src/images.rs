@@ -423,6 +423,49 @@ pub async fn df(client: &Client, format: Format) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub async fn check(client: &Client, format: Format, repair: bool) -> anyhow::Result<()> {
+    let mut ext = client.ext();
+    // A check reads every blob: no per-call deadline.
+    let report = ext
+        .check_store(ext::CheckStoreRequest { repair })
+        .await
+        .map_err(|s| anyhow::Error::new(s).context("check"))?
+        .into_inner();
+    let left = report.problems.iter().filter(|p| !p.repaired).count();
+    if format != Format::Table {
+        output::print_structured(format, &report)?;
+    } else {
+        if !report.problems.is_empty() {
+            let mut table = Table::new(["PROBLEM", "DIGEST", "IMAGES", "REPAIRED", "DETAIL"]);
+            for p in &report.problems {
+                table.row([
+                    p.kind.clone(),
+                    p.digest.clone(),
+                    p.images.len().to_string(),
+                    if p.repaired { "yes" } else { "no" }.to_string(),
+                    p.detail.clone(),
+                ]);
+            }
+            print!("{}", table.render());
+        }
+        println!(
+            "checked {} images, {} blobs, {} layers: {} problems, {} left",
+            report.images,
+            report.blobs,
+            report.layers,
+            report.problems.len(),
+            left
+        );
+    }
+    if left > 0 {
+        anyhow::bail!(
+            "check: {left} problems left{}",
+            if repair { "" } else { " (--repair mends them)" }
+        );
+    }
+    Ok(())
+}
+
 pub async fn commit(client: &Client, request: ext::CommitContainerRequest) -> anyhow::Result<()> {
     let mut ext = client.ext();
     // A commit reads the whole layer: no per-call deadline.

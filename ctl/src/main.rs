@@ -92,6 +92,14 @@ enum Command {
     History { image: String },
     /// Show disk use of layers, blobs and containers, and what sharing saves
     Df,
+    /// Check the image store: every blob against its digest, every image's parts present,
+    /// nothing unreferenced (exits 1 while a problem is left)
+    Check {
+        /// Remove what is wrong: corrupt blobs, broken layers, the images that lost a part
+        /// (pull them again), and what nothing uses
+        #[arg(long)]
+        repair: bool,
+    },
     /// Save a container's changes as a new image: commit CONTAINER NAME:TAG
     Commit {
         container: String,
@@ -479,6 +487,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tag { source, target } => images::tag(&client, &source, &target).await,
         Command::History { image } => images::history(&client, cli.output, &image).await,
         Command::Df => images::df(&client, cli.output).await,
+        Command::Check { repair } => images::check(&client, cli.output, repair).await,
         Command::Commit {
             container,
             reference,

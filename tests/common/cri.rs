@@ -49,12 +49,17 @@ pub async fn env() -> Env {
 }
 
 pub async fn env_with(config: &str) -> Env {
-    let registry = Registry::start().await;
     let daemon = Daemon::start_with(Options {
         config: config.into(),
         ..Default::default()
     })
     .await;
+    env_on(daemon).await
+}
+
+/// [`env`] on a daemon the test started itself.
+pub async fn env_on(daemon: Daemon) -> Env {
+    let registry = Registry::start().await;
     let image = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
         .layer(

@@ -620,3 +620,35 @@ pub async fn pull_on(endpoint: &str, image: &str) {
         .await
         .unwrap_or_else(|e| panic!("pull {image} on {endpoint}: {e}"));
 }
+
+/// A tmpfs mounted for one test and unmounted when it ends.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "strata-test",
+                path.to_str().unwrap(),
+            ])
+            .status()
+            .expect("mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        Tmpfs {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

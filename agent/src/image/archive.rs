@@ -52,6 +52,32 @@ struct DockerEntry {
     layers: Vec<String>,
 }
 
+/// Copies an archive entry into the ingest. A failed read is the archive's fault; a failed
+/// write the store's (a full disk, say), and says so.
+fn copy_entry(
+    entry: &mut impl Read,
+    ingest: &mut super::content::Ingest<'_>,
+    path: &str,
+) -> Result<u64> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut copied = 0u64;
+    loop {
+        let n = match entry.read(&mut buf) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(invalid(format!("reading entry {path:?}: {e}"))),
+        };
+        ingest.write_all(&buf[..n]).map_err(|source| {
+            Error::Content(super::content::Error::Io {
+                path: ingest.file_path().to_path_buf(),
+                source,
+            })
+        })?;
+        copied += n as u64;
+    }
+}
+
 fn invalid(message: impl Into<String>) -> Error {
     Error::Invalid {
         what: "image archive".into(),
@@ -331,8 +357,7 @@ impl ImageStore {
                 p if p.ends_with("/json") || p.ends_with("/VERSION") => continue,
                 _ => {
                     let mut ingest = self.content.ingest_new()?;
-                    let copied = io::copy(&mut entry, &mut ingest)
-                        .map_err(|e| invalid(format!("reading entry {path:?}: {e}")))?;
+                    let copied = copy_entry(&mut entry, &mut ingest, &path)?;
                     let size = entry.size();
                     if copied != size {
                         return Err(invalid(format!(

@@ -258,9 +258,23 @@ impl ImageStore {
             inner: gzip,
             hasher: Hasher::default(),
         };
-        let io_fail = |e: io::Error| Error::Invalid {
-            what: format!("reading {}", upper.display()),
-            message: e.to_string(),
+        // The layer is written as it is read: a full store is the store's failure, not the
+        // container's.
+        let io_fail = |e: io::Error| {
+            if matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ) {
+                Error::Content(super::content::Error::Io {
+                    path: upper.to_path_buf(),
+                    source: e,
+                })
+            } else {
+                Error::Invalid {
+                    what: format!("reading {}", upper.display()),
+                    message: e.to_string(),
+                }
+            }
         };
         let hashing = write_layer(upper, hashing).map_err(io_fail)?;
         let diff_id = hashing.hasher.finish();

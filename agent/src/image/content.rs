@@ -147,6 +147,28 @@ impl ContentStore {
         Ok(out)
     }
 
+    /// Whether a stored blob's bytes are its digest; if not, why.
+    pub fn verify(&self, digest: &Digest) -> std::result::Result<(), String> {
+        let path = self.path(digest);
+        let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut hasher = Hasher::default();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match io::Read::read(&mut file, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        let actual = hasher.finish();
+        if actual == *digest {
+            Ok(())
+        } else {
+            Err(format!("its bytes hash to {actual}"))
+        }
+    }
+
     pub fn blobs_dir(&self) -> &Path {
         &self.blobs
     }
@@ -167,6 +189,11 @@ pub struct Ingest<'a> {
 impl Ingest<'_> {
     pub fn written(&self) -> u64 {
         self.written
+    }
+
+    /// Where the bytes go until the blob is published.
+    pub fn file_path(&self) -> &Path {
+        &self.path
     }
 
     /// For content the agent makes itself: publishes the blob under the digest it hashes

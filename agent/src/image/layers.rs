@@ -129,6 +129,21 @@ impl LayerStore {
         std::fs::remove_dir_all(&doomed).map_err(io_err(&doomed))
     }
 
+    /// Whether a layer directory is whole (its record, naming it, and its tree); if not, why.
+    pub fn verify(&self, diff_id: &Digest) -> std::result::Result<(), String> {
+        let dir = self.layer_dir(diff_id);
+        let meta = self
+            .meta(diff_id)
+            .ok_or_else(|| format!("{}: no readable meta.json", dir.display()))?;
+        if meta.diff_id != *diff_id {
+            return Err(format!("its meta.json names {}", meta.diff_id));
+        }
+        if !self.fs_path(diff_id).is_dir() {
+            return Err(format!("{}: no fs directory", dir.display()));
+        }
+        Ok(())
+    }
+
     pub fn list(&self) -> Result<Vec<Digest>> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {

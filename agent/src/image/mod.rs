@@ -2,6 +2,7 @@
 //! behind one facade, [`ImageStore`]. Nothing here knows about gRPC or containers.
 
 mod archive;
+pub mod check;
 pub mod chunks;
 mod commit;
 pub mod content;

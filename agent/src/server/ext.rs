@@ -192,6 +192,36 @@ impl ExtImages for Images {
         }))
     }
 
+    async fn check_store(
+        &self,
+        request: Request<ext::CheckStoreRequest>,
+    ) -> Result<Response<ext::CheckStoreResponse>, Status> {
+        let repair = request.into_inner().repair;
+        let images = self.ctx.images.clone();
+        let report = tokio::task::spawn_blocking(move || images.check(repair))
+            .await
+            .map_err(|e| Status::internal(format!("check task failed: {e}")))??;
+        for p in &report.problems {
+            tracing::warn!(kind = p.kind.name(), digest = %p.digest, detail = %p.detail, repaired = p.repaired, "store check");
+        }
+        Ok(Response::new(ext::CheckStoreResponse {
+            images: report.images as u32,
+            blobs: report.blobs as u32,
+            layers: report.layers as u32,
+            problems: report
+                .problems
+                .into_iter()
+                .map(|p| ext::StoreProblem {
+                    kind: p.kind.name().to_string(),
+                    digest: p.digest.to_string(),
+                    images: p.images,
+                    detail: p.detail,
+                    repaired: p.repaired,
+                })
+                .collect(),
+        }))
+    }
+
     async fn disk_usage(
         &self,
         _request: Request<ext::DiskUsageRequest>,

@@ -113,6 +113,11 @@ fn monitor(dir: &Path) -> Result<()> {
         .child(cgroup::CONTAINER_LEAF)
         .map_err(cgroup_err)?;
     let oom_before = container.oom_kills();
+    // The exit is recorded even if the container fills the disk meanwhile.
+    let exit_record = state::Reserved::new(&spec.strata.exit_file, 4096)
+        .map_err(at(Stage::Setup, || {
+            "reserving room for the exit record".into()
+        }))?;
 
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -230,7 +235,8 @@ fn monitor(dir: &Path) -> Result<()> {
         finished_at: crate::clock::now_nanos(),
     };
     let bytes = serde_json::to_vec(&exit).map_err(|e| Error::Spec(e.to_string()))?;
-    state::write_atomic(&spec.strata.exit_file, &bytes)
+    exit_record
+        .commit(&bytes)
         .map_err(at(Stage::Setup, || "recording the exit".into()))
 }
 
