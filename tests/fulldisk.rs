@@ -159,6 +159,14 @@ async fn a_full_disk_fails_imports_commits_and_writes_cleanly_and_recovers() {
         .into_inner();
     assert_eq!(version.runtime_name, "strata");
 
+    // The store is consistent after all of it.
+    let check = env.daemon.ctl(["check"]);
+    assert!(
+        check.ok().contains(": 0 problems, 0 left"),
+        "{}",
+        check.stdout
+    );
+
     // Space freed: the import and a commit work.
     env.rt
         .remove_container(RemoveContainerRequest {

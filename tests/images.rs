@@ -1116,7 +1116,40 @@ async fn a_gzip_bomb_and_ten_thousand_layers_are_refused_fast() {
         layers.is_empty() && blobs.is_empty(),
         "{layers:?} {blobs:?}"
     );
-    println!("refused: gzip bomb in {bomb_took:?}, 10,000 layers in {layers_took:?}");
+
+    // A layer of 1,000,000 empty entries (half a GiB of headers in 2 MiB).
+    let entries = oci::many_entries(1000);
+    registry.push_blob("hostile/entries", &carrier.config).await;
+    registry.push_blob("hostile/entries", &entries).await;
+    registry
+        .push_manifest(
+            "hostile/entries",
+            "v1",
+            oci::OCI_MANIFEST,
+            &with_layers(vec![entries.descriptor()]),
+        )
+        .await;
+    let started = Instant::now();
+    let err = pull(&daemon, &registry.reference("hostile/entries", "v1"))
+        .await
+        .unwrap_err();
+    let entries_took = started.elapsed();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("inflates past") || err.message().contains("entries"),
+        "{}",
+        err.message()
+    );
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+    println!(
+        "refused: gzip bomb in {bomb_took:?}, 10,000 layers in {layers_took:?}, \
+         1,000,000 entries ({} bytes) in {entries_took:?}",
+        entries.bytes.len()
+    );
 
     registry.push("hostile/after", "v1", &carrier).await;
     assert_eq!(

@@ -375,6 +375,12 @@ async fn every_crash_point_leaves_nothing_half_built_and_the_retry_succeeds() {
     assert!(common::mounts_below(&env.daemon.path("")).is_empty());
     assert_eq!(store_listing(&env.daemon), baseline_store);
     assert_eq!(images(&env), baseline_images);
+    let check = env.daemon.ctl(["check"]);
+    assert!(
+        check.ok().contains(": 0 problems, 0 left"),
+        "{}",
+        check.stdout
+    );
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
     while monitors() > monitors_at_start && Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

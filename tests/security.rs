@@ -969,20 +969,36 @@ async fn a_container_cannot_raise_its_own_cgroup_limits() {
         "raise",
         &image,
         "unshare -U -r /attack memory memory.limit_in_bytes 268435456; \
-         unshare -U -r /attack pids pids.max 100000; echo done",
+         unshare -U -r /attack pids pids.max 100000; \
+         unshare -U -r /attack memory notify_on_release 1; \
+         unshare -U -r /attack rdma release_agent /attack; \
+         unshare -U -r /attack memory release_agent /attack; echo done",
     );
     config.linux.get_or_insert_with(Default::default).resources =
         Some(cri::LinuxContainerResources {
             memory_limit_in_bytes: 64 << 20,
             ..Default::default()
         });
+    // CVE-2022-0492: a release agent (at a hierarchy's root) runs on the host as root.
+    let agents_before: Vec<(PathBuf, String)> = release_agents();
     let (lines, st) = env.run_config(&pod, config).await;
     // The attack itself works: it writes the files of the cgroup it sees.
     assert_eq!(
-        lines,
-        ["wrote memory.limit_in_bytes", "wrote pids.max", "done"],
+        lines[..2],
+        ["wrote memory.limit_in_bytes", "wrote pids.max"],
         "{st:?}"
     );
+    assert_eq!(lines.last().map(String::as_str), Some("done"), "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains("wrote release_agent")),
+        "a container wrote a release agent: {lines:?}"
+    );
+    assert_eq!(
+        release_agents(),
+        agents_before,
+        "the host's release agents changed"
+    );
+    println!("the cgroup attack inside the container: {lines:?}");
     // On the host the container's limits are what the request said, whatever was written.
     let cgroup = format!("{}/pod-{pod}/{}", env.daemon.cgroup_parent, st.id);
     let read = |file: &str| {
@@ -999,7 +1015,21 @@ async fn a_container_cannot_raise_its_own_cgroup_limits() {
         "{lines:?}"
     );
     assert_eq!(read("pids.max"), "1024", "{lines:?}");
+    assert_eq!(read("notify_on_release"), "0", "{lines:?}");
     env.remove_pods(vec![pod]).await;
+}
+
+/// Every v1 hierarchy's release agent on the host.
+fn release_agents() -> Vec<(PathBuf, String)> {
+    let mut agents: Vec<(PathBuf, String)> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("release_agent"))
+        .filter_map(|p| Some((p.clone(), std::fs::read_to_string(&p).ok()?)))
+        .collect();
+    agents.sort();
+    agents
 }
 
 /// An image's own symlinks at the places the runtime writes or mounts (`/etc/hosts`,

@@ -2,28 +2,14 @@
 
 #![deny(unsafe_code)]
 
-mod cgroup;
-mod clock;
-mod cni;
-mod config;
-mod daemon;
-mod failpoint;
-mod image;
-mod oci;
-mod report;
-mod rootfs;
-mod runtime;
-mod seccomp;
-mod server;
-mod shim;
-mod state;
-mod sys;
-
 use std::{io::IsTerminal as _, path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 
-use config::{Config, LogFormat, Overrides};
+use strata_agent::{
+    config::{Config, LogFormat, Overrides},
+    daemon, oci, report, shim,
+};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -450,3 +450,29 @@ pub fn gzip_bomb(size: u64) -> Blob {
     bomb.extend(gzip(&vec![0u8; (size % chunk) as usize + 1024]));
     Blob::new(bomb, "application/vnd.oci.image.layer.v1.tar+gzip")
 }
+
+/// A layer blob of `thousands` × 1,000 empty entries (one name, again and again): a few MiB of
+/// gzip members that stand for half a GiB of tar headers.
+pub fn many_entries(thousands: usize) -> Blob {
+    let gzip = |data: &[u8]| {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_path("e").unwrap();
+    header.set_size(0);
+    header.set_mode(0o644);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let member = gzip(&header.as_bytes().repeat(1000));
+    let mut blob = Vec::new();
+    for _ in 0..thousands {
+        blob.extend_from_slice(&member);
+    }
+    blob.extend(gzip(&[0u8; 1024]));
+    Blob::new(blob, "application/vnd.oci.image.layer.v1.tar+gzip")
+}

@@ -24,6 +24,9 @@ pub struct Reference {
     pub digest: Option<Digest>,
 }
 
+/// The longest reference, as given and as completed (`docker.io/library/…:latest`).
+const MAX_LEN: usize = 1024;
+
 impl Reference {
     pub fn parse(input: &str) -> Result<Reference, ParseError> {
         let fail = |reason| ParseError {
@@ -33,7 +36,7 @@ impl Reference {
         if input.is_empty() {
             return Err(fail("empty"));
         }
-        if input.len() > 1024 {
+        if input.len() > MAX_LEN {
             return Err(fail("longer than 1024 characters"));
         }
         let (name_tag, digest) = match input.split_once('@') {
@@ -87,12 +90,18 @@ impl Reference {
             (None, Some(_)) => None,
             (None, None) => Some(DEFAULT_TAG.to_string()),
         };
-        Ok(Reference {
+        let reference = Reference {
             registry,
             repository,
             tag,
             digest,
-        })
+        };
+        // The cap holds for the full form too (found by fuzzing): a short name that grows past
+        // it once completed would be kept under a name that no longer parses.
+        if reference.to_string().len() > MAX_LEN {
+            return Err(fail("longer than 1024 characters once completed"));
+        }
+        Ok(reference)
     }
 
     /// `registry/repository`, the name without tag or digest.
@@ -239,5 +248,11 @@ mod tests {
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} should be refused");
         }
+        // Under the cap as given, over it once completed (the fuzzer's find).
+        let short = "a".repeat(1020);
+        assert!(Reference::parse(&short).is_err());
+        let fits = "a".repeat(990);
+        let full = Reference::parse(&fits).unwrap().to_string();
+        assert_eq!(Reference::parse(&full).unwrap().to_string(), full);
     }
 }

@@ -2,7 +2,7 @@
 //! nowhere below.
 
 pub mod authority;
-mod convert;
+pub mod convert;
 mod ext;
 mod image;
 pub mod listener;
