@@ -130,6 +130,33 @@ struct Footprint {
     pins: usize,
 }
 
+/// The daemon's open fds but its TCP connections: those are the registry client's pool,
+/// which keeps or drops idle connections as it likes.
+fn daemon_fds(pid: i32) -> usize {
+    let mut tcp = std::collections::HashSet::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        tcp.extend(
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().nth(9).map(str::to_string)),
+        );
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            let target = target.to_string_lossy();
+            let inode = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'));
+            !inode.is_some_and(|i| tcp.contains(i))
+        })
+        .count()
+}
+
 fn count(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
@@ -137,10 +164,7 @@ fn count(dir: &std::path::Path) -> usize {
 fn footprint(env: &common::cri::Env) -> Footprint {
     let daemon = &env.daemon;
     Footprint {
-        daemon_fds: count(&std::path::PathBuf::from(format!(
-            "/proc/{}/fd",
-            daemon.pid()
-        ))),
+        daemon_fds: daemon_fds(daemon.pid().as_raw()),
         mounts: common::mounts_below(&daemon.path("")).len(),
         cgroups: common::cgroup_dirs(&daemon.cgroup_parent)
             .iter()

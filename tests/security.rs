@@ -1175,3 +1175,80 @@ async fn execs_get_no_host_fd_and_fd_working_dirs_are_refused() {
     }
     env.remove_pods(vec![pod]).await;
 }
+
+/// CVE-2021-30465: a mount whose target lies in a volume another container of the pod keeps
+/// swapping between a directory and a symlink to `/`. Wherever the race lands, the mount point
+/// is made and the mount placed inside the container's own rootfs, never on the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mount_target_swapped_for_a_symlink_never_reaches_the_host() {
+    let mut env = env().await;
+    let volume = env.daemon.path("volume");
+    let payload = env.daemon.path("payload");
+    for dir in [&volume, &payload] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(payload.join("marker"), "payload\n").unwrap();
+    // A name nothing else on the host has: if a mount point were made through the symlink
+    // on the host's side, it would appear at the host's root.
+    let name = format!("strata-swap-{}", std::process::id());
+    let host_canary = Path::new("/").join(&name);
+    let pod = env.pod("swap").await;
+    let image = env.image.clone();
+    let mount = |host: &Path, container: &str| cri::Mount {
+        container_path: container.into(),
+        host_path: host.display().to_string(),
+        ..Default::default()
+    };
+    let mut swapper = container_config(
+        "swapper",
+        &image,
+        "while :; do mkdir /vol/x 2>/dev/null; rmdir /vol/x 2>/dev/null; \
+         ln -s / /vol/x 2>/dev/null; rm -f /vol/x; done",
+    );
+    swapper.mounts.push(mount(&volume, "/vol"));
+    let swapper = env.create(&pod, swapper).await.unwrap();
+    env.start(&swapper).await;
+
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for attempt in 0..12 {
+        let mut victim = container_config(
+            &format!("victim-{attempt}"),
+            &image,
+            &format!(
+                "cat /vol/x/{name}/marker 2>/dev/null || cat /{name}/marker 2>/dev/null || echo unseen"
+            ),
+        );
+        victim.mounts.push(mount(&volume, "/vol"));
+        victim
+            .mounts
+            .push(mount(&payload, &format!("/vol/x/{name}")));
+        let outcome = match env.create(&pod, victim).await {
+            Err(e) => format!("refused ({:?})", e.code()),
+            Ok(id) => {
+                let started = env
+                    .rt
+                    .start_container(cri::StartContainerRequest {
+                        container_id: id.clone(),
+                    })
+                    .await;
+                let st = env.wait_exit(&id).await;
+                match started {
+                    Err(e) => format!("failed to start ({:?})", e.code()),
+                    Ok(_) => common::cri::stdout_lines(&st).join(" "),
+                }
+            }
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+        assert!(
+            !host_canary.exists(),
+            "attempt {attempt}: a mount point was made at the host's {}",
+            host_canary.display()
+        );
+    }
+    println!("the victims saw: {outcomes:?}");
+    // The host's mount table has nothing of the payload's.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&name), "{mounts}");
+    env.remove_pods(vec![pod]).await;
+    let _ = std::fs::remove_dir(&host_canary);
+}

@@ -500,15 +500,19 @@ impl Cgroup {
         }
     }
 
-    /// Waits up to a second for `pids` to be reaped. A container whose PID 1 never waits
-    /// for orphans keeps its zombies; that is no reason to hold the caller up longer.
+    /// Waits up to a second for `pids` to be dead. A zombie is dead: whoever reaps it (the
+    /// node's init, for an orphan) may take its time, and a container whose PID 1 never
+    /// waits for orphans keeps its zombies; neither is a reason to hold the caller up.
     fn wait_reaped(pids: &[u32]) {
+        let alive = |pid: &u32| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // The state follows the command name, which may hold spaces and parentheses.
+                stat.rsplit_once(')')
+                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+            })
+        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while pids
-            .iter()
-            .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            && std::time::Instant::now() < deadline
-        {
+        while pids.iter().any(alive) && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
