@@ -25,27 +25,6 @@ fn random(len: usize) -> Vec<u8> {
     bytes
 }
 
-/// An OCI layout archive of `image` (blobs by digest, an index naming it `name`).
-fn archive(image: &common::oci::Image, name: &str) -> Vec<u8> {
-    let mut tar = LayerBuilder::new();
-    tar.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": image.manifest_media_type(),
-            "digest": image.manifest.digest,
-            "size": image.manifest.bytes.len(),
-            "annotations": {"io.containerd.image.name": name},
-        }],
-    });
-    tar.file("index.json", &serde_json::to_vec(&index).unwrap(), 0o644);
-    for blob in image.blobs().chain([&image.manifest]) {
-        let path = format!("blobs/sha256/{}", blob.digest.trim_start_matches("sha256:"));
-        tar.file(&path, &blob.bytes, 0o644);
-    }
-    tar.finish()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_imports_commits_and_writes_cleanly_and_recovers() {
     let mut daemon = Daemon::prepare();
@@ -112,7 +91,11 @@ async fn a_full_disk_fails_imports_commits_and_writes_cleanly_and_recovers() {
         )
         .build();
     let file = env.daemon.path("big.tar");
-    std::fs::write(&file, archive(&big, "local/big:v1")).unwrap();
+    std::fs::write(
+        &file,
+        common::oci::layout_archive(&big, "local/big:v1", &[]),
+    )
+    .unwrap();
     let out = env.daemon.ctl(["import", file.to_str().unwrap()]);
     let said = out.failed().to_string();
     assert!(said.contains("ResourceExhausted"), "import: {said}");

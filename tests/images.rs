@@ -1046,6 +1046,29 @@ async fn hostile_layers_stay_inside_or_fail_cleanly() {
     );
 }
 
+/// Pushes an image of `carrier`'s config and the manifest listing `layers` (with `blob`),
+/// and pulls it: the pull must fail; its error and how long the pull took.
+async fn refused(
+    registry: &Registry,
+    daemon: &Daemon,
+    repo: &str,
+    carrier: &Image,
+    blob: &oci::Blob,
+    layers: Vec<serde_json::Value>,
+) -> (tonic::Status, Duration) {
+    registry.push_blob(repo, &carrier.config).await;
+    registry.push_blob(repo, blob).await;
+    let manifest = carrier.manifest_with(layers);
+    registry
+        .push_manifest(repo, "v1", oci::OCI_MANIFEST, &manifest.bytes)
+        .await;
+    let started = Instant::now();
+    let err = pull(daemon, &registry.reference(repo, "v1"))
+        .await
+        .expect_err("the pull must be refused");
+    (err, started.elapsed())
+}
+
 /// A gzip bomb (2 MiB that inflate to 2 GiB) and a manifest of 10,000 layers: each refused
 /// fast, with nothing left in the store, and the store still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1057,22 +1080,15 @@ async fn a_gzip_bomb_and_ten_thousand_layers_are_refused_fast() {
     let carrier = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
         .build();
-    let with_layers = |layers: Vec<serde_json::Value>| carrier.manifest_with(layers).bytes;
-    registry.push_blob("hostile/bomb", &carrier.config).await;
-    registry.push_blob("hostile/bomb", &bomb).await;
-    registry
-        .push_manifest(
-            "hostile/bomb",
-            "v1",
-            oci::OCI_MANIFEST,
-            &with_layers(vec![bomb.descriptor()]),
-        )
-        .await;
-    let started = Instant::now();
-    let err = pull(&daemon, &registry.reference("hostile/bomb", "v1"))
-        .await
-        .unwrap_err();
-    let bomb_took = started.elapsed();
+    let (err, bomb_took) = refused(
+        &registry,
+        &daemon,
+        "hostile/bomb",
+        &carrier,
+        &bomb,
+        vec![bomb.descriptor()],
+    )
+    .await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("inflates past 67108864 bytes"),
@@ -1090,21 +1106,15 @@ async fn a_gzip_bomb_and_ten_thousand_layers_are_refused_fast() {
     // 10,000 layers (one small blob, listed again and again: the registry checks that
     // each exists). Refused before the config or any layer is fetched.
     let small = &carrier.layers[0].blob;
-    registry.push_blob("hostile/layers", &carrier.config).await;
-    registry.push_blob("hostile/layers", small).await;
-    registry
-        .push_manifest(
-            "hostile/layers",
-            "v1",
-            oci::OCI_MANIFEST,
-            &with_layers(vec![small.descriptor(); 10_000]),
-        )
-        .await;
-    let started = Instant::now();
-    let err = pull(&daemon, &registry.reference("hostile/layers", "v1"))
-        .await
-        .unwrap_err();
-    let layers_took = started.elapsed();
+    let (err, layers_took) = refused(
+        &registry,
+        &daemon,
+        "hostile/layers",
+        &carrier,
+        small,
+        vec![small.descriptor(); 10_000],
+    )
+    .await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("10000 layers") && err.message().contains("256"),
@@ -1119,21 +1129,15 @@ async fn a_gzip_bomb_and_ten_thousand_layers_are_refused_fast() {
 
     // A layer of 1,000,000 empty entries (half a GiB of headers in 2 MiB).
     let entries = oci::many_entries(1000);
-    registry.push_blob("hostile/entries", &carrier.config).await;
-    registry.push_blob("hostile/entries", &entries).await;
-    registry
-        .push_manifest(
-            "hostile/entries",
-            "v1",
-            oci::OCI_MANIFEST,
-            &with_layers(vec![entries.descriptor()]),
-        )
-        .await;
-    let started = Instant::now();
-    let err = pull(&daemon, &registry.reference("hostile/entries", "v1"))
-        .await
-        .unwrap_err();
-    let entries_took = started.elapsed();
+    let (err, entries_took) = refused(
+        &registry,
+        &daemon,
+        "hostile/entries",
+        &carrier,
+        &entries,
+        vec![entries.descriptor()],
+    )
+    .await;
     assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
     assert!(
         err.message().contains("inflates past") || err.message().contains("entries"),

@@ -16,8 +16,8 @@ use common::{
 };
 use strata_api::cri::{
     self, ImageSpec, ListContainersRequest, ListPodSandboxRequest, PullImageRequest,
-    RemoveImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, image_service_client::ImageServiceClient,
+    RemoveImageRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    image_service_client::ImageServiceClient,
 };
 
 /// Restarts the daemon with `point` armed (or none).
@@ -113,33 +113,15 @@ async fn containers(env: &mut Env) -> Vec<cri::Container> {
         .containers
 }
 
-/// Processes of the helper binary that runs monitors, on the whole machine.
-fn monitors() -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor"))
-        })
-        .count()
-}
-
-/// Directories below the daemon's cgroup parent, in every hierarchy: pods and containers.
-fn cgroups_below(env: &Env) -> Vec<String> {
-    common::cgroup_dirs(&env.daemon.cgroup_parent)
-        .into_iter()
-        .flat_map(|top| {
-            std::fs::read_dir(&top)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path().display().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+/// The crash points the agent has: the list in its source, so that a new one is tried too.
+fn crash_points() -> Vec<&'static str> {
+    let source = include_str!("../agent/src/failpoint.rs");
+    let list = source
+        .split_once("pub const POINTS: &[&str] = &[")
+        .and_then(|(_, rest)| rest.split_once("];"))
+        .expect("the POINTS list in agent/src/failpoint.rs")
+        .0;
+    list.split('"').skip(1).step_by(2).collect()
 }
 
 fn entries(dir: &std::path::Path) -> Vec<String> {
@@ -171,7 +153,7 @@ async fn no_pod_leftovers(env: &mut Env, point: &str, pods_expected: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_crash_point_leaves_nothing_half_built_and_the_retry_succeeds() {
     let mut env = env().await;
-    let monitors_at_start = monitors();
+    let monitors_at_start = common::monitors_running();
     let baseline_images = images(&env);
     let baseline_store = store_listing(&env.daemon);
     let mut tried = Vec::new();
@@ -237,9 +219,9 @@ async fn every_crash_point_leaves_nothing_half_built_and_the_retry_succeeds() {
         crashed(&mut env, point, failed).await;
         no_pod_leftovers(&mut env, point, 0).await;
         assert!(
-            cgroups_below(&env).is_empty(),
+            common::cgroups_below(&env.daemon.cgroup_parent).is_empty(),
             "{point}: {:?}",
-            cgroups_below(&env)
+            common::cgroups_below(&env.daemon.cgroup_parent)
         );
         assert!(
             common::mounts_below(&env.daemon.path("")).is_empty(),
@@ -251,19 +233,40 @@ async fn every_crash_point_leaves_nothing_half_built_and_the_retry_succeeds() {
         tried.push((point, started.elapsed()));
     }
 
-    // Containers: created, started, stopped, removed, each killed half-way.
+    // Containers: created, started, stopped, removed, each killed at two points.
     let image = env.image.clone();
     let pod = run_pod(&mut env, "holder").await.unwrap();
     let config = || container_config("victim", &image, "echo up; exec sleep 1000");
-    let started = Instant::now();
-    restart(&mut env, Some("container.creating")).await;
-    let failed = env.create(&pod, config()).await.is_err();
-    crashed(&mut env, "container.creating", failed).await;
-    assert!(containers(&mut env).await.is_empty());
-    assert!(entries(&env.daemon.root.join("containers")).is_empty());
-    // The pod's cgroup holds no container's any more (only the PID holder's leaf).
-    let container_cgroups: Vec<String> =
-        common::cgroup_dirs(&common::pod_cgroup(&env.daemon, &pod))
+    let remove = |env: &mut Env, id: String| {
+        let mut rt = env.rt.clone();
+        async move {
+            rt.remove_container(cri::RemoveContainerRequest { container_id: id })
+                .await
+        }
+    };
+    let stop = |env: &mut Env, id: String| {
+        let mut rt = env.rt.clone();
+        async move {
+            rt.stop_container(StopContainerRequest {
+                container_id: id,
+                timeout: 0,
+            })
+            .await
+        }
+    };
+    let pod_cgroup = common::pod_cgroup(&env.daemon, &pod);
+    for point in ["container.prepared", "container.creating"] {
+        let started = Instant::now();
+        restart(&mut env, Some(point)).await;
+        let failed = env.create(&pod, config()).await.is_err();
+        crashed(&mut env, point, failed).await;
+        assert!(containers(&mut env).await.is_empty(), "{point}");
+        assert!(
+            entries(&env.daemon.root.join("containers")).is_empty(),
+            "{point}"
+        );
+        // The pod's cgroup holds no container's any more (only the PID holder's leaf).
+        let container_cgroups: Vec<String> = common::cgroup_dirs(&pod_cgroup)
             .iter()
             .flat_map(|d| {
                 entries(d)
@@ -275,103 +278,100 @@ async fn every_crash_point_leaves_nothing_half_built_and_the_retry_succeeds() {
                     .collect::<Vec<_>>()
             })
             .collect();
-    assert!(container_cgroups.is_empty(), "{container_cgroups:?}");
-    let id = env.create(&pod, config()).await.unwrap();
-    tried.push(("container.creating", started.elapsed()));
-
-    let started = Instant::now();
-    restart(&mut env, Some("container.starting")).await;
-    let failed = env
-        .rt
-        .start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .is_err();
-    crashed(&mut env, "container.starting", failed).await;
-    // Its init was released before the crash: it runs, and is reported so.
-    let st = env.status(&id).await;
-    if st.state == cri::ContainerState::ContainerCreated as i32 {
-        env.start(&id).await;
+        assert!(
+            container_cgroups.is_empty(),
+            "{point}: {container_cgroups:?}"
+        );
+        let id = env.create(&pod, config()).await.unwrap();
+        remove(&mut env, id).await.unwrap();
+        tried.push((point, started.elapsed()));
     }
-    assert_eq!(
-        env.status(&id).await.state,
-        cri::ContainerState::ContainerRunning as i32,
-        "container.starting"
-    );
-    tried.push(("container.starting", started.elapsed()));
 
-    let started = Instant::now();
-    restart(&mut env, Some("container.stopping")).await;
-    let stop = |env: &mut Env| {
-        let mut rt = env.rt.clone();
-        let id = id.clone();
-        async move {
-            rt.stop_container(StopContainerRequest {
-                container_id: id,
-                timeout: 0,
+    for point in ["container.releasing", "container.starting"] {
+        let started = Instant::now();
+        let id = env.create(&pod, config()).await.unwrap();
+        restart(&mut env, Some(point)).await;
+        let failed = env
+            .rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
             })
             .await
+            .is_err();
+        crashed(&mut env, point, failed).await;
+        // Released before the crash, its init runs and is reported so; or it still waits,
+        // and the retried start releases it.
+        if env.status(&id).await.state == cri::ContainerState::ContainerCreated as i32 {
+            env.start(&id).await;
         }
-    };
-    let failed = stop(&mut env).await.is_err();
-    crashed(&mut env, "container.stopping", failed).await;
-    stop(&mut env).await.unwrap();
-    let st = env.status(&id).await;
-    assert_eq!(
-        (st.state, st.exit_code),
-        (cri::ContainerState::ContainerExited as i32, 137),
-        "container.stopping"
-    );
-    tried.push(("container.stopping", started.elapsed()));
+        assert_eq!(
+            env.status(&id).await.state,
+            cri::ContainerState::ContainerRunning as i32,
+            "{point}"
+        );
+        remove(&mut env, id).await.unwrap();
+        tried.push((point, started.elapsed()));
+    }
 
-    let started = Instant::now();
-    restart(&mut env, Some("container.removing")).await;
-    let remove = |env: &mut Env| {
-        let mut rt = env.rt.clone();
-        let id = id.clone();
-        async move {
-            rt.remove_container(cri::RemoveContainerRequest { container_id: id })
-                .await
-        }
-    };
-    let failed = remove(&mut env).await.is_err();
-    crashed(&mut env, "container.removing", failed).await;
-    remove(&mut env).await.unwrap();
-    assert!(containers(&mut env).await.is_empty());
-    assert!(entries(&env.daemon.root.join("containers")).is_empty());
-    tried.push(("container.removing", started.elapsed()));
+    for point in ["container.killed", "container.stopping"] {
+        let started = Instant::now();
+        let id = env.create(&pod, config()).await.unwrap();
+        env.start(&id).await;
+        restart(&mut env, Some(point)).await;
+        let failed = stop(&mut env, id.clone()).await.is_err();
+        crashed(&mut env, point, failed).await;
+        stop(&mut env, id.clone()).await.unwrap();
+        let st = env.status(&id).await;
+        assert_eq!(
+            (st.state, st.exit_code),
+            (cri::ContainerState::ContainerExited as i32, 137),
+            "{point}"
+        );
+        remove(&mut env, id).await.unwrap();
+        tried.push((point, started.elapsed()));
+    }
 
-    // Commit: killed once the new layer and image are stored, before they are recorded.
-    let started = Instant::now();
+    for point in ["container.stopped-for-removal", "container.removing"] {
+        let started = Instant::now();
+        let id = env.create(&pod, config()).await.unwrap();
+        env.start(&id).await;
+        restart(&mut env, Some(point)).await;
+        let failed = remove(&mut env, id.clone()).await.is_err();
+        crashed(&mut env, point, failed).await;
+        remove(&mut env, id).await.unwrap();
+        assert!(containers(&mut env).await.is_empty(), "{point}");
+        assert!(
+            entries(&env.daemon.root.join("containers")).is_empty(),
+            "{point}"
+        );
+        tried.push((point, started.elapsed()));
+    }
+
+    // Commits: killed with the layer stored, and with the image stored but not recorded.
     let id = env.create(&pod, config()).await.unwrap();
     env.start(&id).await;
-    restart(&mut env, Some("commit.stored")).await;
     let committed = format!("{}/kill/committed:v1", env.registry.host);
-    let out = env.daemon.ctl(["commit", &id, &committed]);
-    crashed(&mut env, "commit.stored", !out.status.success()).await;
-    assert_eq!(images(&env), baseline_images, "commit.stored");
-    assert_eq!(store_listing(&env.daemon), baseline_store, "commit.stored");
-    env.daemon.ctl(["commit", &id, &committed]).ok();
-    remove_image(&env, &committed).await;
-    tried.push(("commit.stored", started.elapsed()));
+    for point in ["commit.layered", "commit.stored"] {
+        let started = Instant::now();
+        restart(&mut env, Some(point)).await;
+        let out = env.daemon.ctl(["commit", &id, &committed]);
+        crashed(&mut env, point, !out.status.success()).await;
+        assert_eq!(images(&env), baseline_images, "{point}");
+        assert_eq!(store_listing(&env.daemon), baseline_store, "{point}");
+        env.daemon.ctl(["commit", &id, &committed]).ok();
+        remove_image(&env, &committed).await;
+        tried.push((point, started.elapsed()));
+    }
 
-    env.rt
-        .stop_pod_sandbox(StopPodSandboxRequest {
-            pod_sandbox_id: pod.clone(),
-        })
-        .await
-        .unwrap();
-    env.rt
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+    env.remove_pods(vec![pod]).await;
 
     // The node as it started: no pod, container, mount, cgroup, monitor, blob or layer more.
     no_pod_leftovers(&mut env, "at the end", 0).await;
-    assert!(cgroups_below(&env).is_empty(), "{:?}", cgroups_below(&env));
+    assert!(
+        common::cgroups_below(&env.daemon.cgroup_parent).is_empty(),
+        "{:?}",
+        common::cgroups_below(&env.daemon.cgroup_parent)
+    );
     assert!(common::mounts_below(&env.daemon.path("")).is_empty());
     assert_eq!(store_listing(&env.daemon), baseline_store);
     assert_eq!(images(&env), baseline_images);
@@ -382,27 +382,18 @@ async fn every_crash_point_leaves_nothing_half_built_and_the_retry_succeeds() {
         check.stdout
     );
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
-    while monitors() > monitors_at_start && Instant::now() < deadline {
+    while common::monitors_running() > monitors_at_start && Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert_eq!(monitors(), monitors_at_start, "monitors left running");
+    assert_eq!(
+        common::monitors_running(),
+        monitors_at_start,
+        "monitors left running"
+    );
     let mut all: Vec<&str> = tried.iter().map(|(p, _)| *p).collect();
     all.sort();
     all.dedup();
-    let mut every: Vec<&str> = [
-        "pull.downloading",
-        "unpack.entry",
-        "pull.recording",
-        "pod.pinned",
-        "pod.networked",
-        "container.creating",
-        "container.starting",
-        "container.stopping",
-        "container.removing",
-        "commit.stored",
-        "import.stored",
-    ]
-    .to_vec();
+    let mut every = crash_points();
     every.sort();
     assert_eq!(all, every, "every crash point is tried");
     for (point, took) in &tried {

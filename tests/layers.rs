@@ -375,31 +375,6 @@ async fn failed_pushes_leave_the_image_and_a_retry_works() {
     assert!(line.contains("several names"), "{line}");
 }
 
-/// An OCI layout archive of `image` named `name`, as another tool would write it (entries
-/// may be left out or replaced).
-fn layout_archive(image: &oci::Image, name: &str, skip: &[&str]) -> Vec<u8> {
-    let mut tar = LayerBuilder::new();
-    tar.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644);
-    let index = serde_json::json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": image.manifest_media_type(),
-            "digest": image.manifest.digest,
-            "size": image.manifest.bytes.len(),
-            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "v1"},
-        }],
-    });
-    tar.file("index.json", &serde_json::to_vec(&index).unwrap(), 0o644);
-    for blob in image.blobs().chain([&image.manifest]) {
-        if skip.contains(&blob.digest.as_str()) {
-            continue;
-        }
-        let path = format!("blobs/sha256/{}", blob.digest.trim_start_matches("sha256:"));
-        tar.file(&path, &blob.bytes, 0o644);
-    }
-    tar.finish()
-}
-
 /// New content for an archive entry, given its name and content.
 type EditEntry<'a> = dyn Fn(&str, &[u8]) -> Option<Vec<u8>> + 'a;
 
@@ -612,7 +587,7 @@ async fn bad_archives_are_refused_and_change_nothing() {
             Compression::Gzip,
         )
         .build();
-    let archive = layout_archive(&good, "local/good:v1", &[]);
+    let archive = oci::layout_archive(&good, "local/good:v1", &[]);
     import(&daemon, &archive, &[]).ok();
     let baseline = (store_listing(&daemon), image_names(&daemon));
 
@@ -734,27 +709,27 @@ async fn bad_archives_are_refused_and_change_nothing() {
         ),
         (
             "a missing layer",
-            layout_archive(&good, "local/bad:v1", &[&good.layers[1].blob.digest]),
+            oci::layout_archive(&good, "local/bad:v1", &[&good.layers[1].blob.digest]),
             "InvalidArgument",
         ),
         (
             "a layer that escapes its root",
-            layout_archive(&hostile_layer, "local/bad:v1", &[]),
+            oci::layout_archive(&hostile_layer, "local/bad:v1", &[]),
             "DataLoss",
         ),
         (
             "a gzip bomb",
-            layout_archive(&bomb, "local/bad:v1", &[]),
+            oci::layout_archive(&bomb, "local/bad:v1", &[]),
             "inflates past 67108864 bytes",
         ),
         (
             "10,000 layers",
-            layout_archive(&ten_thousand, "local/bad:v1", &[]),
+            oci::layout_archive(&ten_thousand, "local/bad:v1", &[]),
             "10000 layers",
         ),
         (
             "a config lying about diff_ids",
-            layout_archive(&lying, "local/bad:v1", &[]),
+            oci::layout_archive(&lying, "local/bad:v1", &[]),
             "DataLoss",
         ),
     ];

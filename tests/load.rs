@@ -166,26 +166,8 @@ fn footprint(env: &common::cri::Env) -> Footprint {
     Footprint {
         daemon_fds: daemon_fds(daemon.pid().as_raw()),
         mounts: common::mounts_below(&daemon.path("")).len(),
-        cgroups: common::cgroup_dirs(&daemon.cgroup_parent)
-            .iter()
-            .map(|d| {
-                std::fs::read_dir(d)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                    .count()
-            })
-            .sum(),
-        monitors: std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                std::fs::read(e.path().join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor"))
-            })
-            .count(),
+        cgroups: common::cgroups_below(&daemon.cgroup_parent).len(),
+        monitors: common::monitors_running(),
         pod_records: count(&daemon.root.join("sandboxes")),
         container_records: count(&daemon.root.join("containers")),
         pins: count(&daemon.state_dir.join("sandboxes")),

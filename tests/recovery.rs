@@ -15,7 +15,7 @@ use common::cri::{Env, container_config, env, host_network, pid_mode, pod_config
 use nix::sys::signal::Signal;
 use strata_api::cri::{
     self, ContainerStatsRequest, ExecSyncRequest, ListContainersRequest, ListPodSandboxRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StopContainerRequest, StopPodSandboxRequest,
+    RunPodSandboxRequest, StopContainerRequest,
 };
 
 const PODS: usize = 10;
@@ -243,20 +243,7 @@ async fn fifty_containers_outlive_a_sigkill_and_a_sigterm_of_the_daemon() {
         lines += check_counter_log(&st.log_path).unwrap();
     }
     assert!(lines > 40 * 40, "the counters wrote {lines} lines in all");
-    for pod in &fleet.pods {
-        env.rt
-            .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap();
-        env.rt
-            .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: pod.clone(),
-            })
-            .await
-            .unwrap();
-    }
+    env.remove_pods(fleet.pods.clone()).await;
     assert!(common::mounts_below(&env.daemon.path("")).is_empty());
     env.daemon.stop().await;
 }

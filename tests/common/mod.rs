@@ -439,6 +439,35 @@ pub fn cgroup_dirs(rel: &str) -> Vec<PathBuf> {
     dirs.into_iter().filter(|d| d.is_dir()).collect()
 }
 
+/// The directories right below `rel` in every hierarchy (a daemon's pods, below its parent).
+pub fn cgroups_below(rel: &str) -> Vec<String> {
+    cgroup_dirs(rel)
+        .into_iter()
+        .flat_map(|top| {
+            std::fs::read_dir(&top)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path().display().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Container monitors running on the machine (any daemon's).
+pub fn monitors_running() -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("__monitor"))
+        })
+        .count()
+}
+
 /// The cgroup of pod `id`, relative to the hierarchies' roots.
 pub fn pod_cgroup(daemon: &Daemon, id: &str) -> String {
     format!("{}/pod-{id}", daemon.cgroup_parent)

@@ -427,13 +427,39 @@ pub fn busybox_layer() -> Vec<u8> {
 /// A gzip bomb as a layer blob: concatenated gzip members of a tar header for one file of
 /// `size` bytes, then zeros up to it (and the end marker). A few MiB that inflate to `size`.
 pub fn gzip_bomb(size: u64) -> Blob {
-    let gzip = |data: &[u8]| {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    };
+    let chunk: u64 = 4 << 20;
+    let zeros = gzip_member(&vec![0u8; chunk as usize]);
+    let mut bomb = gzip_member(regular_header("bomb", size).as_bytes());
+    for _ in 0..size / chunk {
+        bomb.extend_from_slice(&zeros);
+    }
+    bomb.extend(gzip_member(&vec![0u8; (size % chunk) as usize + 1024]));
+    Blob::new(bomb, "application/vnd.oci.image.layer.v1.tar+gzip")
+}
+
+/// A layer blob of `thousands` × 1,000 empty entries (one name, again and again): a few MiB of
+/// gzip members that stand for half a GiB of tar headers.
+pub fn many_entries(thousands: usize) -> Blob {
+    let member = gzip_member(&regular_header("e", 0).as_bytes().repeat(1000));
+    let mut blob = Vec::new();
+    for _ in 0..thousands {
+        blob.extend_from_slice(&member);
+    }
+    blob.extend(gzip_member(&[0u8; 1024]));
+    Blob::new(blob, "application/vnd.oci.image.layer.v1.tar+gzip")
+}
+
+/// One gzip member of `data`: members put one after another make one gzip stream.
+fn gzip_member(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(data).expect("gzip");
+    enc.finish().expect("gzip")
+}
+
+/// The tar header of a root-owned regular file of `size` bytes.
+fn regular_header(path: &str, size: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
-    header.set_path("bomb").unwrap();
+    header.set_path(path).expect("a short path");
     header.set_size(size);
     header.set_mode(0o644);
     header.set_uid(0);
@@ -441,38 +467,30 @@ pub fn gzip_bomb(size: u64) -> Blob {
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Regular);
     header.set_cksum();
-    let chunk: u64 = 4 << 20;
-    let zeros = gzip(&vec![0u8; chunk as usize]);
-    let mut bomb = gzip(header.as_bytes());
-    for _ in 0..size / chunk {
-        bomb.extend_from_slice(&zeros);
-    }
-    bomb.extend(gzip(&vec![0u8; (size % chunk) as usize + 1024]));
-    Blob::new(bomb, "application/vnd.oci.image.layer.v1.tar+gzip")
+    header
 }
 
-/// A layer blob of `thousands` × 1,000 empty entries (one name, again and again): a few MiB of
-/// gzip members that stand for half a GiB of tar headers.
-pub fn many_entries(thousands: usize) -> Blob {
-    let gzip = |data: &[u8]| {
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
-    };
-    let mut header = tar::Header::new_gnu();
-    header.set_path("e").unwrap();
-    header.set_size(0);
-    header.set_mode(0o644);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_cksum();
-    let member = gzip(&header.as_bytes().repeat(1000));
-    let mut blob = Vec::new();
-    for _ in 0..thousands {
-        blob.extend_from_slice(&member);
+/// An OCI layout archive of `image` named `name`, as another tool would write it (entries
+/// may be left out or replaced).
+pub fn layout_archive(image: &Image, name: &str, skip: &[&str]) -> Vec<u8> {
+    let mut tar = LayerBuilder::new();
+    tar.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 0o644);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": image.manifest_media_type(),
+            "digest": image.manifest.digest,
+            "size": image.manifest.bytes.len(),
+            "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "v1"},
+        }],
+    });
+    tar.file("index.json", &serde_json::to_vec(&index).unwrap(), 0o644);
+    for blob in image.blobs().chain([&image.manifest]) {
+        if skip.contains(&blob.digest.as_str()) {
+            continue;
+        }
+        let path = format!("blobs/sha256/{}", blob.digest.trim_start_matches("sha256:"));
+        tar.file(&path, &blob.bytes, 0o644);
     }
-    blob.extend(gzip(&[0u8; 1024]));
-    Blob::new(blob, "application/vnd.oci.image.layer.v1.tar+gzip")
+    tar.finish()
 }

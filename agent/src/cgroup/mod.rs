@@ -231,17 +231,20 @@ impl Hierarchy {
 }
 
 /// Creates each missing directory from the top down; a new cpuset cgroup starts with empty
-/// `cpus` and `mems`, so it inherits its parent's.
+/// `cpus` and `mems`, so it inherits its parent's. A directory that exists is seen to as
+/// well: another pod's creation may have made it a moment ago and not filled it in yet
+/// (until it is, no process can join anything below it).
 fn create_v1(controller_root: &Path, rel: &Path, cpuset: bool) -> Result<()> {
     let mut dir = controller_root.to_path_buf();
     for component in rel.components() {
         dir.push(component);
-        if dir.is_dir() {
-            continue;
-        }
-        match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
-            _ => {}
+        if !dir.is_dir() {
+            match std::fs::create_dir(&dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                    return Err(io_err(&dir)(e));
+                }
+                _ => {}
+            }
         }
         if cpuset {
             inherit_cpuset(&dir)?;
@@ -286,12 +289,17 @@ fn create_v2(root: &Path, rel: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A new v1 cpuset cgroup starts with empty `cpus` and `mems`: it takes its parent's.
+/// A new v1 cpuset cgroup starts with empty `cpus` and `mems`: it takes its parent's. One
+/// that has its own keeps them.
 fn inherit_cpuset(dir: &Path) -> Result<()> {
     let Some(parent) = dir.parent() else {
         return Ok(());
     };
     for file in ["cpuset.cpus", "cpuset.mems"] {
+        let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        if !own.trim().is_empty() {
+            continue;
+        }
         let value = std::fs::read_to_string(parent.join(file)).unwrap_or_default();
         if !value.trim().is_empty() {
             write(&dir.join(file), value.trim())?;
@@ -839,6 +847,19 @@ mod tests {
         assert_eq!(p("pids/strata/pod-1/pids.max"), "32");
         cg.add_pid(42).unwrap();
         assert_eq!(p("memory/strata/pod-1/cgroup.procs"), "42");
+
+        // A parent another creation has just made, its cpuset not filled in yet: filled in
+        // now, or nothing below it could take a process.
+        let racing = tree.path().join("cpuset/racing");
+        std::fs::create_dir(&racing).unwrap();
+        std::fs::write(racing.join("cpuset.cpus"), "").unwrap();
+        h.create("racing/pod-2").unwrap();
+        assert_eq!(read(&racing.join("cpuset.cpus")), "0-1");
+        assert_eq!(read(&racing.join("pod-2/cpuset.cpus")), "0-1");
+        // One with a set of its own keeps it.
+        h.create("strata/pod-1/inner").unwrap();
+        assert_eq!(p("cpuset/strata/pod-1/cpuset.cpus"), "0");
+        assert_eq!(p("cpuset/strata/pod-1/inner/cpuset.cpus"), "0");
     }
 
     #[test]

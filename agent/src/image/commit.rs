@@ -280,6 +280,7 @@ impl ImageStore {
         let diff_id = hashing.hasher.finish();
         let ingest = hashing.inner.finish().map_err(io_fail)?;
         let (layer_digest, layer_size) = ingest.commit_computed()?;
+        crate::failpoint::hit("commit.layered");
 
         // Unpacked into the layer store like any pulled layer.
         self.unpack_stored(&layer_digest, &diff_id, manifest::Compression::Gzip)?;

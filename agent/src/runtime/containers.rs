@@ -392,6 +392,7 @@ impl Runtime {
             cgroup.set_devices(&device_rules)?;
         }
         cgroup.create_leaf(crate::cgroup::CONTAINER_LEAF)?;
+        crate::failpoint::hit("container.prepared");
         let config = layout.dir.join("config.json");
         let bytes = serde_json::to_vec_pretty(&spec).map_err(|source| Error::Corrupt {
             path: config.clone(),
@@ -439,6 +440,7 @@ impl Runtime {
         // Opening the FIFO releases the init; it says "started" and execs (the FIFO closes
         // then), or says why it could not.
         let fifo = layout.fifo();
+        crate::failpoint::hit("container.releasing");
         let released = tokio::select! {
             r = tokio::time::timeout(START_TIMEOUT, release_init(&fifo)) => r.unwrap_or_else(|_| {
                 Release::NotWaiting(format!(
@@ -518,6 +520,7 @@ impl Runtime {
                 // not (POD, NODE) would leave children behind: everything in its cgroup.
                 if c.spec.pid == super::sandbox::NamespaceMode::Container {
                     signal_init(pid, &cgroup, rustix::process::Signal::KILL, &layout);
+                    crate::failpoint::hit("container.killed");
                 } else {
                     kill_cgroup(&cgroup).await?;
                 }
@@ -551,6 +554,7 @@ impl Runtime {
             Err(Error::ContainerNotFound(_)) => return Ok(()),
             Err(e) => return Err(e),
         };
+        crate::failpoint::hit("container.stopped-for-removal");
         self.cgroups.cgroup(&c.cgroup)?.remove()?;
         crate::failpoint::hit("container.removing");
         let dir = self.containers_dir.join(&c.id);
