@@ -140,6 +140,7 @@ async fn main() {
         .tempdir()
         .unwrap();
     let bridges = Bridges;
+    let portmap = common::Portmap::hold();
     let pid = std::process::id() % 200;
     let strata_cni = work.path().join("strata");
     let containerd_cni = work.path().join("containerd");
@@ -171,5 +172,6 @@ async fn main() {
     report.extend(measure("containerd", &containerd.endpoint).await);
     containerd.stop();
     drop(bridges);
+    drop(portmap);
     println!("{}", report.join("\n"));
 }

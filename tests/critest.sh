@@ -30,6 +30,9 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 registry=127.0.0.1:$port
 work=$(mktemp -d /tmp/strata-critest-XXXXXX)
 daemon_pid='' registry_pid=''
+# portmap's node-wide chains: removed at the end if the machine had none before.
+had_portmap=0
+tests/portmap-chains.sh present && had_portmap=1
 
 cleanup() {
     set +e
@@ -62,6 +65,7 @@ cleanup() {
         done
     done
     [ -n "${bridge:-}" ] && ip link del "$bridge" 2>/dev/null
+    [ "$had_portmap" = 1 ] || tests/portmap-chains.sh remove
     [ -n "$registry_pid" ] && kill "$registry_pid" 2>/dev/null && wait "$registry_pid" 2>/dev/null
     if [ "${KEEP_OUT:-}" = 1 ]; then echo "critest.sh: results kept in $work/out"; else rm -rf "$work"; fi
 }

@@ -30,6 +30,8 @@ struct Net {
     /// The subnet's first three octets.
     prefix: String,
     shapers_before: BTreeSet<String>,
+    /// Dropped after the fields above: the pods' own rules are gone by then.
+    _portmap: common::Portmap,
 }
 
 impl Net {
@@ -49,6 +51,7 @@ impl Net {
             bridge: format!("stt{}x{n}", pid % 100_000),
             prefix: format!("10.{}.{}", 180 + n, pid % 250),
             shapers_before: shapers(),
+            _portmap: common::Portmap::hold(),
         }
     }
 

@@ -36,22 +36,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests run the real binaries: build them before the tests look for them.
 cargo build --workspace --locked
 out=$(mktemp -d)
-# portmap makes three node-wide nat chains (CNI-HOSTPORT-DNAT, -SETMARK, -MASQ) at its first
-# ADD and never removes them. A machine that had none before the suite has none after it,
-# once no pod's rule is left in them (the tests remove their own pods' rules).
-had_portmap=0
-iptables -w -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1 && had_portmap=1
-portmap_chains() {
-    [ "$had_portmap" = 1 ] && return
-    iptables -w -t nat -S CNI-HOSTPORT-DNAT >/dev/null 2>&1 || return
-    iptables -w -t nat -S CNI-HOSTPORT-DNAT | grep -q '^-A' && return
-    iptables -w -t nat -S | grep -E '^-A (PREROUTING|OUTPUT|POSTROUTING) .*-j CNI-HOSTPORT-' |
-        while read -r rule; do sh -c "iptables -w -t nat -D ${rule#-A }"; done
-    for chain in CNI-HOSTPORT-DNAT CNI-HOSTPORT-SETMARK CNI-HOSTPORT-MASQ; do
-        iptables -w -t nat -F "$chain" 2>/dev/null && iptables -w -t nat -X "$chain"
-    done
-}
-trap 'portmap_chains; rm -rf "$out"' EXIT
+trap 'rm -rf "$out"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$out/cargo-test.log"
 # The CRI conformance suite, against the same build.
 tests/critest.sh 2>&1 | tee "$out/critest.log"

@@ -681,3 +681,40 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// Held by whoever may run CNI's portmap plugin (`tests/portmap-chains.sh` says why). When
+/// the last holder in the process goes, on a machine that had none of portmap's node-wide
+/// chains before the first, they are removed.
+pub struct Portmap;
+
+/// Holders, and whether the chains were there before the first.
+static PORTMAP: std::sync::Mutex<(usize, bool)> = std::sync::Mutex::new((0, false));
+
+fn portmap_chains(verb: &str) -> bool {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/portmap-chains.sh"))
+        .arg(verb)
+        .status()
+        .expect("tests/portmap-chains.sh")
+        .success()
+}
+
+impl Portmap {
+    pub fn hold() -> Portmap {
+        let mut state = PORTMAP.lock().unwrap_or_else(|p| p.into_inner());
+        if state.0 == 0 {
+            state.1 = portmap_chains("present");
+        }
+        state.0 += 1;
+        Portmap
+    }
+}
+
+impl Drop for Portmap {
+    fn drop(&mut self) {
+        let mut state = PORTMAP.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 -= 1;
+        if state.0 == 0 && !state.1 {
+            portmap_chains("remove");
+        }
+    }
+}
