@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{
-    cri::{Env, container_config, env, env_with, pid_mode},
+    cri::{Attempt, Env, container_config, env, env_with, pid_mode},
     oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
 };
 use strata_api::cri::{
@@ -166,25 +166,20 @@ async fn exec_working_dir_never_leads_to_the_host() {
     let mut config = container_config("trap", &trap, "pwd; cat secret");
     config.working_dir = format!("/w{}", host_dir.display());
     config.linux = Some(pid_mode(cri::NamespaceMode::Node));
-    let result = match env.create(&pod, config).await {
-        Ok(id) => {
-            let started = env
-                .rt
-                .start_container(cri::StartContainerRequest {
-                    container_id: id.clone(),
-                })
-                .await;
-            let st = env.wait_exit(&id).await;
-            Some((started, st))
-        }
-        Err(_) => None,
-    };
+    let attempt = env.attempt(&pod, config).await;
     assert!(
         !host_dir.exists(),
         "the init created a directory on the host"
     );
-    if let Some((started, st)) = result {
-        assert!(started.is_err() || st.exit_code != 0, "{st:?}");
+    let st = match attempt {
+        Attempt::Refused(_) => None,
+        Attempt::StartFailed(_, st) => Some(st),
+        Attempt::Ran(st) => {
+            assert_ne!(st.exit_code, 0, "{st:?}");
+            Some(st)
+        }
+    };
+    if let Some(st) = st {
         assert!(
             !common::cri::stdout_lines(&st)
                 .iter()
@@ -1148,27 +1143,25 @@ async fn execs_get_no_host_fd_and_fd_working_dirs_are_refused() {
     for fd in 3..8 {
         let mut config = container_config("fdcwd", &image, "pwd; ls");
         config.working_dir = format!("/proc/self/fd/{fd}");
-        let outcome = match env.create(&pod, config).await {
-            Err(e) => format!("refused at create: {e:?}"),
-            Ok(cid) => {
-                let started = env
-                    .rt
-                    .start_container(cri::StartContainerRequest {
-                        container_id: cid.clone(),
-                    })
-                    .await;
-                let st = env.wait_exit(&cid).await;
-                let lines = common::cri::stdout_lines(&st);
-                assert!(
-                    started.is_err() || st.exit_code != 0,
-                    "fd {fd}: the container ran in {lines:?}"
+        let no_output = |st: &cri::ContainerStatus| {
+            let lines = common::cri::stdout_lines(st);
+            assert!(lines.is_empty(), "fd {fd}: it printed {lines:?}");
+        };
+        let outcome = match env.attempt(&pod, config).await {
+            Attempt::Refused(e) => format!("refused at create: {e:?}"),
+            Attempt::StartFailed(e, st) => {
+                no_output(&st);
+                format!("refused at start: {e:?} / exit {}", st.exit_code)
+            }
+            Attempt::Ran(st) => {
+                assert_ne!(
+                    st.exit_code,
+                    0,
+                    "fd {fd}: the container ran in {:?}",
+                    common::cri::stdout_lines(&st)
                 );
-                assert!(lines.is_empty(), "fd {fd}: it printed {lines:?}");
-                format!(
-                    "refused at start: {:?} / exit {}",
-                    started.err(),
-                    st.exit_code
-                )
+                no_output(&st);
+                format!("refused at start: exit {}", st.exit_code)
             }
         };
         assert!(outcome.contains("refused"), "{outcome}");
@@ -1222,21 +1215,10 @@ async fn a_mount_target_swapped_for_a_symlink_never_reaches_the_host() {
         victim
             .mounts
             .push(mount(&payload, &format!("/vol/x/{name}")));
-        let outcome = match env.create(&pod, victim).await {
-            Err(e) => format!("refused ({:?})", e.code()),
-            Ok(id) => {
-                let started = env
-                    .rt
-                    .start_container(cri::StartContainerRequest {
-                        container_id: id.clone(),
-                    })
-                    .await;
-                let st = env.wait_exit(&id).await;
-                match started {
-                    Err(e) => format!("failed to start ({:?})", e.code()),
-                    Ok(_) => common::cri::stdout_lines(&st).join(" "),
-                }
-            }
+        let outcome = match env.attempt(&pod, victim).await {
+            Attempt::Refused(e) => format!("refused ({:?})", e.code()),
+            Attempt::StartFailed(e, _) => format!("failed to start ({:?})", e.code()),
+            Attempt::Ran(st) => common::cri::stdout_lines(&st).join(" "),
         };
         *outcomes.entry(outcome).or_default() += 1;
         assert!(

@@ -185,6 +185,26 @@ impl Node {
             .unwrap()
     }
 
+    /// Creates and starts a container that may well be refused: at create, at start (with
+    /// what it came to), or not at all (it ran to its end).
+    pub async fn attempt(&mut self, pod: &str, config: ContainerConfig) -> Attempt {
+        let id = match self.create(pod, config).await {
+            Ok(id) => id,
+            Err(e) => return Attempt::Refused(e),
+        };
+        let started = self
+            .rt
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        let status = self.wait_exit(&id).await;
+        match started {
+            Ok(_) => Attempt::Ran(status),
+            Err(e) => Attempt::StartFailed(e, status),
+        }
+    }
+
     pub async fn wait_exit(&mut self, id: &str) -> cri::ContainerStatus {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -298,6 +318,14 @@ impl Env {
         let config = container_config(name, &self.image.clone(), script);
         self.run_config(pod, config).await
     }
+}
+
+/// What became of a container that [`Node::attempt`] tried.
+#[derive(Debug)]
+pub enum Attempt {
+    Refused(tonic::Status),
+    StartFailed(tonic::Status, cri::ContainerStatus),
+    Ran(cri::ContainerStatus),
 }
 
 /// The complete stdout lines of a container's CRI log.

@@ -512,15 +512,10 @@ impl Cgroup {
     /// node's init, for an orphan) may take its time, and a container whose PID 1 never
     /// waits for orphans keeps its zombies; neither is a reason to hold the caller up.
     fn wait_reaped(pids: &[u32]) {
-        let alive = |pid: &u32| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // The state follows the command name, which may hold spaces and parentheses.
-                stat.rsplit_once(')')
-                    .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
-            })
-        };
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-        while pids.iter().any(alive) && std::time::Instant::now() < deadline {
+        while pids.iter().any(|pid| crate::sys::process::is_alive(*pid))
+            && std::time::Instant::now() < deadline
+        {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }

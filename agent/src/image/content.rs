@@ -150,17 +150,10 @@ impl ContentStore {
     /// Whether a stored blob's bytes are its digest; if not, why.
     pub fn verify(&self, digest: &Digest) -> std::result::Result<(), String> {
         let path = self.path(digest);
-        let mut file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut hasher = Hasher::default();
-        let mut buf = vec![0u8; 256 << 10];
-        loop {
-            match io::Read::read(&mut file, &mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("{}: {e}", path.display())),
-            }
-        }
+        File::open(&path)
+            .and_then(|mut file| io::copy(&mut file, &mut hasher))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let actual = hasher.finish();
         if actual == *digest {
             Ok(())

@@ -70,6 +70,18 @@ impl From<Digest> for String {
 #[derive(Default, Clone)]
 pub struct Hasher(Sha256);
 
+/// A sink that hashes what is written to it (`io::copy` into it hashes a file).
+impl std::io::Write for Hasher {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Hasher {
     pub fn update(&mut self, bytes: &[u8]) {
         self.0.update(bytes);

@@ -91,13 +91,15 @@ impl<R: Read> Read for HashingReader<'_, R> {
 pub fn unpack<R: Read>(tar: R, dest: &RootDir, limits: Limits) -> Result<Unpacked> {
     let max_entries = limits.max_entries;
     let exceeded = Cell::new(false);
-    let read_err = |e: io::Error| {
+    // Whatever failed once the cap was passed failed because of it.
+    let capped = |e: Error| {
         if exceeded.get() {
             Error::TooLarge(limits.max_bytes)
         } else {
-            Error::Read(e)
+            e
         }
     };
+    let read_err = |e: io::Error| capped(Error::Read(e));
     let mut reader = HashingReader {
         inner: tar,
         hasher: Hasher::default(),
@@ -122,14 +124,10 @@ pub fn unpack<R: Read>(tar: R, dest: &RootDir, limits: Limits) -> Result<Unpacke
             return Err(Error::BadWhiteout(path.display().to_string()));
         }
         let fail = |source: io::Error| {
-            if exceeded.get() {
-                Error::TooLarge(limits.max_bytes)
-            } else {
-                Error::Entry {
-                    entry: path.display().to_string(),
-                    source,
-                }
-            }
+            capped(Error::Entry {
+                entry: path.display().to_string(),
+                source,
+            })
         };
         content_bytes += apply(&mut entry, &path, dest, &mut dir_times).map_err(fail)?;
         crate::failpoint::hit("unpack.entry");

@@ -52,7 +52,7 @@ impl Runtime {
     }
 
     fn save_container(&self, c: &Container) -> Result<()> {
-        save_record(&self.containers_dir.join(&c.id).join("state.json"), c)
+        super::write_record(&self.containers_dir.join(&c.id).join("state.json"), c)
     }
 
     /// Brings a record up to date with what the monitor recorded, in memory only (the
@@ -157,7 +157,7 @@ impl Runtime {
                 {
                     tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
                 }
-                if let Err(e) = save_record(&path, &c) {
+                if let Err(e) = super::write_record(&path, &c) {
                     tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
                 }
             }
@@ -393,12 +393,7 @@ impl Runtime {
         }
         cgroup.create_leaf(crate::cgroup::CONTAINER_LEAF)?;
         crate::failpoint::hit("container.prepared");
-        let config = layout.dir.join("config.json");
-        let bytes = serde_json::to_vec_pretty(&spec).map_err(|source| Error::Corrupt {
-            path: config.clone(),
-            source,
-        })?;
-        state::write_atomic(&config, &bytes).map_err(io_err("cannot write", &config))?;
+        super::write_record(&layout.dir.join("config.json"), &spec)?;
         for fifo in [layout.fifo(), layout.control()] {
             nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
                 .map_err(|e| io_err("cannot create", &fifo)(e.into()))?;
@@ -1339,12 +1334,4 @@ enum Refreshed {
     Changed,
     /// Its monitor died: to be saved, and what is left of it killed.
     Orphaned,
-}
-
-fn save_record(path: &Path, c: &Container) -> Result<()> {
-    let bytes = serde_json::to_vec_pretty(c).map_err(|source| Error::Corrupt {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    state::write_atomic(path, &bytes).map_err(io_err("cannot write", path))
 }

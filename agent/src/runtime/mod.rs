@@ -674,10 +674,7 @@ impl Runtime {
         let saved = tokio::task::spawn_blocking(move || {
             for sandbox in changed {
                 let path = records.join(&sandbox.id).join("state.json");
-                let written = serde_json::to_vec_pretty(&sandbox)
-                    .map_err(std::io::Error::other)
-                    .and_then(|bytes| state::write_atomic(&path, &bytes));
-                if let Err(e) = written {
+                if let Err(e) = write_record(&path, &sandbox) {
                     tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot record a pod's state");
                 }
             }
@@ -927,10 +924,10 @@ fn mount_shm(path: &Path) -> Result<()> {
         .map_err(|e| io_err("cannot mount a tmpfs on", path)(e))
 }
 
-/// Unmounts and removes a pod's pinned namespaces and /dev/shm; missing ones are fine.
 /// The record of a pod or container being built, beside where its `state.json` will be.
 pub(crate) const CREATING: &str = "creating.json";
 
+/// Writes a record (a pod's or container's state, a spec, a network cache) atomically.
 pub(crate) fn write_record(path: &Path, record: &impl serde::Serialize) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(record).map_err(|source| Error::Corrupt {
         path: path.to_path_buf(),
@@ -959,6 +956,7 @@ fn remove_half_built<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// Unmounts and removes a pod's pinned namespaces and /dev/shm; missing ones are fine.
 fn release_pins(pod_pins: &Path) {
     let shm = pod_pins.join("shm");
     if is_mount_point(&shm)
@@ -1002,10 +1000,5 @@ fn read_attachments(dir: &Path) -> Result<Option<Vec<cni::Attachment>>> {
 }
 
 fn write_attachments(dir: &Path, attachments: &[cni::Attachment]) -> Result<()> {
-    let path = cni::cache_path(dir);
-    let bytes = serde_json::to_vec_pretty(attachments).map_err(|source| Error::Corrupt {
-        path: path.clone(),
-        source,
-    })?;
-    state::write_atomic(&path, &bytes).map_err(io_err("cannot write", &path))
+    write_record(&cni::cache_path(dir), &attachments)
 }

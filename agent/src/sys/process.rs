@@ -36,10 +36,23 @@ pub fn kill_group(pgid: u32) {
 /// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22): with the
 /// pid, it names one process for good.
 pub fn start_time(pid: u32) -> Option<u64> {
+    stat_after_name(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether `pid` is alive: there, and neither a zombie nor dead (a zombie's exit status only
+/// waits for its parent, or for the node's init, to collect it).
+pub fn is_alive(pid: u32) -> bool {
+    stat_after_name(pid)
+        .and_then(|fields| fields.first().cloned())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// The fields of `/proc/<pid>/stat` from the third (the state) on. The command name
+/// (field 2) may hold spaces and parentheses: fields are counted from its end.
+fn stat_after_name(pid: u32) -> Option<Vec<String>> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from its end.
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
 /// Drops every capability not in `keep` from the bounding set, for good (needs
