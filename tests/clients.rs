@@ -549,7 +549,12 @@ async fn an_exec_ends_with_its_client() {
             .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
             .any(|c| c == b"sleep\x007878\x00")
     };
-    assert!(sleeping(), "the command runs");
+    // "ready" is written by the shell just before it execs sleep: give the exec a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sleeping() {
+        assert!(std::time::Instant::now() < deadline, "the command runs");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The client goes away without a word: the command goes with it, and its cgroup leaf.
     child.kill().unwrap();
     child.wait().unwrap();
