@@ -87,6 +87,22 @@ struct FileConfig {
     streaming: StreamingConfig,
     #[serde(default)]
     cni: crate::cni::Settings,
+    #[serde(default)]
+    events: EventsConfig,
+}
+
+/// Container events (`[events]`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Events a subscriber may be behind before it is dropped.
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig { queue: 1024 }
+    }
 }
 
 /// The streaming server behind Exec's URLs (`[streaming]`).
@@ -217,6 +233,7 @@ pub struct Config {
     pub registries: BTreeMap<String, RegistryConfig>,
     pub streaming: StreamingConfig,
     pub cni: crate::cni::Settings,
+    pub events: EventsConfig,
 }
 
 impl Config {
@@ -262,6 +279,7 @@ impl Config {
             registries: file.registries,
             streaming: file.streaming,
             cni: file.cni,
+            events: file.events,
         };
         config.validate()?;
         Ok(config)
@@ -339,6 +357,13 @@ impl Config {
                     reason: "must be at least 1".into(),
                 });
             }
+        }
+        if self.events.queue == 0 {
+            return Err(Error::Invalid {
+                what: "events.queue",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
         }
         let streaming = &self.streaming;
         if streaming.idle_timeout_secs == 0 || streaming.max_sessions == 0 {

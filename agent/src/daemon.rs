@@ -108,11 +108,18 @@ pub async fn run(config: Config) -> Result<()> {
             .map_err(|e| Error::Startup(e.to_string()))?;
     tokio::spawn(Arc::clone(&streaming).serve(streaming_listener));
     let ctx = Arc::new(server::Context {
+        events: server::events::Events::new(config.events.queue),
         config,
         images: Arc::new(images),
         runtime,
         streaming,
     });
+    // Containers that run on from before this start say STOPPED when they end.
+    for c in ctx.runtime.containers(&Default::default()).await {
+        if c.state == crate::runtime::container::ContainerState::Running {
+            ctx.watch_exit(c.id);
+        }
+    }
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");
     notify_systemd();

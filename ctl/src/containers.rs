@@ -548,3 +548,73 @@ pub async fn update(client: &Client, ids: &[String], o: UpdateOptions) -> anyhow
     }
     Ok(())
 }
+
+/// Prints events as they come, until `count` of them (or the daemon ends the stream).
+pub async fn events(client: &Client, format: Format, count: Option<usize>) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt as _;
+    // No deadline: a subscription is meant to stay open.
+    let mut stream = client
+        .runtime()
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .map_err(|e| anyhow::anyhow!("events: {}", e.message()))?
+        .into_inner();
+    if format == Format::Table {
+        println!(
+            "{:<24}  {:<8}  {:<9}  {:<13}  {:<9}  NAME",
+            "TIME", "EVENT", "KIND", "ID", "STATE"
+        );
+    }
+    let mut out = std::io::stdout();
+    let mut seen = 0;
+    while count.is_none_or(|n| seen < n) {
+        let Some(event) = stream.next().await else {
+            break;
+        };
+        let event = event.map_err(|e| anyhow::anyhow!("events: {}", e.message()))?;
+        seen += 1;
+        match format {
+            Format::Json => writeln!(out, "{}", serde_json::to_string(&event)?)?,
+            Format::Yaml => write!(out, "---\n{}", serde_norway::to_string(&event)?)?,
+            Format::Table => {
+                let kind = cri::ContainerEventType::try_from(event.container_event_type).map_or(
+                    "UNKNOWN",
+                    |k| match k {
+                        cri::ContainerEventType::ContainerCreatedEvent => "CREATED",
+                        cri::ContainerEventType::ContainerStartedEvent => "STARTED",
+                        cri::ContainerEventType::ContainerStoppedEvent => "STOPPED",
+                        cri::ContainerEventType::ContainerDeletedEvent => "DELETED",
+                    },
+                );
+                let pod = event.pod_sandbox_status.as_ref();
+                let container = event
+                    .containers_statuses
+                    .iter()
+                    .find(|c| c.id == event.container_id);
+                let is_pod = pod.is_none_or(|p| p.id == event.container_id);
+                let (what, state, name) = match (is_pod, container) {
+                    (true, _) => (
+                        "pod",
+                        pod.map_or("Removed", |p| crate::pods::state_name(p.state)),
+                        pod.and_then(|p| p.metadata.as_ref())
+                            .map_or("", |m| m.name.as_str()),
+                    ),
+                    (false, Some(c)) => (
+                        "container",
+                        state_name(c.state),
+                        c.metadata.as_ref().map_or("", |m| m.name.as_str()),
+                    ),
+                    (false, None) => ("container", "Removed", ""),
+                };
+                let id: String = event.container_id.chars().take(13).collect();
+                writeln!(
+                    out,
+                    "{:<24}  {kind:<8}  {what:<9}  {id:<13}  {state:<9}  {name}",
+                    output::utc_time(event.created_at),
+                )?;
+            }
+        }
+        out.flush()?;
+    }
+    Ok(())
+}

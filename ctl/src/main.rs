@@ -287,6 +287,12 @@ enum Command {
     Stats { id: Option<String> },
     /// Show pods' resource usage
     Statsp { id: Option<String> },
+    /// Print container and pod events as they happen (-o json: one object per line)
+    Events {
+        /// Stop after this many events
+        #[arg(long, short = 'n')]
+        count: Option<usize>,
+    },
     /// Change running containers' limits
     Update {
         #[arg(required = true)]
@@ -624,6 +630,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::PortForward { pod, ports } => stream::port_forward(&client, &pod, &ports).await,
         Command::Stats { id } => containers::stats(&client, cli.output, id).await,
         Command::Statsp { id } => containers::stats_pods(&client, cli.output, id).await,
+        Command::Events { count } => containers::events(&client, cli.output, count).await,
         Command::Update {
             ids,
             memory,

@@ -40,7 +40,7 @@ pub async fn run(client: &Client, config: &Path, runtime: Option<String>) -> any
     Ok(())
 }
 
-fn state_name(state: i32) -> &'static str {
+pub fn state_name(state: i32) -> &'static str {
     if state == cri::PodSandboxState::SandboxReady as i32 {
         "Ready"
     } else {

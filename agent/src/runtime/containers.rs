@@ -487,6 +487,16 @@ impl Runtime {
         Ok(c)
     }
 
+    /// Resolves when the container has exited (at once if it has), with its record then.
+    pub async fn exited(&self, id: &str) -> Result<Container> {
+        let c = self.container(id).await?;
+        if c.state == ContainerState::Exited {
+            return Ok(c);
+        }
+        monitor_exit(c.monitor, &self.container_layout(&c.id)).await;
+        self.container(&c.id).await
+    }
+
     /// Stops a container: its stop signal, then SIGKILL after `timeout`. Idempotent.
     pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<Container> {
         let id = self.container(id).await?.id;

@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod convert;
+pub mod events;
 mod ext;
 mod image;
 pub mod listener;
@@ -34,6 +35,8 @@ pub struct Context {
     pub runtime: Arc<crate::runtime::Runtime>,
     /// Issues the URLs of Exec (and serves them).
     pub streaming: Arc<streaming::Server>,
+    /// Container events for `GetContainerEvents`.
+    pub events: events::Events,
 }
 
 /// Builds the router with every service the agent offers on its socket.

@@ -1,13 +1,15 @@
 //! RuntimeService RPCs of containers: create, start, stop, remove, status, list, log reopening, resource updates.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
-use strata_api::cri;
+use strata_api::cri::{self, ContainerEventType};
 use tonic::{Request, Response, Status};
 
+use crate::runtime::container::ContainerState;
 use crate::server::{
     Context,
     convert::{container as container_convert, pod::resources},
+    events::Subject,
 };
 
 pub(super) async fn create_container(
@@ -38,19 +40,51 @@ pub(super) async fn create_container(
     ctx.images.unpin_layers(&claim);
     let container = created?;
     ctx.images.pin_layers(&container.id, diff_ids);
-    tracing::info!(container = %container.id, pod = %container.pod_id, name = %container.spec.name, "container created");
+    tracing::info!(container_id = %container.id, pod_id = %container.pod_id, image = %container.spec.image, name = %container.spec.name, "container created");
+    let subject = Subject::Container {
+        id: &container.id,
+        pod_id: &container.pod_id,
+    };
+    ctx.emit(subject, ContainerEventType::ContainerCreatedEvent)
+        .await;
     Ok(Response::new(cri::CreateContainerResponse {
         container_id: container.id,
     }))
 }
 
 pub(super) async fn start_container(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     request: Request<cri::StartContainerRequest>,
 ) -> Result<Response<cri::StartContainerResponse>, Status> {
-    ctx.runtime
-        .start_container(&request.into_inner().container_id)
-        .await?;
+    let id = request.into_inner().container_id;
+    let started = ctx.runtime.start_container(&id).await;
+    // Started or not, what the container is now is said (a failed start leaves it exited).
+    if let Ok(c) = ctx.runtime.container(&id).await {
+        let subject = Subject::Container {
+            id: &c.id,
+            pod_id: &c.pod_id,
+        };
+        match c.state {
+            ContainerState::Running => {
+                tracing::info!(container_id = %c.id, pod_id = %c.pod_id, image = %c.spec.image, "container started");
+                ctx.emit(subject, ContainerEventType::ContainerStartedEvent)
+                    .await;
+                ctx.watch_exit(c.id.clone());
+            }
+            ContainerState::Exited if started.is_ok() => {
+                ctx.emit(subject, ContainerEventType::ContainerStartedEvent)
+                    .await;
+                ctx.emit(subject, ContainerEventType::ContainerStoppedEvent)
+                    .await;
+            }
+            ContainerState::Exited => {
+                ctx.emit(subject, ContainerEventType::ContainerStoppedEvent)
+                    .await;
+            }
+            _ => {}
+        }
+    }
+    started?;
     Ok(Response::new(cri::StartContainerResponse {}))
 }
 
@@ -59,12 +93,20 @@ pub(super) async fn stop_container(
     request: Request<cri::StopContainerRequest>,
 ) -> Result<Response<cri::StopContainerResponse>, Status> {
     let request = request.into_inner();
-    ctx.runtime
+    let c = ctx
+        .runtime
         .stop_container(
             &request.container_id,
             container_convert::stop_timeout(request.timeout),
         )
         .await?;
+    tracing::info!(container_id = %c.id, pod_id = %c.pod_id, exit_code = c.exit_code, "container stopped");
+    let subject = Subject::Container {
+        id: &c.id,
+        pod_id: &c.pod_id,
+    };
+    ctx.emit(subject, ContainerEventType::ContainerStoppedEvent)
+        .await;
     Ok(Response::new(cri::StopContainerResponse {}))
 }
 
@@ -76,10 +118,21 @@ pub(super) async fn remove_container(
     if id.is_empty() {
         return Err(Status::invalid_argument("container id is empty"));
     }
-    let full = ctx.runtime.container(&id).await.map(|c| c.id);
+    let found = ctx.runtime.container(&id).await.ok();
     ctx.runtime.remove_container(&id).await?;
-    if let Ok(full) = full {
-        ctx.images.unpin_layers(&full);
+    if let Some(c) = found {
+        ctx.images.unpin_layers(&c.id);
+        tracing::info!(container_id = %c.id, pod_id = %c.pod_id, "container removed");
+        let subject = Subject::Container {
+            id: &c.id,
+            pod_id: &c.pod_id,
+        };
+        if c.state != ContainerState::Created {
+            ctx.emit(subject, ContainerEventType::ContainerStoppedEvent)
+                .await;
+        }
+        ctx.emit(subject, ContainerEventType::ContainerDeletedEvent)
+            .await;
     }
     Ok(Response::new(cri::RemoveContainerResponse {}))
 }

@@ -234,6 +234,13 @@ impl RuntimeService for Runtime {
         node::runtime_config(&self.ctx, _request).await
     }
 
+    async fn get_container_events(
+        &self,
+        _request: Request<cri::GetEventsRequest>,
+    ) -> Result<Response<BoxStream<cri::ContainerEventResponse>>, Status> {
+        Ok(Response::new(self.ctx.events.subscribe()))
+    }
+
     async fn update_runtime_config(
         &self,
         request: Request<cri::UpdateRuntimeConfigRequest>,

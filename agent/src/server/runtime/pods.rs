@@ -2,13 +2,15 @@
 
 use std::collections::HashMap;
 
-use strata_api::cri;
+use strata_api::cri::{self, ContainerEventType};
 use tonic::{Request, Response, Status};
 
 use super::{BoxStream, STREAM_CHUNK};
+use crate::runtime::{ContainerFilter, container::ContainerState};
 use crate::server::{
     Context,
     convert::pod::{cri_pod, cri_pod_status, pod_spec, sandbox_filter},
+    events::Subject,
 };
 
 pub(super) async fn run_pod_sandbox(
@@ -21,7 +23,12 @@ pub(super) async fn run_pod_sandbox(
         .ok_or_else(|| Status::invalid_argument("RunPodSandbox needs a config"))?;
     let spec = pod_spec(config, request.runtime_handler)?;
     let sandbox = ctx.runtime.run_pod(spec).await?;
-    tracing::info!(pod = %sandbox.id, name = %sandbox.spec.full_name(), "pod sandbox running");
+    tracing::info!(pod_id = %sandbox.id, name = %sandbox.spec.full_name(), "pod sandbox running");
+    let subject = Subject::Pod(&sandbox.id);
+    ctx.emit(subject, ContainerEventType::ContainerCreatedEvent)
+        .await;
+    ctx.emit(subject, ContainerEventType::ContainerStartedEvent)
+        .await;
     Ok(Response::new(cri::RunPodSandboxResponse {
         pod_sandbox_id: sandbox.id,
     }))
@@ -31,9 +38,26 @@ pub(super) async fn stop_pod_sandbox(
     ctx: &Context,
     request: Request<cri::StopPodSandboxRequest>,
 ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-    ctx.runtime
-        .stop_pod(&request.into_inner().pod_sandbox_id)
-        .await?;
+    let id = request.into_inner().pod_sandbox_id;
+    let before = pod_containers(ctx, &id).await;
+    ctx.runtime.stop_pod(&id).await?;
+    let pod_id = ctx.runtime.pod(&id).await?.id;
+    tracing::info!(pod_id = %pod_id, "pod sandbox stopped");
+    for (c, state) in &before {
+        if *state == ContainerState::Running {
+            let subject = Subject::Container {
+                id: c,
+                pod_id: &pod_id,
+            };
+            ctx.emit(subject, ContainerEventType::ContainerStoppedEvent)
+                .await;
+        }
+    }
+    ctx.emit(
+        Subject::Pod(&pod_id),
+        ContainerEventType::ContainerStoppedEvent,
+    )
+    .await;
     Ok(Response::new(cri::StopPodSandboxResponse {}))
 }
 
@@ -45,8 +69,49 @@ pub(super) async fn remove_pod_sandbox(
     if id.is_empty() {
         return Err(Status::invalid_argument("pod sandbox id is empty"));
     }
+    let pod_id = ctx.runtime.pod(&id).await.ok().map(|p| p.id);
+    let before = pod_containers(ctx, &id).await;
     ctx.runtime.remove_pod(&id).await?;
+    // Removing a pod that is not there is not an error, and nothing to tell.
+    let Some(pod_id) = pod_id else {
+        return Ok(Response::new(cri::RemovePodSandboxResponse {}));
+    };
+    tracing::info!(pod_id = %pod_id, "pod sandbox removed");
+    for (c, state) in &before {
+        let subject = Subject::Container {
+            id: c,
+            pod_id: &pod_id,
+        };
+        if *state != ContainerState::Created {
+            ctx.emit(subject, ContainerEventType::ContainerStoppedEvent)
+                .await;
+        }
+        ctx.emit(subject, ContainerEventType::ContainerDeletedEvent)
+            .await;
+    }
+    let subject = Subject::Pod(&pod_id);
+    ctx.emit(subject, ContainerEventType::ContainerStoppedEvent)
+        .await;
+    ctx.emit(subject, ContainerEventType::ContainerDeletedEvent)
+        .await;
     Ok(Response::new(cri::RemovePodSandboxResponse {}))
+}
+
+/// The containers of pod `id` (a prefix is fine) and their states.
+async fn pod_containers(ctx: &Context, id: &str) -> Vec<(String, ContainerState)> {
+    let Ok(pod) = ctx.runtime.pod(id).await else {
+        return Vec::new();
+    };
+    let filter = ContainerFilter {
+        pod_id: Some(pod.id),
+        ..Default::default()
+    };
+    ctx.runtime
+        .containers(&filter)
+        .await
+        .into_iter()
+        .map(|c| (c.id, c.state))
+        .collect()
 }
 
 pub(super) async fn pod_sandbox_status(
