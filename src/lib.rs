@@ -38,7 +38,7 @@ pub const DEFAULT_SOCKET: &str = "/run/strata/strata.sock";
 /// Why a connection to an endpoint could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("unsupported endpoint {0:?}: expected unix:///path/to/socket")]
+    #[error("unsupported endpoint {0:?}: expected unix:///path/to/socket or https://host:port")]
     Endpoint(String),
     #[error("cannot connect to {path}: {source}")]
     Connect {
@@ -46,6 +46,26 @@ pub enum ConnectError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot connect to {path}: permission denied; the socket is for root{group} only \
+         (run as root, or ask for the daemon's socket_group)"
+    )]
+    PermissionDenied { path: PathBuf, group: String },
+    #[error("cannot connect to {endpoint}: {message}")]
+    Remote { endpoint: String, message: String },
+    #[error("{endpoint} needs {what}")]
+    TlsConfig { endpoint: String, what: String },
+}
+
+/// The files a client shows and trusts on an `https://` endpoint (mutual TLS).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// The CA the server's certificate must chain to (PEM).
+    pub ca: Option<PathBuf>,
+    /// The client's certificate chain and key (PEM); without them the server refuses
+    /// every call.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// Parses a CRI endpoint (`unix:///run/x.sock`, or a bare absolute path) into a socket path.
@@ -61,14 +81,27 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, ConnectError> {
 /// Connects to a CRI endpoint. The connection is made eagerly so that a dead socket is
 /// reported here, with its path, rather than on the first call.
 pub async fn connect(endpoint: &str) -> Result<Channel, ConnectError> {
-    let path = socket_path(endpoint)?;
-    connect_path(&path).await
+    connect_with(endpoint, &TlsFiles::default()).await
+}
+
+/// Connects to a unix endpoint, or to `https://host:port` with `tls`.
+pub async fn connect_with(endpoint: &str, tls: &TlsFiles) -> Result<Channel, ConnectError> {
+    match endpoint.strip_prefix("https://") {
+        Some(address) => connect_tls(endpoint, address.trim_end_matches('/'), tls).await,
+        None => connect_path(&socket_path(endpoint)?).await,
+    }
 }
 
 /// Connects to the unix socket at `path`.
 pub async fn connect_path(path: &Path) -> Result<Channel, ConnectError> {
     // Probe first: tonic's own error for a missing socket does not name the path.
     if let Err(source) = tokio::net::UnixStream::connect(path).await {
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            return Err(ConnectError::PermissionDenied {
+                path: path.to_path_buf(),
+                group: socket_group(path),
+            });
+        }
         return Err(ConnectError::Connect {
             path: path.to_path_buf(),
             source,
@@ -90,6 +123,123 @@ pub async fn connect_path(path: &Path) -> Result<Channel, ConnectError> {
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         })
+}
+
+/// " and group N" for a socket whose group may use it, as far as it can be seen.
+fn socket_group(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt as _;
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.mode() & 0o060 != 0 && meta.gid() != 0 => {
+            format!(" and group {}", meta.gid())
+        }
+        _ => String::new(),
+    }
+}
+
+async fn connect_tls(
+    endpoint: &str,
+    address: &str,
+    files: &TlsFiles,
+) -> Result<Channel, ConnectError> {
+    let remote = |message: String| ConnectError::Remote {
+        endpoint: endpoint.to_string(),
+        message,
+    };
+    let config = std::sync::Arc::new(client_config(endpoint, files)?);
+    let host = match address.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => return Err(ConnectError::Endpoint(endpoint.to_string())),
+    };
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| remote(format!("{host:?} is not a host name: {e}")))?;
+    let dial = {
+        let (address, name, config) = (address.to_string(), name.clone(), config.clone());
+        move || {
+            let (address, name, config) = (address.clone(), name.clone(), config.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&address).await?;
+                let _ = tcp.set_nodelay(true);
+                tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+            }
+        }
+    };
+    // Probe first, so that a refusal is reported as what it is. In TLS 1.3 the server
+    // judges the client's certificate after the client thinks the handshake done: only
+    // its first answer (its HTTP/2 settings, or an alert) tells.
+    let probe = async {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut tls = dial().await?;
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await?;
+        tls.flush().await?;
+        let mut answer = [0u8; 9];
+        tls.read_exact(&mut answer).await.map(drop)
+    };
+    probe.await.map_err(|e| {
+        let refused = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|e| matches!(e, rustls::Error::AlertReceived(_)));
+        match refused {
+            true => remote(format!(
+                "the server refused this client's certificate ({e})"
+            )),
+            false => remote(format!("TLS: {e}")),
+        }
+    })?;
+    let dial = move || {
+        let dial = dial.clone();
+        async move { dial().await.map(TokioIo::new) }
+    };
+    let uri = format!("http://{address}");
+    Endpoint::from_shared(uri)
+        .map_err(|e| remote(e.to_string()))?
+        .connect_with_connector(tower::service_fn(move |_| dial()))
+        .await
+        .map_err(|e| remote(e.to_string()))
+}
+
+fn client_config(endpoint: &str, files: &TlsFiles) -> Result<rustls::ClientConfig, ConnectError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let needs = |what: &str| ConnectError::TlsConfig {
+        endpoint: endpoint.to_string(),
+        what: what.to_string(),
+    };
+    let ca = files
+        .ca
+        .as_ref()
+        .ok_or_else(|| needs("--cacert (the CA its certificate chains to)"))?;
+    let certs = |path: &Path| {
+        CertificateDer::pem_file_iter(path)
+            .and_then(|c| c.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| needs(&format!("a readable PEM file: {}: {e}", path.display())))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs(ca)? {
+        roots
+            .add(cert)
+            .map_err(|e| needs(&format!("a CA certificate in {}: {e}", ca.display())))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| needs(&e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match (&files.cert, &files.key) {
+        (Some(cert), Some(key)) => {
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| needs(&format!("a readable PEM key: {}: {e}", key.display())))?;
+            builder
+                .with_client_auth_cert(certs(cert)?, key)
+                .map_err(|e| needs(&format!("a matching certificate and key: {e}")))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => return Err(needs("both --cert and --key, or neither")),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 #[cfg(test)]

@@ -89,6 +89,23 @@ struct FileConfig {
     cni: crate::cni::Settings,
     #[serde(default)]
     events: EventsConfig,
+    #[serde(default)]
+    remote: RemoteConfig,
+}
+
+/// The remote API over TCP with mutual TLS (`[remote]`); off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteConfig {
+    /// `address:port` to listen on, e.g. "0.0.0.0:10010".
+    pub listen: Option<String>,
+    /// The server's certificate chain and key (PEM).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The CA (PEM; several may be concatenated) that client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+    /// Client identities that may only read: a certificate's CN or SAN, or `OU=unit`.
+    pub read_only: Vec<String>,
 }
 
 /// Container events (`[events]`).
@@ -234,6 +251,7 @@ pub struct Config {
     pub streaming: StreamingConfig,
     pub cni: crate::cni::Settings,
     pub events: EventsConfig,
+    pub remote: RemoteConfig,
 }
 
 impl Config {
@@ -280,6 +298,7 @@ impl Config {
             streaming: file.streaming,
             cni: file.cni,
             events: file.events,
+            remote: file.remote,
         };
         config.validate()?;
         Ok(config)
@@ -356,6 +375,32 @@ impl Config {
                     value: "0".into(),
                     reason: "must be at least 1".into(),
                 });
+            }
+        }
+        if let Some(listen) = &self.remote.listen {
+            if listen.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Error::Invalid {
+                    what: "remote.listen",
+                    value: listen.clone(),
+                    reason: "must be address:port, e.g. \"0.0.0.0:10010\"".into(),
+                });
+            }
+            let r = &self.remote;
+            for (what, path) in [
+                ("remote.cert", &r.cert),
+                ("remote.key", &r.key),
+                ("remote.client_ca", &r.client_ca),
+            ] {
+                if !path.as_ref().is_some_and(|p| p.is_absolute()) {
+                    return Err(Error::Invalid {
+                        what,
+                        value: path
+                            .as_ref()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default(),
+                        reason: "the remote API needs it, as an absolute path".into(),
+                    });
+                }
             }
         }
         if self.events.queue == 0 {

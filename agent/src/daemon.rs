@@ -70,7 +70,24 @@ pub async fn run(config: Config) -> Result<()> {
         .map(|conn| conn.map(server::authority::AuthorityFront::new));
     let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Signals)?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut sighup = signal(SignalKind::hangup()).map_err(Error::Signals)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // The remote API's files are read (and its port bound) before anything is served: a
+    // mistake there stops the start-up, not the first client.
+    let remote = match &config.remote.listen {
+        Some(_) => {
+            let remote = Arc::new(
+                server::remote::Remote::load(config.remote.clone())
+                    .map_err(|e| Error::Startup(e.to_string()))?,
+            );
+            let listener = remote
+                .bind()
+                .await
+                .map_err(|e| Error::Startup(e.to_string()))?;
+            Some((remote, listener))
+        }
+        None => None,
+    };
 
     let socket_path = config.socket.display().to_string();
     let images = {
@@ -120,18 +137,49 @@ pub async fn run(config: Config) -> Result<()> {
             ctx.watch_exit(c.id);
         }
     }
+    let remote = match remote {
+        Some((remote, listener)) => {
+            let addr = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            tokio::spawn(Arc::clone(&remote).accept(listener, tx));
+            let router = server::router(Arc::clone(&ctx)).await;
+            let mut stop = stop_rx.clone();
+            let serving = router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                async move {
+                    let _ = stop.changed().await;
+                },
+            );
+            tokio::spawn(async move {
+                if let Err(e) = serving.await {
+                    tracing::error!(error = %e, "the remote API stopped");
+                }
+            });
+            tracing::info!(listen = %addr, "remote API serving (mutual TLS)");
+            Some(remote)
+        }
+        None => None,
+    };
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");
-    notify_systemd();
-    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = stop_rx.await;
+    notify_systemd("READY=1");
+    let mut stop = stop_rx.clone();
+    let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
+        let _ = stop.changed().await;
     }));
-    let name = tokio::select! {
-        _ = sigterm.recv() => "SIGTERM",
-        _ = sigint.recv() => "SIGINT",
+    let name = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break "SIGTERM",
+            _ = sigint.recv() => break "SIGINT",
+            _ = sighup.recv() => reload(remote.as_deref()),
+        }
     };
+    notify_systemd("STOPPING=1");
     tracing::info!(signal = name, "shutting down");
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     // In-flight calls get a grace period; a client that keeps its connection open (or
     // never acknowledges the HTTP/2 GOAWAY) must not keep the daemon alive.
     match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
@@ -190,13 +238,29 @@ fn lock_root(root: &Path) -> Result<Flock<File>> {
     Ok(lock)
 }
 
-/// Tells systemd (Type=notify) that the socket is ready. Without NOTIFY_SOCKET, a no-op.
-fn notify_systemd() {
+/// SIGHUP: the remote API's certificates and CA are read again. Running containers and
+/// open connections are not touched; a file that does not load keeps the old ones.
+fn reload(remote: Option<&server::remote::Remote>) {
+    let Some(remote) = remote else {
+        tracing::info!("SIGHUP: nothing to reload (no remote API)");
+        return;
+    };
+    match remote.reload() {
+        Ok(took) => tracing::info!(
+            took_us = took.as_micros() as u64,
+            "SIGHUP: remote API certificates reloaded"
+        ),
+        Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the remote API's old certificates"),
+    }
+}
+
+/// Tells systemd (Type=notify) `state`. Without NOTIFY_SOCKET, a no-op.
+fn notify_systemd(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
     let result = std::os::unix::net::UnixDatagram::unbound()
-        .and_then(|sock| sock.send_to(b"READY=1", Path::new(&path)));
+        .and_then(|sock| sock.send_to(state.as_bytes(), Path::new(&path)));
     if let Err(e) = result {
         tracing::warn!(error = %e, "cannot notify systemd");
     }

@@ -31,10 +31,19 @@ use output::{Format, Table};
     about = "Client for CRI v1 runtimes: strata, containerd, CRI-O"
 )]
 struct Cli {
-    /// CRI endpoint to talk to
+    /// CRI endpoint to talk to: unix:///path, or https://host:port (mutual TLS)
     #[arg(long, short = 'r', global = true, env = "STRATA_ENDPOINT",
           default_value = concat!("unix://", "/run/strata/strata.sock"))]
     endpoint: String,
+    /// For an https:// endpoint: the CA the agent's certificate chains to (PEM)
+    #[arg(long, global = true, env = "STRATA_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+    /// For an https:// endpoint: this client's certificate (PEM)
+    #[arg(long, global = true, env = "STRATA_CERT")]
+    cert: Option<std::path::PathBuf>,
+    /// For an https:// endpoint: this client's key (PEM)
+    #[arg(long, global = true, env = "STRATA_KEY")]
+    key: Option<std::path::PathBuf>,
     /// Deadline for connecting and for each call: 10s, 500ms, 2m, or plain seconds
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
@@ -438,8 +447,12 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(endpoint: &str, timeout: Duration) -> anyhow::Result<Client> {
-        let channel = tokio::time::timeout(timeout, strata_api::connect(endpoint))
+    async fn connect(
+        endpoint: &str,
+        tls: &strata_api::TlsFiles,
+        timeout: Duration,
+    ) -> anyhow::Result<Client> {
+        let channel = tokio::time::timeout(timeout, strata_api::connect_with(endpoint, tls))
             .await
             .map_err(|_| {
                 anyhow::anyhow!("connecting to {endpoint}: no answer within {timeout:?}")
@@ -473,7 +486,12 @@ impl Client {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = Client::connect(&cli.endpoint, cli.timeout).await?;
+    let tls = strata_api::TlsFiles {
+        ca: cli.cacert.clone(),
+        cert: cli.cert.clone(),
+        key: cli.key.clone(),
+    };
+    let client = Client::connect(&cli.endpoint, &tls, cli.timeout).await?;
     match cli.command {
         Command::Version => version(&client, cli.output).await,
         Command::Info => info(&client, cli.output).await,

@@ -10,6 +10,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod oci;
+pub mod pki;
 pub mod proxy;
 pub mod registry;
 pub mod token;
@@ -103,6 +104,9 @@ pub struct Options {
     /// Give the harness's root, state directory and socket in the config file instead of
     /// as flags.
     pub paths_from_config: bool,
+    /// Run the daemon in this network namespace (a path such as /run/netns/NAME); only
+    /// its network, the rest is the host's.
+    pub netns: Option<PathBuf>,
 }
 
 /// A running `stratad` on its own temporary directories and its own cgroup parent.
@@ -207,7 +211,16 @@ impl Daemon {
         }
         std::fs::write(&config, text).expect("write config");
         let log = std::fs::File::create(&self.log).expect("log file");
-        let mut cmd = Command::new(bin("stratad"));
+        let mut cmd = match &options.netns {
+            // nsenter execs the daemon: the child is stratad itself.
+            Some(netns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net={}", netns.display()))
+                    .arg(bin("stratad"));
+                cmd
+            }
+            None => Command::new(bin("stratad")),
+        };
         cmd.arg("--config").arg(&config);
         if !options.paths_from_config {
             cmd.arg("--root").arg(&self.root);

@@ -7,6 +7,7 @@ pub mod events;
 mod ext;
 mod image;
 pub mod listener;
+pub mod remote;
 mod runtime;
 mod status;
 pub mod streaming;
@@ -18,6 +19,10 @@ use strata_api::{
     ext::images_server::ImagesServer,
 };
 use tonic::transport::server::Router;
+
+/// The router of every listener: calls from the remote API are judged first.
+pub type Routes =
+    Router<tower::layer::util::Stack<remote::AccessLayer, tower::layer::util::Identity>>;
 
 use crate::config::Config;
 
@@ -40,7 +45,7 @@ pub struct Context {
 }
 
 /// Builds the router with every service the agent offers on its socket.
-pub async fn router(ctx: Arc<Context>) -> Router {
+pub async fn router(ctx: Arc<Context>) -> Routes {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<RuntimeServiceServer<runtime::Runtime>>()
@@ -50,6 +55,7 @@ pub async fn router(ctx: Arc<Context>) -> Router {
         .await;
 
     tonic::transport::Server::builder()
+        .layer(remote::AccessLayer)
         .add_service(health_service)
         .add_service(
             RuntimeServiceServer::new(runtime::Runtime::new(ctx.clone()))
