@@ -91,6 +91,16 @@ struct FileConfig {
     events: EventsConfig,
     #[serde(default)]
     remote: RemoteConfig,
+    #[serde(default)]
+    metrics: MetricsConfig,
+}
+
+/// The Prometheus page (`[metrics]`); off unless `listen` is set.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `address:port` serving GET /metrics, e.g. "127.0.0.1:9464".
+    pub listen: Option<String>,
 }
 
 /// The remote API over TCP with mutual TLS (`[remote]`); off unless `listen` is set.
@@ -252,6 +262,7 @@ pub struct Config {
     pub cni: crate::cni::Settings,
     pub events: EventsConfig,
     pub remote: RemoteConfig,
+    pub metrics: MetricsConfig,
 }
 
 impl Config {
@@ -299,6 +310,7 @@ impl Config {
             cni: file.cni,
             events: file.events,
             remote: file.remote,
+            metrics: file.metrics,
         };
         config.validate()?;
         Ok(config)
@@ -376,6 +388,15 @@ impl Config {
                     reason: "must be at least 1".into(),
                 });
             }
+        }
+        if let Some(listen) = &self.metrics.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(Error::Invalid {
+                what: "metrics.listen",
+                value: listen.clone(),
+                reason: "must be address:port, e.g. \"127.0.0.1:9464\"".into(),
+            });
         }
         if let Some(listen) = &self.remote.listen {
             if listen.parse::<std::net::SocketAddr>().is_err() {

@@ -163,6 +163,13 @@ pub async fn run(config: Config) -> Result<()> {
         }
         None => None,
     };
+    if let Some(listen) = &ctx.config.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::Startup(format!("metrics: cannot listen on {listen}: {e}")))?;
+        tracing::info!(listen = %listen, "metrics at /metrics");
+        tokio::spawn(server::metrics::serve(Arc::clone(&ctx), listener));
+    }
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");
     notify_systemd("READY=1");

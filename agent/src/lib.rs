@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod failpoint;
 pub mod image;
+pub mod metrics;
 pub mod oci;
 pub mod report;
 pub mod rootfs;

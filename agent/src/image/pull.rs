@@ -65,6 +65,7 @@ impl ImageStore {
         progress: Option<ProgressTx>,
     ) -> Result<ImageRecord> {
         let reference = Reference::parse(name)?;
+        let _in_flight = crate::metrics::PullInFlight::start();
         let result = {
             let _gc = self.gc.read().await;
             self.pull_locked(&reference, credentials, progress).await
@@ -373,6 +374,8 @@ impl ImageStore {
         let pumped: Result<()> = async {
             while let Some(chunk) = self.next_chunk(&mut resp, &what).await? {
                 downloaded += chunk.len() as u64;
+                crate::metrics::PULLED_BYTES
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 if tx.send(Ok(chunk)).await.is_err() {
                     break; // the worker stopped; its error says why
                 }

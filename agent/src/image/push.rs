@@ -333,6 +333,7 @@ impl ImageStore {
                         Ok(0) => break,
                         Ok(n) => {
                             let total = sent.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+                            crate::metrics::PUSHED_BYTES.fetch_add(n as u64, Ordering::Relaxed);
                             if tx.send(Ok(buf.freeze())).await.is_err() {
                                 break;
                             }

@@ -86,6 +86,10 @@ impl Context {
             ContainerEventType::ContainerStoppedEvent if !stopped.insert(id.to_string()) => {
                 return;
             }
+            ContainerEventType::ContainerStoppedEvent if id != pod_id => {
+                let reason = self.runtime.container(id).await.map(|c| c.reason);
+                crate::metrics::exit(reason.as_deref().unwrap_or("Unknown"));
+            }
             ContainerEventType::ContainerDeletedEvent => {
                 stopped.remove(id);
             }

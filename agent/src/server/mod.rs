@@ -7,6 +7,7 @@ pub mod events;
 mod ext;
 mod image;
 pub mod listener;
+pub mod metrics;
 pub mod remote;
 mod runtime;
 mod status;
@@ -21,8 +22,12 @@ use strata_api::{
 use tonic::transport::server::Router;
 
 /// The router of every listener: calls from the remote API are judged first.
-pub type Routes =
-    Router<tower::layer::util::Stack<remote::AccessLayer, tower::layer::util::Identity>>;
+pub type Routes = Router<
+    tower::layer::util::Stack<
+        remote::AccessLayer,
+        tower::layer::util::Stack<metrics::CallsLayer, tower::layer::util::Identity>,
+    >,
+>;
 
 use crate::config::Config;
 
@@ -55,6 +60,7 @@ pub async fn router(ctx: Arc<Context>) -> Routes {
         .await;
 
     tonic::transport::Server::builder()
+        .layer(metrics::CallsLayer)
         .layer(remote::AccessLayer)
         .add_service(health_service)
         .add_service(

@@ -47,6 +47,63 @@ pub fn is_alive(pid: u32) -> bool {
         .is_some_and(|state| state != "Z" && state != "X")
 }
 
+/// This process's resident memory (bytes) and open file descriptors.
+pub fn own_usage() -> (u64, usize) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib * 1024);
+    // One of them is the directory being read.
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count().saturating_sub(1))
+        .unwrap_or(0);
+    (rss, fds)
+}
+
+/// One interface's counters, from `/proc/<pid>/net/dev`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+}
+
+/// The interfaces of the network namespace `pid` is in, with their counters.
+pub fn net_dev(pid: u32) -> Vec<Interface> {
+    std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+        .map(|text| parse_net_dev(&text))
+        .unwrap_or_default()
+}
+
+fn parse_net_dev(text: &str) -> Vec<Interface> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let n: Vec<u64> = rest
+                .split_whitespace()
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            (n.len() >= 11).then(|| Interface {
+                name: name.trim().to_string(),
+                rx_bytes: n[0],
+                rx_packets: n[1],
+                rx_errors: n[2],
+                tx_bytes: n[8],
+                tx_packets: n[9],
+                tx_errors: n[10],
+            })
+        })
+        .collect()
+}
+
 /// The fields of `/proc/<pid>/stat` from the third (the state) on. The command name
 /// (field 2) may hold spaces and parentheses: fields are counted from its end.
 fn stat_after_name(pid: u32) -> Option<Vec<String>> {
@@ -292,5 +349,28 @@ mod fd_passing_tests {
         // A message without a descriptor is an error, not a panic.
         (&a).write_all(b"x").unwrap();
         assert!(super::recv_fd(b.as_fd()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod net_dev_tests {
+    #[test]
+    fn net_dev_is_parsed() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+                    face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+                    lo:    100       2    0    0    0     0          0         0      100       2    0    0    0     0       0          0\n  \
+                    eth0: 5000      40    1    0    0     0          0         0     3000      30    2    0    0     0       0          0\n";
+        let ifaces = super::parse_net_dev(text);
+        assert_eq!(ifaces.len(), 2, "{ifaces:?}");
+        assert_eq!(ifaces[1].name, "eth0");
+        let eth0 = &ifaces[1];
+        assert_eq!(
+            (eth0.rx_bytes, eth0.rx_packets, eth0.rx_errors),
+            (5000, 40, 1)
+        );
+        assert_eq!(
+            (eth0.tx_bytes, eth0.tx_packets, eth0.tx_errors),
+            (3000, 30, 2)
+        );
     }
 }
