@@ -125,13 +125,19 @@ pub async fn connect_path(path: &Path) -> Result<Channel, ConnectError> {
         })
 }
 
-/// " and group N" for a socket whose group may use it, as far as it can be seen.
+/// " and group N" for a socket whose group may use it, as far as it can be seen (through
+/// its directory's group when the socket itself cannot be looked at).
 fn socket_group(path: &Path) -> String {
     use std::os::unix::fs::MetadataExt as _;
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.mode() & 0o060 != 0 && meta.gid() != 0 => {
-            format!(" and group {}", meta.gid())
-        }
+    let group = match std::fs::metadata(path) {
+        Ok(meta) => (meta.mode() & 0o060 != 0).then_some(meta.gid()),
+        Err(_) => path
+            .parent()
+            .and_then(|dir| std::fs::metadata(dir).ok())
+            .and_then(|meta| (meta.mode() & 0o010 != 0).then_some(meta.gid())),
+    };
+    match group {
+        Some(gid) if gid != 0 => format!(" and group {gid}"),
         _ => String::new(),
     }
 }

@@ -179,8 +179,8 @@ async fn unimplemented_rpcs_say_so() {
                 .map(drop),
         ),
         (
-            "GetContainerEvents",
-            rt.get_container_events(cri::GetEventsRequest::default())
+            "StreamPodSandboxMetrics",
+            rt.stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest::default())
                 .await
                 .map(drop),
         ),
@@ -231,7 +231,89 @@ async fn creates_its_directories_with_tight_modes() {
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&daemon.root), 0o700);
     assert_eq!(mode(&daemon.state_dir), 0o700);
-    assert_eq!(mode(&daemon.socket), 0o660);
+    assert_eq!(
+        mode(&daemon.socket),
+        0o600,
+        "root only unless a group is named"
+    );
+}
+
+/// `stratactl version` as uid 65534 (nobody), with `groups` as its supplementary groups.
+fn ctl_as_nobody(endpoint: &str, groups: Option<&str>) -> common::CtlOutput {
+    let mut cmd = std::process::Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534"]);
+    match groups {
+        Some(g) => cmd.arg(format!("--groups={g}")),
+        None => cmd.arg("--clear-groups"),
+    };
+    let out = cmd
+        .arg(common::bin("stratactl"))
+        .args(["--endpoint", endpoint, "version"])
+        .env_remove("STRATA_ENDPOINT")
+        .output()
+        .expect("run setpriv");
+    common::CtlOutput {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_socket_is_for_root_and_the_configured_group_only() {
+    // Others may pass through the test's own directory, as through /run.
+    let mut daemon = Daemon::prepare();
+    std::fs::set_permissions(daemon.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    daemon.launch(Options::default()).await;
+    let refused = ctl_as_nobody(&daemon.endpoint(), None);
+    let line = refused.failed();
+    assert!(
+        line.contains("permission denied") && line.contains("root"),
+        "{line}"
+    );
+    drop(daemon);
+
+    // staff (gid 50): its members may connect, nobody else.
+    let mut daemon = Daemon::prepare();
+    std::fs::set_permissions(daemon.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    daemon
+        .launch(Options {
+            config: "socket_group = \"staff\"\n".into(),
+            ..Default::default()
+        })
+        .await;
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(&daemon.socket).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 50));
+    let dir = std::fs::metadata(&daemon.state_dir).unwrap();
+    assert_eq!((dir.mode() & 0o777, dir.gid()), (0o710, 50));
+    let member = ctl_as_nobody(&daemon.endpoint(), Some("50"));
+    assert!(member.ok().contains("strata"), "{member:?}");
+    let line = ctl_as_nobody(&daemon.endpoint(), None).failed().to_string();
+    assert!(
+        line.contains("permission denied") && line.contains("group 50"),
+        "{line}"
+    );
+    // A group that does not exist, or a mode that opens the socket to everyone: refused.
+    let bad = stratad_refuses([
+        "--config",
+        &write_config(&daemon, "g.toml", "socket_group = \"no-such-group\"\n"),
+    ]);
+    assert!(
+        bad.contains("socket_group") && bad.contains("no-such-group"),
+        "{bad}"
+    );
+    let bad = stratad_refuses([
+        "--config",
+        &write_config(&daemon, "m.toml", "socket_mode = \"0666\"\n"),
+    ]);
+    assert!(bad.contains("socket_mode"), "{bad}");
+}
+
+fn write_config(daemon: &Daemon, name: &str, text: &str) -> String {
+    let path = daemon.path(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,8 @@ struct FileConfig {
     root: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     socket: Option<PathBuf>,
+    socket_group: Option<String>,
+    socket_mode: Option<String>,
     log_level: Option<String>,
     log_format: Option<LogFormat>,
     cgroup_parent: Option<String>,
@@ -225,6 +227,59 @@ pub struct RegistryConfig {
     pub mirrors: Vec<String>,
 }
 
+/// The socket's group and mode: root only (0600) unless a group is named, whose members
+/// may then connect too (0660).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SocketAccess {
+    pub gid: Option<u32>,
+    pub mode: u32,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess {
+            gid: None,
+            mode: 0o600,
+        }
+    }
+}
+
+impl SocketAccess {
+    /// From `socket_group` (a name or a number) and `socket_mode` (octal, e.g. "0660").
+    fn resolve(group: Option<&str>, mode: Option<&str>) -> Result<SocketAccess> {
+        let gid = match group {
+            None => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => nix::unistd::Group::from_name(g)
+                    .ok()
+                    .flatten()
+                    .map(|g| g.gid.as_raw())
+                    .ok_or_else(|| Error::Invalid {
+                        what: "socket_group",
+                        value: g.to_string(),
+                        reason: "no such group on this machine".into(),
+                    })?,
+            }),
+        };
+        let mode = match mode {
+            None if gid.is_some() => 0o660,
+            None => 0o600,
+            Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777 && m & 0o600 == 0o600 && m & 0o007 == 0)
+                .ok_or_else(|| Error::Invalid {
+                    what: "socket_mode",
+                    value: m.to_string(),
+                    reason: "an octal mode such as \"0660\": read and write for root, \
+                             nothing for others"
+                        .into(),
+                })?,
+        };
+        Ok(SocketAccess { gid, mode })
+    }
+}
+
 /// Values given on the command line; each one wins over the file.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -246,6 +301,8 @@ pub struct Config {
     /// Runtime state that does not survive a reboot.
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    /// Who may use the socket besides root.
+    pub socket_access: SocketAccess,
     pub log_level: String,
     pub log_format: LogFormat,
     /// Where pod cgroups go when a pod names no parent of its own.
@@ -295,6 +352,10 @@ impl Config {
                 .socket
                 .or(file.socket)
                 .unwrap_or_else(|| state_dir.join("strata.sock")),
+            socket_access: SocketAccess::resolve(
+                file.socket_group.as_deref(),
+                file.socket_mode.as_deref(),
+            )?,
             state_dir,
             log_level: overrides
                 .log_level

@@ -64,7 +64,7 @@ pub async fn run(config: Config) -> Result<()> {
     // Made before anything is served: helpers never run from the host's binary.
     crate::sys::selfexe::helper_binary().map_err(|e| Error::Startup(e.to_string()))?;
 
-    let (socket, listener) = listener::Socket::bind(&config.socket)?;
+    let (socket, listener) = listener::Socket::bind(&config.socket, config.socket_access)?;
     // Every connection goes through the HTTP/2 front that mends the client's `:authority`.
     let incoming = UnixListenerStream::new(listener)
         .map(|conn| conn.map(server::authority::AuthorityFront::new));

@@ -1,6 +1,7 @@
 //! The unix socket the agent serves on: refuse a socket that a live daemon answers on,
-//! replace a stale one, create the directory 0700 and the socket 0660, and remove the
-//! socket again on shutdown (only if it is still the one we bound).
+//! replace a stale one, create the directory 0700 and the socket with the configured mode
+//! and group (root only by default), and remove the socket again on shutdown (only if it
+//! is still the one we bound).
 
 use std::{
     io,
@@ -9,6 +10,8 @@ use std::{
 };
 
 use tokio::net::UnixListener;
+
+use crate::config::SocketAccess;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,7 +38,7 @@ pub struct Socket {
 
 impl Socket {
     /// Binds `path`. Must be called inside a tokio runtime.
-    pub fn bind(path: &Path) -> Result<(Socket, UnixListener)> {
+    pub fn bind(path: &Path, access: SocketAccess) -> Result<(Socket, UnixListener)> {
         let io_err = |what| {
             move |source| Error::Io {
                 path: path.to_path_buf(),
@@ -64,8 +67,20 @@ impl Socket {
             Err(e) => return Err(io_err("cannot inspect it")(e)),
         }
         let listener = UnixListener::bind(path).map_err(io_err("cannot bind"))?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
             .map_err(io_err("cannot set its mode"))?;
+        if let Some(gid) = access.gid {
+            crate::sys::set_group(path, gid).map_err(io_err("cannot give it its group"))?;
+            // The group's members reach the socket through its directory: they may pass
+            // through it, not list it.
+            if let Some(dir) = path.parent() {
+                crate::sys::set_group(dir, gid)
+                    .and_then(|()| {
+                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
+                    })
+                    .map_err(io_err("cannot open its directory to its group"))?;
+            }
+        }
         let meta = std::fs::symlink_metadata(path).map_err(io_err("cannot inspect it"))?;
         let socket = Socket {
             path: path.to_path_buf(),
@@ -96,9 +111,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/s.sock");
 
-        let (first, listener) = Socket::bind(&path).unwrap();
+        let (first, listener) = Socket::bind(&path, SocketAccess::default()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o660);
+        assert_eq!(mode, 0o600);
         let dir_mode = std::fs::metadata(path.parent().unwrap())
             .unwrap()
             .permissions()
@@ -106,16 +121,22 @@ mod tests {
         assert_eq!(dir_mode & 0o777, 0o700);
 
         // Live: the listener accepts connections (the kernel queues them).
-        assert!(matches!(Socket::bind(&path), Err(Error::InUse(_))));
+        assert!(matches!(
+            Socket::bind(&path, SocketAccess::default()),
+            Err(Error::InUse(_))
+        ));
 
         // Stale: the listener is gone but the file stays.
         drop(listener);
         std::mem::forget(first);
-        let (second, listener) = Socket::bind(&path).unwrap();
+        let (second, listener) = Socket::bind(&path, SocketAccess::default()).unwrap();
         drop((second, listener));
         assert!(!path.exists());
 
         std::fs::write(&path, b"not a socket").unwrap();
-        assert!(matches!(Socket::bind(&path), Err(Error::NotASocket(_))));
+        assert!(matches!(
+            Socket::bind(&path, SocketAccess::default()),
+            Err(Error::NotASocket(_))
+        ));
     }
 }

@@ -13,6 +13,11 @@ pub mod watch;
 
 use std::{collections::HashSet, os::unix::fs::MetadataExt, path::Path};
 
+/// Gives `path` to group `gid` (its owner stays).
+pub fn set_group(path: &Path, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
 /// The extended attributes of `path` itself (a symlink is not followed), by name.
 /// Unreadable ones are left out.
 pub fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
