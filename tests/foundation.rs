@@ -519,3 +519,67 @@ async fn client_errors_are_one_clear_line() {
     assert!(line.contains("no answer within"), "{line}");
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_and_stopping() {
+    let mut daemon = Daemon::prepare();
+    let path = daemon.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    daemon
+        .launch(Options {
+            env: vec![
+                ("NOTIFY_SOCKET".into(), path.display().to_string()),
+                // WatchdogSec=200ms: a ping every 100 ms.
+                ("WATCHDOG_USEC".into(), "200000".into()),
+            ],
+            ..Default::default()
+        })
+        .await;
+    let mut next = || {
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification within 10 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // READY once the socket serves (the harness saw it serve before this point).
+    assert_eq!(next(), "READY=1");
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    let three = started.elapsed();
+    assert!(three < Duration::from_millis(900), "3 pings took {three:?}");
+    daemon.stop_with(Signal::SIGTERM).await;
+    let mut rest = Vec::new();
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = sock.recv(&mut buf) {
+        rest.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(rest.contains(&"STOPPING=1".to_string()), "{rest:?}");
+    // A watchdog meant for another process is not ours to feed.
+    let mut other = Daemon::prepare();
+    let path = other.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    other
+        .launch(Options {
+            env: vec![
+                ("NOTIFY_SOCKET".into(), path.display().to_string()),
+                ("WATCHDOG_USEC".into(), "200000".into()),
+                ("WATCHDOG_PID".into(), "1".into()),
+            ],
+            ..Default::default()
+        })
+        .await;
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(
+        sock.recv(&mut buf).is_err(),
+        "no WATCHDOG=1 for pid 1's watchdog"
+    );
+}

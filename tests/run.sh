@@ -13,10 +13,11 @@ fi
 # libseccomp-dev and pkg-config build the agent's seccomp compiler; the six after them are what
 # ../shared/cri-tools needs to unpack crictl/critest and build critest's stand-in images;
 # containernetworking-plugins (bridge, host-local, portmap, loopback) and iptables wire the
-# network tests' pods; g++ builds libFuzzer for the fuzz targets.
+# network tests' pods; g++ builds libFuzzer for the fuzz targets; systemd brings systemd-analyze and
+# systemd-tmpfiles, which check deploy/'s unit and tmpfiles entry.
 packages=(ca-certificates docker-registry busybox-static apache2-utils curl iproute2 util-linux
           libseccomp-dev pkg-config xz-utils jq skopeo gcc libc6-dev binutils
-          containernetworking-plugins iptables g++)
+          containernetworking-plugins iptables g++ systemd)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

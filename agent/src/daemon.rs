@@ -170,6 +170,9 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::info!(listen = %listen, "metrics at /metrics");
         tokio::spawn(server::metrics::serve(Arc::clone(&ctx), listener));
     }
+    if let Some(every) = watchdog_interval() {
+        tokio::spawn(watchdog(Arc::clone(&ctx), every));
+    }
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");
     notify_systemd("READY=1");
@@ -258,6 +261,40 @@ fn reload(remote: Option<&server::remote::Remote>) {
             "SIGHUP: remote API certificates reloaded"
         ),
         Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the remote API's old certificates"),
+    }
+}
+
+/// How often to tell systemd the daemon is alive: half its `WatchdogSec` (systemd passes it
+/// as WATCHDOG_USEC, with WATCHDOG_PID naming the process it is for).
+fn watchdog_interval() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+/// WATCHDOG=1 while the daemon works: each ping follows a look at the pods and containers
+/// (their locks taken, their records read) that finished in time. A daemon that hangs stops
+/// pinging, and systemd restarts it; the containers stay up.
+async fn watchdog(ctx: Arc<server::Context>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let look = async {
+            ctx.runtime.pods(&Default::default()).await;
+            ctx.runtime.containers(&Default::default()).await;
+        };
+        match tokio::time::timeout(every, look).await {
+            Ok(()) => notify_systemd("WATCHDOG=1"),
+            Err(_) => tracing::error!(
+                ?every,
+                "watchdog: the runtime did not answer in time; not telling systemd we are alive"
+            ),
+        }
     }
 }
 
