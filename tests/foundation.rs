@@ -537,7 +537,7 @@ async fn systemd_hears_ready_watchdog_and_stopping() {
             ..Default::default()
         })
         .await;
-    let mut next = || {
+    let next = || {
         let mut buf = [0u8; 256];
         let n = sock.recv(&mut buf).expect("a notification within 10 s");
         String::from_utf8_lossy(&buf[..n]).into_owned()
