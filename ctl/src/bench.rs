@@ -16,6 +16,9 @@ use tonic::transport::Channel;
 
 use crate::Client;
 
+/// Version and ListContainers calls timed for the transport figures.
+const TRANSPORT_CALLS: usize = 200;
+
 pub struct Options {
     pub image: String,
     pub iterations: usize,
@@ -281,6 +284,25 @@ pub async fn run(client: &Client, options: Options) -> anyhow::Result<()> {
     ];
     let mut samples: Vec<Samples> = names.iter().map(|_| Samples::default()).collect();
     println!("{}", memory_line("0 containers:", &options));
+    // Calls that do next to nothing: what the connection itself costs (TLS or not).
+    let (mut version, mut list) = (Samples::default(), Samples::default());
+    for _ in 0..TRANSPORT_CALLS {
+        timed(
+            &mut version,
+            "Version",
+            rt.version(cri::VersionRequest::default()),
+        )
+        .await?;
+        timed(
+            &mut list,
+            "ListContainers",
+            rt.list_containers(cri::ListContainersRequest::default()),
+        )
+        .await?;
+    }
+    println!("transport-bound latency over {TRANSPORT_CALLS} calls:");
+    println!("  {}", version.line("Version"));
+    println!("  {}", list.line("ListContainers"));
     for i in 0..options.iterations {
         let pod = timed(
             &mut samples[0],
