@@ -103,10 +103,10 @@ impl Runtime {
     }
 
     /// A container whose monitor died (killed, OOM-killed, a reboot) has no one to record
-    /// its exit or write its log: it is reported exited, its status unknown, so that it
-    /// can be stopped and removed like any other; [`settle`](Runtime::settle) kills what is
-    /// left of it.
-    fn monitor_is_gone(&self, c: &mut Container, layout: &Layout) -> bool {
+    /// its exit or write its log: what is left of it is killed, then it is reported exited,
+    /// its status unknown, so that it can be stopped and removed like any other
+    /// ([`settle_orphan`](Runtime::settle_orphan)).
+    fn monitor_is_gone(&self, c: &Container, layout: &Layout) -> bool {
         let Some((pid, started)) = c.monitor else {
             return false;
         };
@@ -114,17 +114,41 @@ impl Runtime {
             return false;
         }
         // It may have recorded the exit just before it went.
-        if layout.exit_file().exists() {
-            return false;
-        }
-        tracing::warn!(container = %c.id, monitor = pid, "the container's monitor died");
+        !layout.exit_file().exists()
+    }
+
+    /// Records that `c`'s monitor died: once what was left of it is killed, so that nobody
+    /// is told it exited while its processes still run.
+    fn mark_orphaned(c: &mut Container) {
+        tracing::warn!(container_id = %c.id, "the container's monitor died");
         c.state = ContainerState::Exited;
         c.finished_at = crate::clock::now_nanos();
         c.exit_code = 255;
         c.pid = None;
         c.reason = "Error".into();
         c.message = "the container's monitor died; its exit status is unknown".into();
-        true
+    }
+
+    /// Kills what is left of a container whose monitor died, then records it exited.
+    async fn settle_orphan(&self, id: &str, cgroup: &str) -> Result<Container> {
+        if let Ok(cgroup) = self.cgroups.cgroup(cgroup) {
+            let killed = tokio::task::spawn_blocking(move || cgroup.kill_all()).await;
+            if let Ok(Err(e)) = killed {
+                tracing::warn!(container_id = %id, error = %e, "cannot kill an unmonitored container");
+            }
+        }
+        let mut containers = self.containers.lock().await;
+        let c = containers
+            .get_mut(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        if c.state != ContainerState::Exited && self.monitor_is_gone(c, &self.container_layout(id))
+        {
+            Self::mark_orphaned(c);
+        }
+        let c = c.clone();
+        drop(containers);
+        self.settle(vec![(c.clone(), Refreshed::Changed)]).await;
+        Ok(c)
     }
 
     /// Persists what [`refresh`](Runtime::refresh) found, outside every lock and off the
@@ -140,23 +164,15 @@ impl Runtime {
             changed
                 .into_iter()
                 .filter(|(_, r)| *r != Refreshed::Unchanged)
-                .filter_map(|(c, r)| {
+                .filter_map(|(c, _)| {
                     let current = containers.get(&c.id)?.clone();
-                    let cgroup = (r == Refreshed::Orphaned)
-                        .then(|| self.cgroups.cgroup(&current.cgroup).ok())
-                        .flatten();
                     let path = self.containers_dir.join(&current.id).join("state.json");
-                    Some((path, current, cgroup))
+                    Some((path, current))
                 })
                 .collect()
         };
         let done = tokio::task::spawn_blocking(move || {
-            for (path, c, cgroup) in work {
-                if let Some(cgroup) = cgroup
-                    && let Err(e) = cgroup.kill_all()
-                {
-                    tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
-                }
+            for (path, c) in work {
                 if let Err(e) = super::write_record(&path, &c) {
                     tracing::warn!(container = %c.id, error = %e, "cannot record the exit");
                 }
@@ -178,11 +194,13 @@ impl Runtime {
         };
         for c in containers.values_mut() {
             let refreshed = self.refresh(c);
-            if refreshed == Refreshed::Orphaned
-                && let Ok(cgroup) = self.cgroups.cgroup(&c.cgroup)
-                && let Err(e) = cgroup.kill_all()
-            {
-                tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
+            if refreshed == Refreshed::Orphaned {
+                if let Ok(cgroup) = self.cgroups.cgroup(&c.cgroup)
+                    && let Err(e) = cgroup.kill_all()
+                {
+                    tracing::warn!(container = %c.id, error = %e, "cannot kill an unmonitored container");
+                }
+                Self::mark_orphaned(c);
             }
             if refreshed != Refreshed::Unchanged
                 && let Err(e) = self.save_container(c)
@@ -596,6 +614,11 @@ impl Runtime {
             .get_mut(&key)
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
         let refreshed = self.refresh(c);
+        if refreshed == Refreshed::Orphaned {
+            let cgroup = c.cgroup.clone();
+            drop(containers);
+            return self.settle_orphan(&key, &cgroup).await;
+        }
         let c = c.clone();
         drop(containers);
         self.settle(vec![(c.clone(), refreshed)]).await;
@@ -606,9 +629,12 @@ impl Runtime {
         let mut containers = self.containers.lock().await;
         let mut out = Vec::new();
         let mut changed = Vec::new();
+        let mut orphans = Vec::new();
         for c in containers.values_mut() {
             let refreshed = self.refresh(c);
-            if refreshed != Refreshed::Unchanged {
+            if refreshed == Refreshed::Orphaned {
+                orphans.push((c.id.clone(), c.cgroup.clone()));
+            } else if refreshed != Refreshed::Unchanged {
                 changed.push((c.clone(), refreshed));
             }
             let keep = filter
@@ -630,7 +656,15 @@ impl Runtime {
         }
         drop(containers);
         self.settle(changed).await;
-        out
+        if orphans.is_empty() {
+            return out;
+        }
+        // Listed again once they are settled: they are exited now, and may not pass the
+        // filter any more.
+        for (id, cgroup) in orphans {
+            let _ = self.settle_orphan(&id, &cgroup).await;
+        }
+        Box::pin(self.containers(filter)).await
     }
 
     /// Ids of the containers of a pod.
@@ -1342,6 +1376,7 @@ enum Refreshed {
     Unchanged,
     /// To be saved.
     Changed,
-    /// Its monitor died: to be saved, and what is left of it killed.
+    /// Its monitor died: what is left of it to be killed, then it is marked exited and
+    /// saved.
     Orphaned,
 }
