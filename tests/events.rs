@@ -291,3 +291,27 @@ async fn a_subscriber_that_never_reads_is_dropped_and_slows_nobody() {
     );
     env.remove_pods(vec![pod]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exit_while_the_daemon_restarts_is_still_said() {
+    let mut env = env().await;
+    let image = env.image.clone();
+    let pod = env.pod("restarted").await;
+    let id = env
+        .create(&pod, container_config("later", &image, "sleep 2; exit 5"))
+        .await
+        .unwrap();
+    env.start(&id).await;
+    env.daemon.stop().await;
+    env.daemon.launch(common::Options::default()).await;
+    env.node.rt = env.daemon.runtime().await;
+    // The restarted daemon watches the containers it found running.
+    let mut events = subscribe(&mut env.node.rt).await;
+    let e = next(&mut events).await;
+    assert_eq!(
+        (e.container_id.as_str(), kind(&e)),
+        (id.as_str(), Kind::ContainerStoppedEvent)
+    );
+    assert_eq!(status_of(&e, &id).map(|c| c.exit_code), Some(5));
+    env.remove_pods(vec![pod]).await;
+}

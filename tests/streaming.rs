@@ -492,8 +492,9 @@ async fn a_container_on_a_terminal_is_attached_to_resized_and_logged() {
         .unwrap()
         .into_inner()
         .container_id;
-    env.start(&id).await;
+    // Counted before the start: a running container's exit is watched through a pidfd.
     let before = fds(&env.daemon);
+    env.start(&id).await;
 
     // A raw WebSocket client (v5): the window size it sets is the container's terminal's.
     let url = env
@@ -566,7 +567,7 @@ async fn a_container_on_a_terminal_is_attached_to_resized_and_logged() {
     let refused = env
         .rt
         .attach(cri::AttachRequest {
-            container_id: plain,
+            container_id: plain.clone(),
             tty: true,
             stdout: true,
             ..Default::default()
@@ -575,6 +576,13 @@ async fn a_container_on_a_terminal_is_attached_to_resized_and_logged() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("terminal"), "{refused:?}");
+    env.rt
+        .stop_container(cri::StopContainerRequest {
+            container_id: plain,
+            timeout: 0,
+        })
+        .await
+        .unwrap();
     assert_fds_back(&env.daemon, before).await;
     env.remove_pods(vec![pod]).await;
 }

@@ -134,7 +134,7 @@ pub async fn run(config: Config) -> Result<()> {
     // Containers that run on from before this start say STOPPED when they end.
     for c in ctx.runtime.containers(&Default::default()).await {
         if c.state == crate::runtime::container::ContainerState::Running {
-            ctx.watch_exit(c.id);
+            ctx.watch_exit(c.id).await;
         }
     }
     let remote = match remote {

@@ -505,14 +505,40 @@ impl Runtime {
         Ok(c)
     }
 
-    /// Resolves when the container has exited (at once if it has), with its record then.
-    pub async fn exited(&self, id: &str) -> Result<Container> {
+    /// A future that resolves when the container `id` has exited (at once if it has). Its
+    /// monitor's pidfd is open when this returns, so the watch costs one descriptor from
+    /// then on, until the exit.
+    pub async fn exit_watch(
+        &self,
+        id: &str,
+    ) -> Result<impl std::future::Future<Output = ()> + Send + 'static> {
         let c = self.container(id).await?;
-        if c.state == ContainerState::Exited {
-            return Ok(c);
-        }
-        monitor_exit(c.monitor, &self.container_layout(&c.id)).await;
-        self.container(&c.id).await
+        let layout = self.container_layout(&c.id);
+        let watched = match c.state {
+            ContainerState::Exited => None,
+            _ => Some(watch_monitor(c.monitor)),
+        };
+        Ok(async move {
+            match watched {
+                None => {}
+                Some(Some(watched)) => {
+                    let _ = watched.readable().await;
+                }
+                // No pidfd (a record of an older agent, or a monitor already gone): until
+                // the exit is recorded, the monitor is seen gone, or the container removed.
+                Some(None) => {
+                    let monitor = c.monitor;
+                    while layout.dir.exists()
+                        && !layout.exit_file().exists()
+                        && monitor.is_none_or(|(pid, started)| {
+                            crate::sys::process::start_time(pid) == Some(started)
+                        })
+                    {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        })
     }
 
     /// Stops a container: its stop signal, then SIGKILL after `timeout`. Idempotent.

@@ -127,11 +127,16 @@ impl Context {
     }
 
     /// Says STOPPED when the container `id` exits, whoever stops it (or when it ends by
-    /// itself). For a container that is running or about to.
-    pub fn watch_exit(self: &Arc<Self>, id: String) {
+    /// itself). For a container that is running or about to. The watch is in place when
+    /// this returns.
+    pub async fn watch_exit(self: &Arc<Self>, id: String) {
+        let Ok(exit) = self.runtime.exit_watch(&id).await else {
+            return;
+        };
         let ctx = Arc::clone(self);
         tokio::spawn(async move {
-            match ctx.runtime.exited(&id).await {
+            exit.await;
+            match ctx.runtime.container(&id).await {
                 Ok(c) if c.state == ContainerState::Exited => {
                     let subject = Subject::Container {
                         id: &c.id,

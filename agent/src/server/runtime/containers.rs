@@ -69,7 +69,7 @@ pub(super) async fn start_container(
                 tracing::info!(container_id = %c.id, pod_id = %c.pod_id, image = %c.spec.image, "container started");
                 ctx.emit(subject, ContainerEventType::ContainerStartedEvent)
                     .await;
-                ctx.watch_exit(c.id.clone());
+                ctx.watch_exit(c.id.clone()).await;
             }
             ContainerState::Exited if started.is_ok() => {
                 ctx.emit(subject, ContainerEventType::ContainerStartedEvent)
