@@ -19,14 +19,6 @@ use common::{Daemon, Options, pki::Ca, registry::Registry};
 use futures_util::StreamExt as _;
 use strata_api::cri::{self, runtime_service_client::RuntimeServiceClient};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn bench(args: &[&str], image: &str, pid: u32) -> String {
     let out = Command::new(common::bin("stratactl"))
         .args(args)
@@ -79,7 +71,7 @@ async fn main() {
     let ca_file = ca.write(&dir.path().join("ca.crt"));
     let server = ca.server(dir.path(), "server", &["127.0.0.1"]);
     let client = ca.client(dir.path(), "client", "bench", None);
-    let (remote_port, metrics_port) = (free_port(), free_port());
+    let (remote_port, metrics_port) = (common::free_port(), common::free_port());
     let daemon = Daemon::start_with(Options {
         config: format!(
             "[remote]\nlisten = \"127.0.0.1:{remote_port}\"\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\

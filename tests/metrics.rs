@@ -14,15 +14,6 @@ use std::{
 use common::cri::{container_config, env_with};
 use strata_api::cri;
 
-/// A free port on loopback (bound and let go; the daemon takes it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET `path` from `port`: the status line, the content type and the body.
 fn get(port: u16, path: &str) -> (String, String, String) {
     let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -143,7 +134,7 @@ fn parse_labels(text: &str) -> BTreeMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_page_follows_the_node() {
-    let port = free_port();
+    let port = common::free_port();
     let mut env = env_with(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")).await;
     let image = env.image.clone();
     let pod = env.pod("measured").await;

@@ -326,7 +326,7 @@ async fn pods_reach_each_other_and_a_host_port_and_leave_nothing() {
     let mut env = env_with(&net.daemon_config(30)).await;
     assert_eq!(network_ready(&mut env).await, (true, String::new()));
 
-    let host_port = free_port();
+    let host_port = common::free_port();
     let server = run_pod(&mut env, "server", &[(8080, host_port)])
         .await
         .unwrap();
@@ -384,7 +384,7 @@ async fn a_restart_between_run_and_stop_still_cleans_up() {
     let net = Net::new();
     net.install("10-test.conflist", &net.conflist(5, &[]).to_string());
     let mut env = env_with(&net.daemon_config(30)).await;
-    let pod = run_pod(&mut env, "survivor", &[(80, free_port())])
+    let pod = run_pod(&mut env, "survivor", &[(80, common::free_port())])
         .await
         .unwrap();
     let ips = pod_ips(&mut env, &pod).await;
@@ -872,12 +872,4 @@ esac"#
         .await
         .unwrap();
     env.daemon.stop().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

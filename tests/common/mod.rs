@@ -731,3 +731,12 @@ impl Drop for Portmap {
         }
     }
 }
+
+/// A free TCP port on loopback (bound and let go; whoever asked takes it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a loopback port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
