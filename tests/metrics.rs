@@ -165,6 +165,14 @@ async fn the_metrics_page_follows_the_node() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
+    // An RPC no service answers is counted, but not under its own name: callers must not
+    // mint a series per path.
+    let unanswered = env
+        .rt
+        .stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(unanswered.code(), tonic::Code::Unimplemented);
     // The exit events (and their counts) follow the exits; give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -210,6 +218,9 @@ async fn the_metrics_page_follows_the_node() {
         ("code", "NotFound"),
     ];
     assert_eq!(v("strata_grpc_requests_total", &not_found), 1.0);
+    let other = [("method", "other"), ("code", "Unimplemented")];
+    assert_eq!(v("strata_grpc_requests_total", &other), 1.0);
+    assert!(!body.contains("StreamPodSandboxMetrics"), "{body}");
     let create = [("method", "/runtime.v1.RuntimeService/CreateContainer")];
     assert_eq!(
         v("strata_grpc_request_duration_seconds_count", &create),

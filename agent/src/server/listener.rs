@@ -71,14 +71,22 @@ impl Socket {
             .map_err(io_err("cannot set its mode"))?;
         if let Some(gid) = access.gid {
             crate::sys::set_group(path, gid).map_err(io_err("cannot give it its group"))?;
-            // The group's members reach the socket through its directory: they may pass
-            // through it, not list it.
+            // The group's members reach the socket through its directory: a private one
+            // (ours, 0700) becomes theirs to pass through, not to list. A directory others
+            // may already pass through (/run, say) is left as it is.
             if let Some(dir) = path.parent() {
-                crate::sys::set_group(dir, gid)
-                    .and_then(|()| {
-                        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710))
-                    })
-                    .map_err(io_err("cannot open its directory to its group"))?;
+                let meta =
+                    std::fs::metadata(dir).map_err(io_err("cannot inspect its directory"))?;
+                if meta.mode() & 0o001 == 0 {
+                    crate::sys::set_group(dir, gid)
+                        .and_then(|()| {
+                            std::fs::set_permissions(
+                                dir,
+                                std::fs::Permissions::from_mode((meta.mode() & 0o7777) | 0o010),
+                            )
+                        })
+                        .map_err(io_err("cannot open its directory to its group"))?;
+                }
             }
         }
         let meta = std::fs::symlink_metadata(path).map_err(io_err("cannot inspect it"))?;

@@ -207,7 +207,13 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-            crate::metrics::call(&method, &format!("{code:?}"), started.elapsed());
+            // A path no service serves (or a caller refused before it reached one) is
+            // counted as "other": callers must not mint a series per path they send.
+            let method = match code {
+                tonic::Code::Unimplemented | tonic::Code::Unauthenticated => "other",
+                _ => method.as_str(),
+            };
+            crate::metrics::call(method, &format!("{code:?}"), started.elapsed());
             Ok(response)
         })
     }

@@ -65,7 +65,7 @@ pub(super) async fn start_container(
             pod_id: &c.pod_id,
         };
         match c.state {
-            ContainerState::Running => {
+            ContainerState::Running if started.is_ok() => {
                 tracing::info!(container_id = %c.id, pod_id = %c.pod_id, image = %c.spec.image, "container started");
                 ctx.emit(subject, ContainerEventType::ContainerStartedEvent)
                     .await;
