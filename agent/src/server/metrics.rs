@@ -159,7 +159,8 @@ pub async fn page(ctx: &Context) -> String {
     page.finish()
 }
 
-/// Counts every gRPC call by method and code, with its latency (to the response's
+/// The front of every call: judged by [`remote::admit`](super::remote::admit) (remote
+/// callers), then counted by method and code, with its latency (to the response's
 /// headers: the whole call when unary). A call whose headers carry no `grpc-status` went
 /// on to its trailers; it is counted OK (a stream that fails later is not told apart).
 #[derive(Debug, Clone, Copy, Default)]
@@ -198,9 +199,14 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let method = request.uri().path().to_string();
         let started = Instant::now();
-        let call = self.inner.call(request);
+        let admitted =
+            super::remote::admit(request.extensions().get::<super::remote::Peer>(), &method);
+        let call = admitted.map(|()| self.inner.call(request));
         Box::pin(async move {
-            let response = call.await?;
+            let response = match call {
+                Ok(call) => call.await?,
+                Err(refused) => refused.into_http(),
+            };
             let code = response
                 .headers()
                 .get("grpc-status")

