@@ -32,6 +32,21 @@ pub mod strata {
 pub use runtime::v1 as cri;
 pub use strata::v1 as ext;
 
+/// The civil date (year, month 1–12, day 1–31) `days` after 1970-01-01, in the proleptic
+/// Gregorian calendar (Howard Hinnant's algorithm): for the times the agent writes and the
+/// client prints.
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// The socket the agent listens on when nothing else is configured.
 pub const DEFAULT_SOCKET: &str = "/run/strata/strata.sock";
 
