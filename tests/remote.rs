@@ -346,14 +346,22 @@ async fn two_agents_are_driven_over_mutual_tls_from_another_namespace() {
             line.contains("refused this client's certificate") && line.contains(told),
             "{line}"
         );
-        let log = agents[0].logs();
-        assert!(
-            log.lines()
-                .any(|l| l.contains("refusing a remote connection")
+        // The server sends its alert before it writes the log line, so the
+        // client can hear the refusal a moment before the line is there.
+        let logged = |log: &str| {
+            log.lines().any(|l| {
+                l.contains("refusing a remote connection")
                     && l.contains("10.231.1.1")
-                    && l.contains(why)),
-            "{why} not logged with the peer:\n{log}"
-        );
+                    && l.contains(why)
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut log = agents[0].logs();
+        while !logged(&log) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            log = agents[0].logs();
+        }
+        assert!(logged(&log), "{why} not logged with the peer:\n{log}");
     }
     // A plain-text HTTP/2 client gets its connection closed, without an answer.
     let got = raw_exchange(&netns, 1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();

@@ -627,8 +627,17 @@ async fn idle_and_excess_sessions_are_closed_and_bad_upgrades_refused() {
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("503"), "{refused}");
-    // Idle for longer than the limit: closed, and their commands ended.
-    assert!(processes_with("sleep 4711") >= 2);
+    // Both commands run (the helper may still be starting them: the sessions are open
+    // before their commands are)...
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while processes_with("sleep 4711") < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the sessions' commands never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and, idle for longer than the limit, are closed and their commands ended.
     for ws in &mut open {
         let ended = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
