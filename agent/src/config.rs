@@ -95,6 +95,36 @@ struct FileConfig {
     remote: RemoteConfig,
     #[serde(default)]
     metrics: MetricsConfig,
+    #[serde(default)]
+    cgroups: CgroupsConfig,
+}
+
+/// Which cgroup driver (`[cgroups]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    /// Cgroups written through cgroupfs below `cgroup_parent`.
+    #[default]
+    Cgroupfs,
+    /// Pods as transient slices and containers as transient scopes, made by systemd.
+    Systemd,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupsConfig {
+    pub driver: CgroupDriver,
+    /// systemd's API socket (the systemd driver).
+    pub systemd_socket: PathBuf,
+}
+
+impl Default for CgroupsConfig {
+    fn default() -> Self {
+        CgroupsConfig {
+            driver: CgroupDriver::Cgroupfs,
+            systemd_socket: PathBuf::from(crate::cgroup::systemd::DEFAULT_SOCKET),
+        }
+    }
 }
 
 /// The Prometheus page (`[metrics]`); off unless `listen` is set.
@@ -320,6 +350,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub remote: RemoteConfig,
     pub metrics: MetricsConfig,
+    pub cgroups: CgroupsConfig,
 }
 
 impl Config {
@@ -362,7 +393,13 @@ impl Config {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".to_string()),
             log_format: overrides.log_format.or(file.log_format).unwrap_or_default(),
-            cgroup_parent: file.cgroup_parent.unwrap_or_else(|| "strata".to_string()),
+            // With the systemd driver, a slice (systemd names the cgroups).
+            cgroup_parent: file
+                .cgroup_parent
+                .unwrap_or_else(|| match file.cgroups.driver {
+                    CgroupDriver::Cgroupfs => "strata".to_string(),
+                    CgroupDriver::Systemd => "strata.slice".to_string(),
+                }),
             pids_limit: file.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
             rlimits: file.rlimits,
             images: file.images,
@@ -372,6 +409,7 @@ impl Config {
             events: file.events,
             remote: file.remote,
             metrics: file.metrics,
+            cgroups: file.cgroups,
         };
         config.validate()?;
         Ok(config)
@@ -397,6 +435,22 @@ impl Config {
                 value: self.socket.display().to_string(),
                 reason: "must name a file".into(),
             });
+        }
+        if self.cgroups.driver == CgroupDriver::Systemd {
+            if let Err(e) = crate::cgroup::systemd::slice_path(&self.cgroup_parent) {
+                return Err(Error::Invalid {
+                    what: "cgroup_parent",
+                    value: self.cgroup_parent.clone(),
+                    reason: format!("with the systemd cgroup driver, a slice: {e}"),
+                });
+            }
+            if !self.cgroups.systemd_socket.is_absolute() {
+                return Err(Error::Invalid {
+                    what: "cgroups.systemd_socket",
+                    value: self.cgroups.systemd_socket.display().to_string(),
+                    reason: "must be an absolute path".into(),
+                });
+            }
         }
         let parent = self.cgroup_parent.trim_matches('/');
         if parent.is_empty()

@@ -106,6 +106,18 @@ pub async fn run(config: Config) -> Result<()> {
         Path::new(CGROUP_ROOT),
         &config.cgroup_parent,
     )?;
+    if config.cgroups.driver == crate::config::CgroupDriver::Systemd {
+        let systemd = Arc::new(crate::cgroup::systemd::Systemd::new(
+            &config.cgroups.systemd_socket,
+            runtime.cgroup_version() == 2,
+        ));
+        let version = systemd
+            .version()
+            .await
+            .map_err(|e| Error::Startup(e.to_string()))?;
+        tracing::info!(systemd = %version, parent = %config.cgroup_parent, "cgroup driver: systemd");
+        runtime.set_systemd(systemd);
+    }
     runtime.set_pids_limit(config.pids_limit);
     runtime.set_network(Arc::new(crate::cni::Cni::new(config.cni.clone())));
     runtime.set_rlimits(&config.rlimits);
@@ -170,12 +182,14 @@ pub async fn run(config: Config) -> Result<()> {
         tracing::info!(listen = %listen, "metrics at /metrics");
         tokio::spawn(server::metrics::serve(Arc::clone(&ctx), listener));
     }
-    if let Some(every) = watchdog_interval() {
-        tokio::spawn(watchdog(Arc::clone(&ctx), every));
-    }
+    let watchdog_ctx = Arc::clone(&ctx);
     let router = server::router(ctx).await;
     tracing::info!(socket = %socket_path, version = env!("CARGO_PKG_VERSION"), "stratad serving");
     notify_systemd("READY=1");
+    // Pings only once systemd has heard READY: before it, systemd has no use for them.
+    if let Some(every) = watchdog_interval() {
+        tokio::spawn(watchdog(watchdog_ctx, every));
+    }
     let mut stop = stop_rx.clone();
     let server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async move {
         let _ = stop.changed().await;

@@ -5,6 +5,7 @@
 //! a fake cgroupfs tree (this machine runs v1; new fleets run v2).
 
 pub mod devices;
+pub mod systemd;
 
 use std::{
     collections::BTreeMap,
@@ -19,11 +20,18 @@ const V1_CONTROLLERS: &[&str] = &[
     "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
 ];
 
+/// systemd's hierarchies on a v1 host: `name=systemd`, and on a hybrid host the empty v2
+/// tree; no controller, only membership.
+const V1_TRACKING: &[&str] = &["systemd", "unified"];
+
 /// The leaf below a container's cgroup that its processes run in. The limits are on the
 /// container's cgroup, one level up: a process inside that makes a cgroup namespace (whose
 /// root is then the leaf) and mounts cgroupfs can change only the leaf's files, and the
 /// kernel applies the tighter limit of the two.
 pub const CONTAINER_LEAF: &str = "main";
+/// The leaf, in systemd's hierarchies only, that a container's monitor joins below a
+/// systemd scope (see `Cgroup::track`).
+pub const MONITOR_LEAF: &str = "monitor";
 /// The leaf of a pod's cgroup that its PID-namespace holder runs in.
 pub const POD_HOLDER_LEAF: &str = "pidns";
 /// The leaf each exec runs in, beside the container's, so that everything an exec started
@@ -200,11 +208,21 @@ impl Hierarchy {
     pub fn cgroup(&self, path: &str) -> Result<Cgroup> {
         let rel = Self::check(path)?;
         let dirs = match self {
-            Hierarchy::V1 { root } => V1_CONTROLLERS
-                .iter()
-                .filter(|c| root.join(c).is_dir())
-                .map(|c| (c.to_string(), root.join(c).join(&rel)))
-                .collect(),
+            Hierarchy::V1 { root } => {
+                // Below a systemd unit, also systemd's own hierarchies: there it sees which
+                // processes a unit has (and collects a scope that has none).
+                let tracked = rel.components().any(|c| {
+                    let c = c.as_os_str().to_string_lossy();
+                    c.ends_with(".slice") || c.ends_with(".scope")
+                });
+                let tracking = if tracked { V1_TRACKING } else { &[] };
+                V1_CONTROLLERS
+                    .iter()
+                    .chain(tracking)
+                    .filter(|c| root.join(c).is_dir())
+                    .map(|c| (c.to_string(), root.join(c).join(&rel)))
+                    .collect()
+            }
             Hierarchy::V2 { root } => vec![(String::new(), root.join(&rel))],
         };
         Ok(Cgroup {
@@ -417,6 +435,25 @@ impl Cgroup {
         Ok(leaf)
     }
 
+    /// On a v1 host below a systemd unit: puts `pid` in leaf `name` of this cgroup in
+    /// systemd's hierarchies only, where it keeps the unit from being collected while it
+    /// lives, and in no controller's (its resources are not the cgroup's). Elsewhere
+    /// nothing.
+    pub fn track(&self, name: &str, pid: u32) -> Result<()> {
+        let leaf = self.child(name)?;
+        for (controller, dir) in &leaf.dirs {
+            if !V1_TRACKING.contains(&controller.as_str()) {
+                continue;
+            }
+            match std::fs::create_dir(dir) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(dir)(e)),
+                _ => {}
+            }
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// True when `pid` is in exactly this cgroup (as `/proc/<pid>/cgroup` says).
     pub fn holds(&self, pid: u32) -> bool {
         let wanted = format!("/{}", self.rel.display());
@@ -432,7 +469,14 @@ impl Cgroup {
     /// Every process in this cgroup and the cgroups below it.
     pub fn procs(&self) -> Vec<u32> {
         let mut pids = Vec::new();
-        for dir in self.dirs.iter().flat_map(|(_, dir)| subtree(dir)) {
+        // Not systemd's hierarchies: a container's processes are in its controllers' too,
+        // and what is there alone (its monitor, see `track`) is not the container's.
+        for dir in self
+            .dirs
+            .iter()
+            .filter(|(controller, _)| !V1_TRACKING.contains(&controller.as_str()))
+            .flat_map(|(_, dir)| subtree(dir))
+        {
             let text = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
             pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }
@@ -465,7 +509,11 @@ impl Cgroup {
             for pid in &killed {
                 self.kill_member(*pid);
             }
-            if self.dir(self.freezer_controller()).is_some() {
+            // (A systemd unit has no freezer cgroup on v1: systemd makes none.)
+            if self
+                .dir(self.freezer_controller())
+                .is_some_and(Path::is_dir)
+            {
                 self.freeze(false)?;
             }
         }
@@ -855,6 +903,37 @@ mod tests {
         h.create("strata/pod-1/inner").unwrap();
         assert_eq!(p("cpuset/strata/pod-1/cpuset.cpus"), "0");
         assert_eq!(p("cpuset/strata/pod-1/inner/cpuset.cpus"), "0");
+    }
+
+    #[test]
+    fn v1_units_are_also_in_systemds_hierarchy_where_only_their_monitor_is_tracked() {
+        let tree = fake_v1();
+        std::fs::create_dir(tree.path().join("systemd")).unwrap();
+        let h = Hierarchy::detect(tree.path()).unwrap();
+        // A plain cgroup is not systemd's business.
+        h.create("strata/pod-1").unwrap();
+        assert!(!tree.path().join("systemd/strata").exists());
+        let scope = "k.slice/k-p.slice/strata-c.scope";
+        let cg = h.create(scope).unwrap();
+        assert!(tree.path().join("systemd").join(scope).is_dir());
+        cg.track(MONITOR_LEAF, 4242).unwrap();
+        let monitor = tree.path().join("systemd").join(scope).join(MONITOR_LEAF);
+        assert_eq!(read(&monitor.join("cgroup.procs")), "4242");
+        assert!(
+            !tree
+                .path()
+                .join("memory")
+                .join(scope)
+                .join(MONITOR_LEAF)
+                .exists()
+        );
+        // The monitor is not one of the container's processes (kill_all leaves it).
+        std::fs::write(
+            tree.path().join("memory").join(scope).join("cgroup.procs"),
+            "7\n",
+        )
+        .unwrap();
+        assert_eq!(cg.procs(), vec![7]);
     }
 
     #[test]

@@ -295,7 +295,7 @@ impl Runtime {
             })?
         };
         let container = Container {
-            cgroup: format!("{}/{id}", sandbox.cgroup),
+            cgroup: container_cgroup(&sandbox.cgroup, &id),
             id: id.clone(),
             pod_id: sandbox.id.clone(),
             image_id: image.id.clone(),
@@ -325,7 +325,7 @@ impl Runtime {
                     .await
                     .is_ok_and(|p| p.state == SandboxState::Ready) =>
             {
-                self.destroy_container(&id, &c.cgroup);
+                self.destroy_container(&id, &c.cgroup).await;
                 Err(Error::Precondition(format!(
                     "pod sandbox {} was stopped while the container was created",
                     c.pod_id
@@ -336,7 +336,8 @@ impl Runtime {
                 Ok(c)
             }
             Err(e) => {
-                self.destroy_container(&id, &format!("{}/{id}", sandbox.cgroup));
+                self.destroy_container(&id, &container_cgroup(&sandbox.cgroup, &id))
+                    .await;
                 Err(e)
             }
         }
@@ -396,7 +397,6 @@ impl Runtime {
         rootfs::write_init_layer(&init, &self.sandbox_dir(&sandbox.id), &spec)
             .map_err(io_err("cannot write the init layer", &init))?;
         spec.strata.seccomp = write_seccomp(&self.seccomp, &c, &spec, layout)?;
-        let cgroup = self.cgroups.create(&c.cgroup)?;
         let mut resources = c.spec.resources.clone();
         if resources.pids_limit.is_none()
             && self.pids_limit > 0
@@ -404,6 +404,12 @@ impl Runtime {
         {
             resources.pids_limit = Some(self.pids_limit);
         }
+        resources.validate()?;
+        // With systemd, the scope is made with a placeholder as its first process (a
+        // scope cannot start empty); it goes once the container's init is in.
+        let placeholder = self.start_scope(&c, &sandbox.cgroup, &resources).await?;
+        // Also with systemd: the controllers it leaves alone (cpuset, freezer on v1).
+        let cgroup = self.cgroups.create(&c.cgroup)?;
         cgroup.set(&resources)?;
         if !c.spec.privileged {
             // Before the leaf exists, so that it starts from the restricted list.
@@ -417,6 +423,11 @@ impl Runtime {
                 .map_err(|e| io_err("cannot create", &fifo)(e.into()))?;
         }
         let (init, monitor) = spawn_monitor(&layout.dir).await?;
+        if let Some((pid, started)) = placeholder {
+            crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
+                crate::sys::process::start_time(pid) == started
+            });
+        }
         crate::failpoint::hit("container.creating");
         c.pid = Some(init);
         c.monitor = crate::sys::process::start_time(monitor).map(|started| (monitor, started));
@@ -425,16 +436,46 @@ impl Runtime {
         Ok(c)
     }
 
+    /// With the systemd driver, starts the container's scope and returns its placeholder
+    /// process (pid, start time).
+    async fn start_scope(
+        &self,
+        c: &Container,
+        pod_cgroup: &str,
+        resources: &crate::cgroup::Resources,
+    ) -> Result<Option<(u32, Option<u64>)>> {
+        let (Some(systemd), Some(scope), Some(slice)) = (
+            &self.systemd,
+            crate::cgroup::systemd::unit_of(&c.cgroup),
+            crate::cgroup::systemd::unit_of(pod_cgroup),
+        ) else {
+            return Ok(None);
+        };
+        let pid = super::spawn_pid_holder().await?;
+        let started = crate::sys::process::start_time(pid);
+        if let Err(e) = systemd.start_scope(scope, slice, pid, resources).await {
+            crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
+                crate::sys::process::start_time(pid) == started
+            });
+            return Err(e.into());
+        }
+        Ok(Some((pid, started)))
+    }
+
     /// Removes a container's directory and cgroup; best effort.
-    fn destroy_container(&self, id: &str, cgroup: &str) {
+    async fn destroy_container(&self, id: &str, cgroup: &str) {
         if let Ok(cg) = self.cgroups.cgroup(cgroup)
-            && let Err(e) = cg.kill_all().and_then(|()| cg.remove())
+            && let Err(e) = cg.kill_all()
         {
+            tracing::warn!(container = %id, error = %e, "cannot kill a container's processes");
+        }
+        if let Err(e) = self.remove_cgroup(cgroup).await {
             tracing::warn!(container = %id, error = %e, "cannot remove a container cgroup");
         }
         let dir = self.containers_dir.join(id);
+        // Its monitor may still be writing the exit of the init just killed.
         if dir.exists()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && let Err(e) = state::remove_record_dir(&dir)
         {
             tracing::warn!(container = %id, error = %e, "cannot remove a container directory");
         }
@@ -604,7 +645,12 @@ impl Runtime {
             Err(e) => return Err(e),
         };
         crate::failpoint::hit("container.stopped-for-removal");
-        self.cgroups.cgroup(&c.cgroup)?.remove()?;
+        // The monitor records the exit and then winds down (its streams, the attach
+        // socket); its directory goes once it is gone.
+        if let Some(watch) = watch_monitor(c.monitor) {
+            let _ = tokio::time::timeout(KILL_TIMEOUT, watch.readable()).await;
+        }
+        self.remove_cgroup(&c.cgroup).await?;
         crate::failpoint::hit("container.removing");
         let dir = self.containers_dir.join(&c.id);
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
@@ -1381,6 +1427,12 @@ impl Runtime {
             )));
         }
         self.cgroups.cgroup(&c.cgroup)?.set(resources)?;
+        // And on the unit, or systemd would put the old limits back at its next reload.
+        if let (Some(systemd), Some(scope)) =
+            (&self.systemd, crate::cgroup::systemd::unit_of(&c.cgroup))
+        {
+            systemd.set_properties(scope, resources).await?;
+        }
         Ok(())
     }
 }
@@ -1405,4 +1457,13 @@ enum Refreshed {
     /// Its monitor died: what is left of it to be killed, then it is marked exited and
     /// saved.
     Orphaned,
+}
+
+/// A container's cgroup inside its pod's: a scope with the systemd driver (the pod's cgroup
+/// is then a slice), a directory named by its id with cgroupfs.
+fn container_cgroup(pod_cgroup: &str, id: &str) -> String {
+    match crate::cgroup::systemd::unit_of(pod_cgroup) {
+        Some(_) => format!("{pod_cgroup}/{}", crate::cgroup::systemd::scope(id)),
+        None => format!("{pod_cgroup}/{id}"),
+    }
 }

@@ -42,6 +42,8 @@ pub enum Error {
     #[error(transparent)]
     Cgroup(#[from] cgroup::Error),
     #[error(transparent)]
+    Systemd(#[from] cgroup::systemd::Error),
+    #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
     #[error(transparent)]
     Network(#[from] crate::cni::Error),
@@ -112,6 +114,11 @@ pub struct Runtime {
     network: std::sync::Arc<cni::Cni>,
     /// Networks of pods whose creation a crash interrupted: released by `release_orphans`.
     orphan_networks: std::sync::Mutex<Vec<cni::Attachment>>,
+    /// The systemd cgroup driver, when it is the one in use.
+    systemd: Option<std::sync::Arc<cgroup::systemd::Systemd>>,
+    /// systemd units of pods and containers whose creation a crash interrupted: stopped by
+    /// `release_orphans`.
+    orphan_units: std::sync::Mutex<Vec<String>>,
 }
 
 impl Runtime {
@@ -131,6 +138,7 @@ impl Runtime {
         let cgroups = cgroup::Hierarchy::detect(cgroup_root)?;
         let mut sandboxes = BTreeMap::new();
         let mut orphans = Vec::new();
+        let mut orphan_units = Vec::new();
         for entry in std::fs::read_dir(&records).map_err(io_err("cannot read", &records))? {
             let entry = entry.map_err(io_err("cannot read", &records))?;
             let record = entry.path().join("state.json");
@@ -139,7 +147,11 @@ impl Runtime {
                 Ok(bytes) => bytes,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::info!(sandbox = %id, "removing a half-created pod sandbox");
-                    remove_half_built::<Sandbox>(&cgroups, &entry.path(), |s| &s.cgroup);
+                    orphan_units.extend(remove_half_built::<Sandbox>(
+                        &cgroups,
+                        &entry.path(),
+                        |s| &s.cgroup,
+                    ));
                     orphans.extend(
                         read_attachments(&entry.path())
                             .ok()
@@ -185,8 +197,16 @@ impl Runtime {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     tracing::info!(path = %entry.path().display(), "removing a half-created container");
-                    remove_half_built::<Container>(&cgroups, &entry.path(), |c| &c.cgroup);
-                    let _ = std::fs::remove_dir_all(entry.path());
+                    orphan_units.extend(remove_half_built::<Container>(
+                        &cgroups,
+                        &entry.path(),
+                        |c| &c.cgroup,
+                    ));
+                    // Its monitor, if it got one, may still be writing the exit of the init
+                    // just killed.
+                    if let Err(e) = state::remove_record_dir(&entry.path()) {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a half-created container");
+                    }
                 }
                 Err(e) => return Err(io_err("cannot read", &record)(e)),
             }
@@ -208,6 +228,8 @@ impl Runtime {
             op_locks: Default::default(),
             network: std::sync::Arc::new(cni::Cni::new(cni::Settings::default())),
             orphan_networks: std::sync::Mutex::new(orphans),
+            systemd: None,
+            orphan_units: std::sync::Mutex::new(orphan_units),
         };
         runtime.reconcile_containers();
         Ok(runtime)
@@ -224,6 +246,15 @@ impl Runtime {
     /// Releases (`DEL`) the networks of pods a crash left half-created, then has plugins
     /// that can (`GC`, CNI 1.1.0) release whatever no known pod holds.
     pub async fn release_orphans(&self) {
+        let units =
+            std::mem::take(&mut *self.orphan_units.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(systemd) = &self.systemd {
+            for unit in units {
+                if let Err(e) = systemd.stop(&unit).await {
+                    tracing::warn!(unit, error = %e, "cannot stop the unit of a half-created pod or container");
+                }
+            }
+        }
         let orphans = std::mem::take(
             &mut *self
                 .orphan_networks
@@ -323,8 +354,17 @@ impl Runtime {
         } else {
             spec.cgroup_parent.trim_matches('/').to_string()
         };
+        let cgroup = match &self.systemd {
+            // A slice of its own inside the parent slice.
+            Some(_) => {
+                // The parent must be a slice, as the kubelet names them with this driver.
+                cgroup::systemd::slice_path(&parent)?;
+                cgroup::systemd::slice_path(&cgroup::systemd::pod_slice(&parent, &id))?
+            }
+            None => format!("{parent}/pod-{id}"),
+        };
         let sandbox = Sandbox {
-            cgroup: format!("{parent}/pod-{id}"),
+            cgroup,
             id: id.clone(),
             state: SandboxState::Ready,
             created_at: crate::clock::now_nanos(),
@@ -387,6 +427,12 @@ impl Runtime {
                     .map_err(io_err("cannot write", &path))
             );
         }
+        if let (Some(systemd), Some(unit)) =
+            (&self.systemd, cgroup::systemd::unit_of(&sandbox.cgroup))
+        {
+            attempt!(systemd.start_slice(unit, &sandbox.spec.resources).await);
+        }
+        // Also with systemd: the controllers it leaves alone (cpuset, freezer on v1).
         let cgroup = attempt!(self.cgroups.create(&sandbox.cgroup));
         attempt!(cgroup.set(&sandbox.spec.resources));
 
@@ -418,13 +464,21 @@ impl Runtime {
             let pid = attempt!(spawn_pid_holder().await);
             sandbox.pid_holder = Some(pid);
             sandbox.pid_holder_started = crate::sys::process::start_time(pid);
-            // In the pod's cgroup (a leaf of its own, as v2 keeps processes in leaves).
-            attempt!(
-                cgroup
-                    .create_leaf(crate::cgroup::POD_HOLDER_LEAF)
-                    .and_then(|leaf| leaf.add_pid(pid))
-                    .map_err(Error::from)
-            );
+            match (&self.systemd, cgroup::systemd::unit_of(&sandbox.cgroup)) {
+                // A scope of its own in the pod's slice (a slice holds no processes).
+                (Some(systemd), Some(slice)) => attempt!(
+                    systemd
+                        .start_scope(&holder_scope(&sandbox.id), slice, pid, &Default::default())
+                        .await
+                ),
+                // In the pod's cgroup (a leaf of its own, as v2 keeps processes in leaves).
+                _ => attempt!(
+                    cgroup
+                        .create_leaf(crate::cgroup::POD_HOLDER_LEAF)
+                        .and_then(|leaf| leaf.add_pid(pid))
+                        .map_err(Error::from)
+                ),
+            }
         }
         if sandbox.spec.ipc != NamespaceMode::Node {
             let shm = self.pins.join(&sandbox.id).join("shm");
@@ -528,6 +582,39 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Uses the systemd cgroup driver from now on (before anything is created).
+    pub fn set_systemd(&mut self, systemd: std::sync::Arc<cgroup::systemd::Systemd>) {
+        self.systemd = Some(systemd);
+    }
+
+    /// Removes the cgroup at `path` (its processes killed already): a systemd unit is
+    /// stopped first, then whatever systemd left (the controllers it does not manage).
+    pub(super) async fn remove_cgroup(&self, path: &str) -> Result<()> {
+        if let Some(unit) = cgroup::systemd::unit_of(path) {
+            match &self.systemd {
+                Some(systemd) => systemd.stop(unit).await?,
+                None => tracing::warn!(
+                    unit,
+                    "a systemd unit is left, the systemd cgroup driver being off"
+                ),
+            }
+        }
+        let cgroup = self.cgroups.cgroup(path)?;
+        tokio::task::spawn_blocking(move || cgroup.remove())
+            .await
+            .map_err(|e| Error::Precondition(format!("removing a cgroup: {e}")))??;
+        Ok(())
+    }
+
+    /// The cgroup of a pod's PID-namespace holder.
+    fn holder_cgroup(&self, sandbox: &Sandbox) -> Result<cgroup::Cgroup> {
+        let pod = self.cgroups.cgroup(&sandbox.cgroup)?;
+        Ok(match cgroup::systemd::unit_of(&sandbox.cgroup) {
+            Some(_) => pod.child(&holder_scope(&sandbox.id))?,
+            None => pod.child(crate::cgroup::POD_HOLDER_LEAF)?,
+        })
+    }
+
     /// Removes everything a pod has on the machine; best effort, for failed creations.
     async fn destroy(&self, sandbox: &Sandbox) {
         if let Err(e) = self.leave_networks(&sandbox.id).await {
@@ -536,8 +623,11 @@ impl Runtime {
         stop_pid_holder(sandbox, &self.pins.join(&sandbox.id));
         release_pins(&self.pins.join(&sandbox.id));
         if let Ok(cg) = self.cgroups.cgroup(&sandbox.cgroup)
-            && let Err(e) = cg.kill_all().and_then(|()| cg.remove())
+            && let Err(e) = cg.kill_all()
         {
+            tracing::warn!(error = %e, "cannot kill a pod's processes");
+        }
+        if let Err(e) = self.remove_cgroup(&sandbox.cgroup).await {
             tracing::warn!(error = %e, "cannot remove a pod cgroup");
         }
         let _ = std::fs::remove_dir_all(self.sandbox_dir(&sandbox.id));
@@ -564,13 +654,7 @@ impl Runtime {
         let sandbox = self.mark_not_ready(&pod_id).await?;
         stop_pid_holder(&sandbox, &self.pins.join(&sandbox.id));
         // Until the holder (and with it the pod's PID namespace) is really gone.
-        kill_cgroup(
-            &self
-                .cgroups
-                .cgroup(&sandbox.cgroup)?
-                .child(crate::cgroup::POD_HOLDER_LEAF)?,
-        )
-        .await?;
+        kill_cgroup(&self.holder_cgroup(&sandbox)?).await?;
         // Before the netns goes: plugins find the pod's interfaces in it.
         self.leave_networks(&sandbox.id).await?;
         release_pins(&self.pins.join(&sandbox.id));
@@ -599,7 +683,7 @@ impl Runtime {
         release_pins(&self.pins.join(&sandbox.id));
         let cgroup = self.cgroups.cgroup(&sandbox.cgroup)?;
         kill_cgroup(&cgroup).await?;
-        cgroup.remove()?;
+        self.remove_cgroup(&sandbox.cgroup).await?;
         let dir = self.sandbox_dir(&sandbox.id);
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
         let _ = std::fs::remove_dir_all(self.pins.join(&sandbox.id));
@@ -880,9 +964,14 @@ async fn pin_namespaces(
     Ok(())
 }
 
+/// The scope of a pod's PID-namespace holder, with the systemd driver.
+fn holder_scope(pod: &str) -> String {
+    cgroup::systemd::scope(&format!("pod-{pod}"))
+}
+
 /// Starts `stratad __pidns` and returns the holder's pid. Its command line names no host
 /// path: every container of the pod can read it as `/proc/1/cmdline`.
-async fn spawn_pid_holder() -> Result<u32> {
+pub(super) async fn spawn_pid_holder() -> Result<u32> {
     let output = oci::helper_command(Helper::Pidns)
         .map_err(|e| Error::Namespaces(format!("finding our own binary: {e}")))?
         .stdin(std::process::Stdio::null())
@@ -938,22 +1027,22 @@ pub(crate) fn write_record(path: &Path, record: &impl serde::Serialize) -> Resul
 
 /// Kills whatever runs in a half-built pod's or container's cgroup and removes it, as its
 /// `creating.json` names it. Best effort: for start-up.
+/// Returns the systemd unit the cgroup is, if it is one, for `release_orphans` to stop.
 fn remove_half_built<T: serde::de::DeserializeOwned>(
     cgroups: &cgroup::Hierarchy,
     dir: &Path,
     cgroup_of: impl Fn(&T) -> &str,
-) {
-    let Some(record) = std::fs::read(dir.join(CREATING))
+) -> Option<String> {
+    let record = std::fs::read(dir.join(CREATING))
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<T>(&bytes).ok())
-    else {
-        return;
-    };
-    if let Ok(cg) = cgroups.cgroup(cgroup_of(&record))
+        .and_then(|bytes| serde_json::from_slice::<T>(&bytes).ok())?;
+    let path = cgroup_of(&record);
+    if let Ok(cg) = cgroups.cgroup(path)
         && let Err(e) = cg.kill_all().and_then(|()| cg.remove())
     {
         tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a half-built cgroup");
     }
+    cgroup::systemd::unit_of(path).map(str::to_string)
 }
 
 /// Unmounts and removes a pod's pinned namespaces and /dev/shm; missing ones are fine.

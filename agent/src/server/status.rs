@@ -104,6 +104,14 @@ fn runtime_code(e: &runtime::Error) -> Code {
             cni::Error::Timeout { .. } => Code::DeadlineExceeded,
             cni::Error::Spawn { .. } => Code::Internal,
         },
+        E::Systemd(sd) => match sd {
+            cgroup::systemd::Error::Slice { .. } => Code::InvalidArgument,
+            cgroup::systemd::Error::Unreachable { .. } => Code::Unavailable,
+            cgroup::systemd::Error::Timeout { .. } => Code::DeadlineExceeded,
+            cgroup::systemd::Error::Call { .. } | cgroup::systemd::Error::Job { .. } => {
+                Code::Internal
+            }
+        },
         E::Seccomp(seccomp::Error::Compile(_)) => Code::Internal,
         E::Seccomp(_) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::NoHierarchy(_) | cgroup::Error::Survivors(..))

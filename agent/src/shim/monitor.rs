@@ -112,6 +112,12 @@ fn monitor(dir: &Path) -> Result<()> {
     let cgroup = container
         .child(cgroup::CONTAINER_LEAF)
         .map_err(cgroup_err)?;
+    // Below a systemd scope, the monitor keeps it from being collected until the exit is
+    // recorded (an init gone and nothing else left would have systemd remove the cgroup
+    // whose OOM counter the exit reads).
+    container
+        .track(cgroup::MONITOR_LEAF, std::process::id())
+        .map_err(cgroup_err)?;
     let oom_before = container.oom_kills();
     // The exit is recorded even if the container fills the disk meanwhile.
     let exit_record = state::Reserved::new(&spec.strata.exit_file, 4096)

@@ -107,12 +107,16 @@ pub(super) async fn update_runtime_config(
 }
 
 pub(super) async fn runtime_config(
-    _ctx: &Context,
+    ctx: &Context,
     _request: Request<RuntimeConfigRequest>,
 ) -> Result<Response<RuntimeConfigResponse>, Status> {
+    let driver = match ctx.config.cgroups.driver {
+        crate::config::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+        crate::config::CgroupDriver::Systemd => CgroupDriver::Systemd,
+    };
     Ok(Response::new(RuntimeConfigResponse {
         linux: Some(LinuxRuntimeConfiguration {
-            cgroup_driver: CgroupDriver::Cgroupfs as i32,
+            cgroup_driver: driver as i32,
         }),
     }))
 }
