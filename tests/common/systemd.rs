@@ -33,6 +33,8 @@ struct State {
     /// Scopes collected because they were empty.
     collected: Vec<String>,
     jobs: u32,
+    /// How long a scope's start takes (a loaded systemd).
+    scope_delay: Duration,
 }
 
 pub struct FakeSystemd {
@@ -101,6 +103,11 @@ impl FakeSystemd {
     pub fn collected(&self) -> Vec<String> {
         self.state.lock().unwrap().collected.clone()
     }
+
+    /// Makes every later scope start take `delay` before systemd answers.
+    pub fn delay_scopes(&self, delay: Duration) {
+        self.state.lock().unwrap().scope_delay = delay;
+    }
 }
 
 impl Drop for FakeSystemd {
@@ -152,6 +159,10 @@ async fn serve(stream: tokio::net::UnixStream, state: Arc<Mutex<State>>) -> zbus
             "StartTransientUnit" => {
                 let (unit, _mode, props, _aux): StartTransientUnit = msg.body().deserialize()?;
                 record(&state, "StartTransientUnit", &unit, &props);
+                let delay = state.lock().unwrap().scope_delay;
+                if unit.ends_with(".scope") && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 start(&state, &unit, &props).map(|()| unit)
             }
             "StopUnit" => {

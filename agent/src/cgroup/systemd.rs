@@ -24,6 +24,12 @@ const PATH: &str = "/org/freedesktop/systemd1";
 const MANAGER: &str = "org.freedesktop.systemd1.Manager";
 /// What systemd answers for a unit it does not have.
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+/// What systemd answers for a transient unit started twice.
+const UNIT_EXISTS: &str = "org.freedesktop.systemd1.UnitExists";
+/// The first systemd with `CPUQuotaPeriodUSec`; older ones refuse a unit that has it.
+const QUOTA_PERIOD_SINCE: u32 = 242;
+/// Job signals a waiter may fall behind by (systemd announces every job on the host).
+const QUEUED_SIGNALS: usize = 4096;
 /// A systemd job that takes longer than this is reported as failed.
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -63,6 +69,8 @@ pub struct Systemd {
     socket: PathBuf,
     conn: tokio::sync::Mutex<Option<zbus::Connection>>,
     v2: bool,
+    /// systemd's version number, once `version` has read it (0 before: the oldest).
+    release: std::sync::atomic::AtomicU32,
 }
 
 impl Systemd {
@@ -72,6 +80,7 @@ impl Systemd {
             socket: socket.to_path_buf(),
             conn: tokio::sync::Mutex::new(None),
             v2,
+            release: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -92,7 +101,18 @@ impl Systemd {
         let value: zbus::OwnedVariant = body
             .deserialize()
             .map_err(|e| self.unreachable(e.to_string()))?;
-        Ok(String::try_from(value).unwrap_or_default())
+        let version = String::try_from(value).unwrap_or_default();
+        self.release.store(
+            release_number(&version),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        Ok(version)
+    }
+
+    /// The unit properties for `resources` that this systemd knows.
+    fn properties(&self, resources: &Resources) -> Vec<(&'static str, Value<'static>)> {
+        let release = self.release.load(std::sync::atomic::Ordering::Relaxed);
+        properties(resources, self.v2, release)
     }
 
     fn unreachable(&self, reason: String) -> Error {
@@ -118,6 +138,7 @@ impl Systemd {
             .map_err(|e| self.unreachable(e.to_string()))?;
         let conn = zbus::connection::Builder::unix_stream(stream)
             .p2p()
+            .method_timeout(JOB_TIMEOUT)
             .build()
             .await
             .map_err(|e| self.unreachable(e.to_string()))?;
@@ -138,7 +159,15 @@ impl Systemd {
         match self.job_once(call, unit, body).await {
             Err(Error::Unreachable { .. }) | Err(Error::Timeout { .. }) => {
                 *self.conn.lock().await = None;
-                self.job_once(call, unit, body).await
+                match self.job_once(call, unit, body).await {
+                    // The first try got as far as systemd: the unit is there.
+                    Err(Error::Call { message, .. })
+                        if call == "StartTransientUnit" && message.starts_with(UNIT_EXISTS) =>
+                    {
+                        Ok(())
+                    }
+                    done => done,
+                }
             }
             done => done,
         }
@@ -156,9 +185,13 @@ impl Systemd {
             .build()
             .map_err(|e| self.unreachable(e.to_string()))?;
         // Listening before the call: the job can end before its reply is read.
-        let mut removed = zbus::MessageStream::for_match_rule(rule, &conn, None)
-            .await
-            .map_err(|e| self.unreachable(e.to_string()))?;
+        let mut removed = zbus::MessageStream::for_match_rule(
+            rule,
+            &conn,
+            std::num::NonZeroUsize::new(QUEUED_SIGNALS),
+        )
+        .await
+        .map_err(|e| self.unreachable(e.to_string()))?;
         let reply = match conn
             .call_method(Some(DESTINATION), PATH, Some(MANAGER), call, body)
             .await
@@ -219,7 +252,7 @@ impl Systemd {
             ("Description", Value::from(format!("strata pod {name}"))),
             ("DefaultDependencies", Value::from(false)),
         ];
-        props.extend(properties(resources, self.v2));
+        props.extend(self.properties(resources));
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
         self.job("StartTransientUnit", name, &(name, "fail", props, aux))
             .await
@@ -244,7 +277,7 @@ impl Systemd {
             ("PIDs", Value::from(vec![pid])),
             ("DefaultDependencies", Value::from(false)),
         ];
-        props.extend(properties(resources, self.v2));
+        props.extend(self.properties(resources));
         let aux: Vec<(&str, Vec<(&str, Value<'_>)>)> = Vec::new();
         self.job("StartTransientUnit", name, &(name, "fail", props, aux))
             .await
@@ -252,25 +285,46 @@ impl Systemd {
 
     /// Changes a running unit's limits (UpdateContainerResources).
     pub async fn set_properties(&self, name: &str, resources: &Resources) -> Result<()> {
-        let props = properties(resources, self.v2);
+        let props = self.properties(resources);
         if props.is_empty() {
             return Ok(());
         }
-        let conn = self.connection().await?;
-        conn.call_method(
-            Some(DESTINATION),
-            PATH,
-            Some(MANAGER),
-            "SetUnitProperties",
-            &(name, true, props),
-        )
-        .await
-        .map(drop)
-        .map_err(|e| Error::Call {
-            call: "SetUnitProperties",
-            unit: name.to_string(),
-            message: e.to_string(),
-        })
+        // Setting properties is idempotent: a connection systemd closed is made again, and
+        // the call sent again, once.
+        let mut retried = false;
+        loop {
+            let conn = self.connection().await?;
+            let sent = conn
+                .call_method(
+                    Some(DESTINATION),
+                    PATH,
+                    Some(MANAGER),
+                    "SetUnitProperties",
+                    &(name, true, &props),
+                )
+                .await;
+            let refused = |message: String| Error::Call {
+                call: "SetUnitProperties",
+                unit: name.to_string(),
+                message,
+            };
+            match sent {
+                Ok(_) => return Ok(()),
+                Err(zbus::Error::MethodError(error, message, _)) => {
+                    return Err(refused(format!(
+                        "{}: {}",
+                        error.as_str(),
+                        message.unwrap_or_default()
+                    )));
+                }
+                Err(zbus::Error::FDO(e)) => return Err(refused(e.to_string())),
+                Err(e) if retried => return Err(self.unreachable(e.to_string())),
+                Err(_) => {
+                    *self.conn.lock().await = None;
+                    retried = true;
+                }
+            }
+        }
     }
 
     /// Stops a unit; one systemd does not have (a scope it collected once it was empty) is
@@ -283,16 +337,18 @@ impl Systemd {
     }
 }
 
-/// The unit properties for `resources`; limits left unset are left out.
-pub fn properties(r: &Resources, v2: bool) -> Vec<(&'static str, Value<'static>)> {
+/// The unit properties for `r`: `v2` for a cgroup v2 host, `release` systemd's version
+/// number (properties newer than it are left out, or it would refuse the whole unit).
+/// A limit of -1 is systemd's infinity, so that lifting a limit lifts it on the unit too.
+pub fn properties(r: &Resources, v2: bool, release: u32) -> Vec<(&'static str, Value<'static>)> {
     let mut props = Vec::new();
     if r.memory_limit.is_some() || r.cpu_shares.is_some() || r.cpu_quota.is_some() {
         props.push(("MemoryAccounting", Value::from(true)));
         props.push(("CPUAccounting", Value::from(true)));
     }
-    if let Some(limit) = r.memory_limit.filter(|m| *m > 0) {
+    if let Some(limit) = r.memory_limit.filter(|m| *m != 0) {
         let name = if v2 { "MemoryMax" } else { "MemoryLimit" };
-        props.push((name, Value::from(limit as u64)));
+        props.push((name, Value::from(u64::try_from(limit).unwrap_or(u64::MAX))));
     }
     if let Some(shares) = r.cpu_shares {
         if v2 {
@@ -301,14 +357,20 @@ pub fn properties(r: &Resources, v2: bool) -> Vec<(&'static str, Value<'static>)
             props.push(("CPUShares", Value::from(shares)));
         }
     }
-    if let Some(quota) = r.cpu_quota.filter(|q| *q > 0) {
-        let period = r.cpu_period.unwrap_or(100_000).max(1);
-        // systemd keeps the quota per second, in steps of 10 ms: rounded up, as runc does,
-        // so that a small quota never becomes none.
-        let per_sec = (quota as u64 * 1_000_000).div_ceil(period);
-        let per_sec = per_sec.div_ceil(10_000) * 10_000;
-        props.push(("CPUQuotaPerSecUSec", Value::from(per_sec)));
-        props.push(("CPUQuotaPeriodUSec", Value::from(period)));
+    match r.cpu_quota.filter(|q| *q != 0) {
+        Some(quota) if quota > 0 => {
+            let period = r.cpu_period.unwrap_or(100_000).max(1);
+            // systemd keeps the quota per second, in steps of 10 ms: rounded up, as runc
+            // does, so that a small quota never becomes none.
+            let per_sec = (quota as u64).saturating_mul(1_000_000).div_ceil(period);
+            let per_sec = per_sec.div_ceil(10_000).saturating_mul(10_000);
+            props.push(("CPUQuotaPerSecUSec", Value::from(per_sec)));
+            if release >= QUOTA_PERIOD_SINCE {
+                props.push(("CPUQuotaPeriodUSec", Value::from(period)));
+            }
+        }
+        Some(_) => props.push(("CPUQuotaPerSecUSec", Value::from(u64::MAX))),
+        None => {}
     }
     if let Some(pids) = r.pids_limit {
         props.push(("TasksAccounting", Value::from(true)));
@@ -316,6 +378,12 @@ pub fn properties(r: &Resources, v2: bool) -> Vec<(&'static str, Value<'static>)
         props.push(("TasksMax", Value::from(max)));
     }
     props
+}
+
+/// The number at the start of systemd's version ("252.33-1~deb12u1" → 252); 0 if none.
+fn release_number(version: &str) -> u32 {
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or(0)
 }
 
 /// The cgroup path of slice `name`, as systemd lays slices out: `a-b-c.slice` lives at
@@ -429,7 +497,7 @@ mod tests {
             ..Default::default()
         };
         let has = |v2, name: &str, value: u64| {
-            properties(&r, v2)
+            properties(&r, v2, 252)
                 .iter()
                 .any(|(n, v)| *n == name && *v == Value::from(value))
         };
@@ -447,12 +515,58 @@ mod tests {
             cpu_period: Some(300_000),
             ..Default::default()
         };
-        let p = properties(&small, true);
+        let p = properties(&small, true, 252);
         assert!(
             p.iter()
                 .any(|(n, v)| *n == "CPUQuotaPerSecUSec" && *v == Value::from(10_000u64)),
             "{p:?}"
         );
-        assert!(properties(&Resources::default(), true).is_empty());
+        assert!(properties(&Resources::default(), true, 252).is_empty());
+        // systemd before 242 has no CPUQuotaPeriodUSec and would refuse the unit.
+        assert!(has(false, "CPUQuotaPeriodUSec", 100_000));
+        assert!(
+            !properties(&r, false, 241)
+                .iter()
+                .any(|(n, _)| *n == "CPUQuotaPeriodUSec")
+        );
+    }
+
+    #[test]
+    fn lifted_limits_are_infinity_and_huge_ones_saturate() {
+        let lifted = Resources {
+            memory_limit: Some(-1),
+            cpu_quota: Some(-1),
+            ..Default::default()
+        };
+        let p = properties(&lifted, false, 252);
+        for name in ["MemoryLimit", "CPUQuotaPerSecUSec"] {
+            assert!(
+                p.iter()
+                    .any(|(n, v)| *n == name && *v == Value::from(u64::MAX)),
+                "{name}: {p:?}"
+            );
+        }
+        let huge = Resources {
+            cpu_quota: Some(i64::MAX),
+            cpu_period: Some(1000),
+            ..Default::default()
+        };
+        // No overflow: the quota per second saturates (u64::MAX µs per 1 ms period, in
+        // 10 ms steps).
+        let p = properties(&huge, true, 252);
+        let saturated = u64::MAX.div_ceil(1000).div_ceil(10_000) * 10_000;
+        assert!(
+            p.iter()
+                .any(|(n, v)| *n == "CPUQuotaPerSecUSec" && *v == Value::from(saturated)),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn the_release_is_the_versions_leading_number() {
+        assert_eq!(release_number("252.33-1~deb12u1"), 252);
+        assert_eq!(release_number("219"), 219);
+        assert_eq!(release_number("255 (strata test stand-in)"), 255);
+        assert_eq!(release_number("unknown"), 0);
     }
 }
