@@ -57,13 +57,17 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_and_containers_are_systemd_units_with_their_limits() {
-    let fake = FakeSystemd::start();
-    // A kubelet-like parent: `kubepods-besteffort.slice` inside `kubepods.slice`.
-    let top = format!("strata_e2e{}", std::process::id());
+/// The test's slice names: a kubelet-like parent, `<top>-besteffort.slice` inside
+/// `<top>.slice`, removed at the end.
+fn names(test: &str) -> (String, String, TopSlice) {
+    let top = format!("strata_e2e_{test}{}", std::process::id());
     let parent = format!("{top}-besteffort.slice");
-    let _cleanup = TopSlice(format!("{top}.slice"));
+    let cleanup = TopSlice(format!("{top}.slice"));
+    (top, parent, cleanup)
+}
+
+/// A daemon with the systemd driver, talking to `fake`, and the busybox image.
+async fn systemd_env(fake: &FakeSystemd, top: &str, parent: &str) -> (common::cri::Env, Options) {
     let mut daemon = Daemon::prepare();
     daemon.cgroup_parent = format!("{top}.slice");
     let options = Options {
@@ -79,7 +83,72 @@ async fn pods_and_containers_are_systemd_units_with_their_limits() {
         "{}",
         daemon.logs()
     );
-    let mut env = env_on(daemon).await;
+    (env_on(daemon).await, options)
+}
+
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat.rsplit_once(") ")?.1.chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_its_client_gave_up_on_is_finished_not_left_half_built() {
+    let fake = FakeSystemd::start();
+    let (top, parent, _cleanup) = names("impatient");
+    let (mut env, _) = systemd_env(&fake, &top, &parent).await;
+    let image = env.image.clone();
+    let pod = env.pod("impatient").await;
+    // systemd takes longer to start the scope than the client waits.
+    fake.delay_scopes(Duration::from_millis(1500));
+    let mut request = tonic::Request::new(cri::CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config("late", &image, "exec sleep 1000")),
+        sandbox_config: None,
+    });
+    request.set_timeout(Duration::from_millis(300));
+    let err = env.rt.create_container(request).await.unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{err:?}"
+    );
+    fake.delay_scopes(Duration::ZERO);
+    // The creation went on to its end: a created container, whose scope's placeholder is
+    // gone, not a scope held open by a placeholder nobody kills.
+    let mut id = String::new();
+    eventually("the container the client gave up on is created", || {
+        id = env.daemon.ctl(["ps", "-a", "-q"]).stdout.trim().to_string();
+        !id.is_empty()
+    })
+    .await;
+    let scope = format!("strata-{id}.scope");
+    let calls = fake.calls();
+    let started = starts(&calls, &scope);
+    assert_eq!(started.len(), 1, "{calls:#?}");
+    let placeholder = started[0].pids[0];
+    eventually("the placeholder is gone", || !is_alive(placeholder)).await;
+    assert_eq!(
+        env.status(&id).await.state,
+        cri::ContainerState::ContainerCreated as i32
+    );
+    // And it can be used and removed like any other.
+    env.start(&id).await;
+    env.remove_pods(vec![pod]).await;
+    assert!(fake.units().is_empty(), "{:?}", fake.units());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_and_containers_are_systemd_units_with_their_limits() {
+    let fake = FakeSystemd::start();
+    let (top, parent, _cleanup) = names("units");
+    let (mut env, options) = systemd_env(&fake, &top, &parent).await;
     let image = env.image.clone();
 
     // The kubelet (>= 1.28) reads the driver from the runtime.

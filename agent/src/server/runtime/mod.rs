@@ -48,6 +48,19 @@ async fn pod_running_containers(
     ctx.runtime.containers(&filter).await
 }
 
+/// Runs a call that changes the node to its end in a task of its own. A client that gives
+/// up (its deadline passes, it disconnects) has the server drop the call's future; dropped
+/// part-way, a creation would leave what it had made so far (a cgroup, a systemd unit and
+/// its placeholder process, pinned layers) for no one to remove until a restart. The
+/// answer then goes nowhere, and the node is whole.
+async fn to_completion<T: Send + 'static>(
+    call: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(call)
+        .await
+        .unwrap_or_else(|e| Err(Status::internal(format!("the call ended abnormally: {e}"))))
+}
+
 fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> RuntimeCondition {
     RuntimeCondition {
         r#type: kind.to_string(),
@@ -77,21 +90,24 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::RunPodSandboxRequest>,
     ) -> Result<Response<cri::RunPodSandboxResponse>, Status> {
-        pods::run_pod_sandbox(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { pods::run_pod_sandbox(&ctx, request).await }).await
     }
 
     async fn stop_pod_sandbox(
         &self,
         request: Request<cri::StopPodSandboxRequest>,
     ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
-        pods::stop_pod_sandbox(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { pods::stop_pod_sandbox(&ctx, request).await }).await
     }
 
     async fn remove_pod_sandbox(
         &self,
         request: Request<cri::RemovePodSandboxRequest>,
     ) -> Result<Response<cri::RemovePodSandboxResponse>, Status> {
-        pods::remove_pod_sandbox(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { pods::remove_pod_sandbox(&ctx, request).await }).await
     }
 
     async fn pod_sandbox_status(
@@ -119,28 +135,32 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::CreateContainerRequest>,
     ) -> Result<Response<cri::CreateContainerResponse>, Status> {
-        containers::create_container(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { containers::create_container(&ctx, request).await }).await
     }
 
     async fn start_container(
         &self,
         request: Request<cri::StartContainerRequest>,
     ) -> Result<Response<cri::StartContainerResponse>, Status> {
-        containers::start_container(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { containers::start_container(&ctx, request).await }).await
     }
 
     async fn stop_container(
         &self,
         request: Request<cri::StopContainerRequest>,
     ) -> Result<Response<cri::StopContainerResponse>, Status> {
-        containers::stop_container(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { containers::stop_container(&ctx, request).await }).await
     }
 
     async fn remove_container(
         &self,
         request: Request<cri::RemoveContainerRequest>,
     ) -> Result<Response<cri::RemoveContainerResponse>, Status> {
-        containers::remove_container(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { containers::remove_container(&ctx, request).await }).await
     }
 
     async fn container_status(
@@ -224,7 +244,9 @@ impl RuntimeService for Runtime {
         &self,
         request: Request<cri::UpdateContainerResourcesRequest>,
     ) -> Result<Response<cri::UpdateContainerResourcesResponse>, Status> {
-        containers::update_container_resources(&self.ctx, request).await
+        let ctx = Arc::clone(&self.ctx);
+        to_completion(async move { containers::update_container_resources(&ctx, request).await })
+            .await
     }
 
     async fn runtime_config(
