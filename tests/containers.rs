@@ -5,7 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    cri::{container_config, env, env_with, pid_mode},
+    cri::{container_config, env, env_with, memory_hog, pid_mode},
     oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
 };
 use nix::{
@@ -341,16 +341,7 @@ async fn users_groups_and_a_memory_limit() {
     let (out, _) = env.run_config(&pod, as_user).await;
     assert_eq!(out, ["1000", "1000", "1000 2000 3000"], "{out:?}");
 
-    // 32 MiB of memory; `tail /dev/zero` buffers without end until the OOM killer comes.
-    let mut hungry = container_config("hungry", &image, "tail /dev/zero; exit $?");
-    hungry.linux = Some(cri::LinuxContainerConfig {
-        resources: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 32 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let (_, st) = env.run_config(&pod, hungry).await;
+    let (_, st) = env.run_config(&pod, memory_hog(&image)).await;
     assert_eq!(
         (st.exit_code, st.reason.as_str()),
         (137, "OOMKilled"),

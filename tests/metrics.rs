@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::cri::{container_config, env_with};
+use common::cri::{container_config, env_with, memory_hog};
 use strata_api::cri;
 
 /// GET `path` from `port`: the status line, the content type and the body.
@@ -145,15 +145,7 @@ async fn the_metrics_page_follows_the_node() {
         .run_config(&pod, container_config("failing", &image, "exit 3"))
         .await;
     assert_eq!(failed.reason, "Error");
-    let mut hungry = container_config("hungry", &image, "tail /dev/zero; exit $?");
-    hungry.linux = Some(cri::LinuxContainerConfig {
-        resources: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 32 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let (_, st) = env.run_config(&pod, hungry).await;
+    let (_, st) = env.run_config(&pod, memory_hog(&image)).await;
     assert_eq!(st.reason, "OOMKilled");
     // A call that fails, counted with its code.
     let missing = env

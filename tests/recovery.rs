@@ -15,7 +15,7 @@ use common::cri::{Env, container_config, env, host_network, pid_mode, pod_config
 use nix::sys::signal::Signal;
 use strata_api::cri::{
     self, ContainerStatsRequest, ExecSyncRequest, ListContainersRequest, ListPodSandboxRequest,
-    RunPodSandboxRequest, StopContainerRequest,
+    StopContainerRequest,
 };
 
 const PODS: usize = 10;
@@ -42,15 +42,7 @@ async fn run_pod(env: &mut Env, i: usize) -> String {
     if i < 3 {
         config.linux = Some(host_network());
     }
-    env.rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id
+    env.pod_with(config).await
 }
 
 async fn container(env: &mut Env, pod: &str, i: usize, name: &str, script: &str) -> String {

@@ -15,11 +15,11 @@ use std::{
 
 use common::{
     Daemon, Options,
-    cri::{container_config, env_on, pod_config},
+    cri::{container_config, env_on, memory_hog, pod_config},
     stratad_refuses,
     systemd::{Call, FakeSystemd},
 };
-use strata_api::cri::{self, RemovePodSandboxRequest, RunPodSandboxRequest, StopPodSandboxRequest};
+use strata_api::cri::{self, RemovePodSandboxRequest, StopPodSandboxRequest};
 
 /// Every hierarchy's copy of a cgroup.
 const ROOT: &str = "/sys/fs/cgroup";
@@ -176,16 +176,7 @@ async fn pods_and_containers_are_systemd_units_with_their_limits() {
         }),
         ..Default::default()
     });
-    let pod = env
-        .rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = env.pod_with(config).await;
     let pod_slice = format!("{top}-besteffort-strata_pod_{pod}.slice");
     let pod_path = format!("{top}.slice/{parent}/{pod_slice}");
     assert_eq!(env.record("sandboxes", &pod)["cgroup"], pod_path.as_str());
@@ -370,15 +361,7 @@ async fn pods_and_containers_are_systemd_units_with_their_limits() {
         .run_config(&pod, container_config("failing", &image, "exit 3"))
         .await;
     assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"), "{st:?}");
-    let mut hungry = container_config("hungry", &image, "tail /dev/zero; exit $?");
-    hungry.linux = Some(cri::LinuxContainerConfig {
-        resources: Some(cri::LinuxContainerResources {
-            memory_limit_in_bytes: 32 << 20,
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    let (_, st) = env.run_config(&pod, hungry).await;
+    let (_, st) = env.run_config(&pod, memory_hog(&image)).await;
     assert_eq!(st.reason, "OOMKilled", "{st:?}");
     let hungry_scope = format!("strata-{}.scope", st.id);
     eventually("systemd collected the exited container's scope", || {

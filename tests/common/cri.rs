@@ -112,6 +112,20 @@ pub fn container_config(name: &str, image: &str, script: &str) -> ContainerConfi
     }
 }
 
+/// A container with 32 MiB of memory that the OOM killer ends: `tail /dev/zero` buffers
+/// without end.
+pub fn memory_hog(image: &str) -> ContainerConfig {
+    let mut hungry = container_config("hungry", image, "tail /dev/zero; exit $?");
+    hungry.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 32 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    hungry
+}
+
 /// A pod's Linux config for the node's network (a host-network pod).
 pub fn host_network() -> cri::LinuxPodSandboxConfig {
     cri::LinuxPodSandboxConfig {
@@ -146,9 +160,14 @@ impl Node {
     }
 
     pub async fn pod(&mut self, name: &str) -> String {
+        self.pod_with(pod_config(name)).await
+    }
+
+    /// Runs a pod of `config`; returns its id.
+    pub async fn pod_with(&mut self, config: PodSandboxConfig) -> String {
         self.rt
             .run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(pod_config(name)),
+                config: Some(config),
                 runtime_handler: String::new(),
             })
             .await
