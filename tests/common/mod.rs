@@ -507,19 +507,24 @@ pub fn assert_pod_gone(daemon: &Daemon, id: &str) {
 /// Removes cgroup `rel` and everything below it, deepest first, in every hierarchy.
 pub fn remove_cgroup_tree(rel: &str) {
     for top in cgroup_dirs(rel) {
-        let mut stack = vec![top.clone()];
-        let mut order = Vec::new();
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(entry.path());
-                }
+        remove_dir_tree(&top);
+    }
+}
+
+/// Removes the (empty) cgroup directory `top` and those below it, deepest first.
+pub fn remove_dir_tree(top: &Path) {
+    let mut stack = vec![top.to_path_buf()];
+    let mut order = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
             }
-            order.push(dir);
         }
-        for dir in order.into_iter().rev() {
-            let _ = std::fs::remove_dir(&dir);
-        }
+        order.push(dir);
+    }
+    for dir in order.into_iter().rev() {
+        let _ = std::fs::remove_dir(&dir);
     }
 }
 

@@ -354,19 +354,7 @@ fn kill_and_remove(path: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     for top in hierarchies() {
-        let mut dirs = Vec::new();
-        let mut stack = vec![top.join(path)];
-        while let Some(dir) = stack.pop() {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-            dirs.push(dir);
-        }
-        for dir in dirs.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
+        super::remove_dir_tree(&top.join(path));
     }
 }
 

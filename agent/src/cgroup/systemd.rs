@@ -197,22 +197,11 @@ impl Systemd {
             .await
         {
             Ok(reply) => reply,
-            // systemd's answer (standard D-Bus error names come as FDO).
-            Err(zbus::Error::MethodError(name, message, _)) => {
-                return Err(Error::Call {
-                    call,
-                    unit: unit.to_string(),
-                    message: format!("{}: {}", name.as_str(), message.unwrap_or_default()),
-                });
+            Err(e) => {
+                return Err(
+                    refusal(call, unit, e).unwrap_or_else(|e| self.unreachable(e.to_string()))
+                );
             }
-            Err(zbus::Error::FDO(e)) => {
-                return Err(Error::Call {
-                    call,
-                    unit: unit.to_string(),
-                    message: e.to_string(),
-                });
-            }
-            Err(e) => return Err(self.unreachable(e.to_string())),
         };
         let job: OwnedObjectPath = reply.body().deserialize().map_err(|e| Error::Call {
             call,
@@ -303,23 +292,11 @@ impl Systemd {
                     &(name, true, &props),
                 )
                 .await;
-            let refused = |message: String| Error::Call {
-                call: "SetUnitProperties",
-                unit: name.to_string(),
-                message,
-            };
-            match sent {
+            match sent.map_err(|e| refusal("SetUnitProperties", name, e)) {
                 Ok(_) => return Ok(()),
-                Err(zbus::Error::MethodError(error, message, _)) => {
-                    return Err(refused(format!(
-                        "{}: {}",
-                        error.as_str(),
-                        message.unwrap_or_default()
-                    )));
-                }
-                Err(zbus::Error::FDO(e)) => return Err(refused(e.to_string())),
-                Err(e) if retried => return Err(self.unreachable(e.to_string())),
-                Err(_) => {
+                Err(Ok(refused)) => return Err(refused),
+                Err(Err(e)) if retried => return Err(self.unreachable(e.to_string())),
+                Err(Err(_)) => {
                     *self.conn.lock().await = None;
                     retried = true;
                 }
@@ -335,6 +312,27 @@ impl Systemd {
             done => done,
         }
     }
+}
+
+/// systemd's answer to `call` as an error (standard D-Bus error names come as FDO); any
+/// other failure (the connection's) is handed back.
+fn refusal(
+    call: &'static str,
+    unit: &str,
+    e: zbus::Error,
+) -> std::result::Result<Error, zbus::Error> {
+    let message = match e {
+        zbus::Error::MethodError(name, message, _) => {
+            format!("{}: {}", name.as_str(), message.unwrap_or_default())
+        }
+        zbus::Error::FDO(e) => e.to_string(),
+        other => return Err(other),
+    };
+    Ok(Error::Call {
+        call,
+        unit: unit.to_string(),
+        message,
+    })
 }
 
 /// The unit properties for `r`: `v2` for a cgroup v2 host, `release` systemd's version

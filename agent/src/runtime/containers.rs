@@ -424,9 +424,7 @@ impl Runtime {
         }
         let (init, monitor) = spawn_monitor(&layout.dir).await?;
         if let Some((pid, started)) = placeholder {
-            crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
-                crate::sys::process::start_time(pid) == started
-            });
+            kill_placeholder(pid, started);
         }
         crate::failpoint::hit("container.creating");
         c.pid = Some(init);
@@ -454,9 +452,7 @@ impl Runtime {
         let pid = super::spawn_pid_holder().await?;
         let started = crate::sys::process::start_time(pid);
         if let Err(e) = systemd.start_scope(scope, slice, pid, resources).await {
-            crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
-                crate::sys::process::start_time(pid) == started
-            });
+            kill_placeholder(pid, started);
             return Err(e.into());
         }
         Ok(Some((pid, started)))
@@ -1457,6 +1453,13 @@ enum Refreshed {
     /// Its monitor died: what is left of it to be killed, then it is marked exited and
     /// saved.
     Orphaned,
+}
+
+/// Kills a scope's placeholder process, if it is still the one started then.
+fn kill_placeholder(pid: u32, started: Option<u64>) {
+    crate::sys::process::signal_if(pid, rustix::process::Signal::KILL, || {
+        crate::sys::process::start_time(pid) == started
+    });
 }
 
 /// A container's cgroup inside its pod's: a scope with the systemd driver (the pod's cgroup
