@@ -270,12 +270,25 @@ impl Node {
         image: &str,
         script: &str,
     ) -> String {
+        self.start_sleeper_within(pod, name, image, script, Duration::from_secs(10))
+            .await
+    }
+
+    /// [`Node::start_sleeper`] for a script that takes up to `within` before its sleep.
+    pub async fn start_sleeper_within(
+        &mut self,
+        pod: &str,
+        name: &str,
+        image: &str,
+        script: &str,
+        within: Duration,
+    ) -> String {
         let id = self
             .create(pod, container_config(name, image, script))
             .await
             .unwrap();
         self.start(&id).await;
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + within;
         loop {
             let out = self
                 .daemon

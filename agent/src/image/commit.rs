@@ -6,8 +6,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{self, Write},
-    os::unix::fs::{FileTypeExt, MetadataExt},
+    io::{self, Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -121,104 +120,105 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// The xattrs a layer entry carries: all but overlay's own.
-fn xattrs(path: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut all = crate::sys::xattrs(path);
-    all.retain(|(name, _)| !name.starts_with("trusted.overlay."));
-    all
-}
-
-fn is_opaque(path: &Path) -> bool {
-    crate::sys::xattr(path, "trusted.overlay.opaque").as_deref() == Some(b"y")
-}
-
-fn header_for(meta: &std::fs::Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
+fn header_for(stat: &rustix::fs::Stat, kind: tar::EntryType, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
-    h.set_mode(meta.mode() & 0o7777);
-    h.set_uid(u64::from(meta.uid()));
-    h.set_gid(u64::from(meta.gid()));
-    h.set_mtime(meta.mtime().max(0) as u64);
+    h.set_mode(stat.st_mode & 0o7777);
+    h.set_uid(u64::from(stat.st_uid));
+    h.set_gid(u64::from(stat.st_gid));
+    h.set_mtime(stat.st_mtime.max(0) as u64);
     h.set_size(size);
     h
 }
 
 /// Writes the upper directory `upper` as an OCI layer tar (entries sorted, so the same
-/// changes give the same layer).
+/// changes give the same layer). The container may still be changing it: the tree is
+/// walked by descriptor and never through a symlink (`sys::walk`), so nothing outside it
+/// can be read into the layer, and a file is written with the size it had when opened.
 fn write_layer<W: Write>(upper: &Path, out: W) -> io::Result<W> {
+    use rustix::fs::FileType;
     let mut tar = tar::Builder::new(out);
     tar.mode(tar::HeaderMode::Complete);
     let mut links: HashMap<(u64, u64), PathBuf> = HashMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = upper.join(&rel);
-        let mut names: Vec<_> = std::fs::read_dir(&dir)?.collect::<io::Result<Vec<_>>>()?;
-        names.sort_by_key(|e| e.file_name());
-        let mut subdirs = Vec::new();
-        for entry in names {
-            let path = entry.path();
-            let name = rel.join(entry.file_name());
-            let meta = std::fs::symlink_metadata(&path)?;
-            let ft = meta.file_type();
-            if ft.is_char_device() && meta.rdev() == 0 {
-                // An overlay whiteout: the file is deleted in this layer.
-                let wh = rel.join(format!(".wh.{}", entry.file_name().to_string_lossy()));
-                let mut h = header_for(&meta, tar::EntryType::Regular, 0);
-                h.set_mode(0o644);
-                tar.append_data(&mut h, &wh, io::empty())?;
-                continue;
-            }
-            let extensions = xattrs(&path);
-            if !extensions.is_empty() {
-                let records: Vec<(String, &[u8])> = extensions
-                    .iter()
-                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
-                    .collect();
-                tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
-            }
-            if ft.is_dir() {
-                let mut h = header_for(&meta, tar::EntryType::Directory, 0);
-                tar.append_data(&mut h, &name, io::empty())?;
-                if is_opaque(&path) {
-                    let mut h = header_for(&meta, tar::EntryType::Regular, 0);
+    let how = crate::sys::walk::Walk {
+        sorted: true,
+        tolerant: false,
+    };
+    crate::sys::walk::walk(upper, how, |entry| {
+        let (name, stat) = (entry.path, entry.stat);
+        let kind = entry.file_type();
+        if kind == FileType::CharacterDevice && stat.st_rdev == 0 {
+            // An overlay whiteout: the file is deleted in this layer.
+            let file_name = name.file_name().unwrap_or_default().to_string_lossy();
+            let wh = name.with_file_name(format!(".wh.{file_name}"));
+            let mut h = header_for(stat, tar::EntryType::Regular, 0);
+            h.set_mode(0o644);
+            tar.append_data(&mut h, &wh, io::empty())?;
+            return Ok(false);
+        }
+        if kind == FileType::Socket || kind == FileType::Unknown {
+            return Ok(false); // not part of a layer
+        }
+        let mut extensions = entry.xattrs();
+        let opaque = kind == FileType::Directory
+            && entry.xattr("trusted.overlay.opaque").as_deref() == Some(b"y");
+        extensions.retain(|(name, _)| !name.starts_with("trusted.overlay."));
+        if !extensions.is_empty() {
+            let records: Vec<(String, &[u8])> = extensions
+                .iter()
+                .map(|(k, v)| (format!("SCHILY.xattr.{k}"), v.as_slice()))
+                .collect();
+            tar.append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        }
+        match kind {
+            FileType::Directory => {
+                let mut h = header_for(stat, tar::EntryType::Directory, 0);
+                tar.append_data(&mut h, name, io::empty())?;
+                if opaque {
+                    let mut h = header_for(stat, tar::EntryType::Regular, 0);
                     h.set_mode(0o644);
                     tar.append_data(&mut h, name.join(".wh..wh..opq"), io::empty())?;
                 }
-                subdirs.push(name);
-            } else if ft.is_symlink() {
-                let target = std::fs::read_link(&path)?;
-                let mut h = header_for(&meta, tar::EntryType::Symlink, 0);
-                tar.append_link(&mut h, &name, &target)?;
-            } else if ft.is_file() {
-                if meta.nlink() > 1 {
-                    if let Some(first) = links.get(&(meta.dev(), meta.ino())) {
-                        let mut h = header_for(&meta, tar::EntryType::Link, 0);
-                        tar.append_link(&mut h, &name, first)?;
-                        continue;
-                    }
-                    links.insert((meta.dev(), meta.ino()), name.clone());
-                }
-                let mut h = header_for(&meta, tar::EntryType::Regular, meta.len());
-                tar.append_data(&mut h, &name, std::fs::File::open(&path)?)?;
-            } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
-                let kind = if ft.is_char_device() {
-                    tar::EntryType::Char
-                } else if ft.is_block_device() {
-                    tar::EntryType::Block
-                } else {
-                    tar::EntryType::Fifo
-                };
-                let mut h = header_for(&meta, kind, 0);
-                if kind != tar::EntryType::Fifo {
-                    h.set_device_major(rustix::fs::major(meta.rdev()))?;
-                    h.set_device_minor(rustix::fs::minor(meta.rdev()))?;
-                }
-                tar.append_data(&mut h, &name, io::empty())?;
+                return Ok(true);
             }
-            // Sockets are not part of a layer.
+            FileType::Symlink => {
+                let target = entry.read_link()?;
+                let mut h = header_for(stat, tar::EntryType::Symlink, 0);
+                tar.append_link(&mut h, name, &target)?;
+            }
+            FileType::RegularFile => {
+                if stat.st_nlink > 1 {
+                    let key = (stat.st_dev, stat.st_ino);
+                    if let Some(first) = links.get(&key) {
+                        let mut h = header_for(stat, tar::EntryType::Link, 0);
+                        tar.append_link(&mut h, name, first)?;
+                        return Ok(false);
+                    }
+                    links.insert(key, name.to_path_buf());
+                }
+                let file = entry.open()?;
+                let size = file.metadata()?.len();
+                // Exactly `size` bytes, whatever the container does to the file meanwhile.
+                let body = file.take(size).chain(io::repeat(0)).take(size);
+                let mut h = header_for(stat, tar::EntryType::Regular, size);
+                tar.append_data(&mut h, name, body)?;
+            }
+            _ => {
+                let tar_kind = match kind {
+                    FileType::CharacterDevice => tar::EntryType::Char,
+                    FileType::BlockDevice => tar::EntryType::Block,
+                    _ => tar::EntryType::Fifo,
+                };
+                let mut h = header_for(stat, tar_kind, 0);
+                if tar_kind != tar::EntryType::Fifo {
+                    h.set_device_major(rustix::fs::major(stat.st_rdev))?;
+                    h.set_device_minor(rustix::fs::minor(stat.st_rdev))?;
+                }
+                tar.append_data(&mut h, name, io::empty())?;
+            }
         }
-        stack.extend(subdirs.into_iter().rev());
-    }
+        Ok(false)
+    })?;
     tar.into_inner()
 }
 

@@ -650,6 +650,7 @@ impl Runtime {
         crate::failpoint::hit("container.removing");
         let dir = self.containers_dir.join(&c.id);
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
+        self.usage.forget(&self.container_layout(&c.id).upper());
         self.containers.lock().await.remove(&c.id);
         Ok(())
     }
@@ -1305,15 +1306,19 @@ async fn run_exec(
 }
 
 impl Runtime {
-    /// A container's cgroup counters and its writable layer's bytes and inodes.
-    pub fn container_stats(&self, c: &Container) -> (crate::cgroup::Stats, (u64, u64), PathBuf) {
-        let stats = self
-            .cgroups
+    /// A container's cgroup counters.
+    pub fn container_stats(&self, c: &Container) -> crate::cgroup::Stats {
+        self.cgroups
             .cgroup(&c.cgroup)
             .map(|cg| cg.stats())
-            .unwrap_or_default();
-        let upper = self.container_layout(&c.id).upper();
-        (stats, crate::sys::disk_usage(&upper), upper)
+            .unwrap_or_default()
+    }
+
+    /// What a container's writable layer holds (as last counted; see `usage`), and where
+    /// it is.
+    pub async fn writable_layer_usage(&self, id: &str) -> (super::Usage, PathBuf) {
+        let upper = self.container_layout(id).upper();
+        (self.usage.usage(&upper).await, upper)
     }
 
     /// What a commit needs of a container: its read-write layer and its image. With
@@ -1338,10 +1343,10 @@ impl Runtime {
     /// How many containers there are, and the bytes their read-write layers hold.
     pub async fn containers_disk_usage(&self) -> (usize, u64) {
         let ids: Vec<String> = self.containers.lock().await.keys().cloned().collect();
-        let bytes = ids
-            .iter()
-            .map(|id| crate::sys::disk_usage(&self.container_layout(id).upper()).0)
-            .sum();
+        let mut bytes = 0;
+        for id in &ids {
+            bytes += self.writable_layer_usage(id).await.0.bytes;
+        }
         (ids.len(), bytes)
     }
 

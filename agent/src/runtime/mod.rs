@@ -4,6 +4,9 @@
 pub mod container;
 mod containers;
 pub mod sandbox;
+mod usage;
+
+pub use usage::Usage;
 
 use std::{
     collections::BTreeMap,
@@ -119,6 +122,8 @@ pub struct Runtime {
     /// systemd units of pods and containers whose creation a crash interrupted: stopped by
     /// `release_orphans`.
     orphan_units: std::sync::Mutex<Vec<String>>,
+    /// Disk use of read-write layers, counted off the async workers and cached.
+    usage: usage::UsageCache,
 }
 
 impl Runtime {
@@ -230,6 +235,7 @@ impl Runtime {
             orphan_networks: std::sync::Mutex::new(orphans),
             systemd: None,
             orphan_units: std::sync::Mutex::new(orphan_units),
+            usage: usage::UsageCache::default(),
         };
         runtime.reconcile_containers();
         Ok(runtime)

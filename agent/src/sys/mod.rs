@@ -9,9 +9,10 @@ pub mod rootdir;
 pub mod seccomp;
 pub mod selfexe;
 pub mod syscall;
+pub mod walk;
 pub mod watch;
 
-use std::{collections::HashSet, os::unix::fs::MetadataExt, path::Path};
+use std::path::Path;
 
 /// Gives `path` to group `gid` (its owner stays).
 pub fn set_group(path: &Path, gid: u32) -> std::io::Result<()> {
@@ -44,28 +45,4 @@ pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     Some(value)
 }
 
-/// Allocated bytes and inodes below `dir` (not counting `dir`), hardlinked files once.
-pub fn disk_usage(dir: &Path) -> (u64, u64) {
-    let (mut bytes, mut inodes) = (0, 0);
-    let mut seen = HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            if meta.nlink() > 1 && !meta.is_dir() && !seen.insert((meta.dev(), meta.ino())) {
-                continue;
-            }
-            inodes += 1;
-            bytes += meta.blocks() * 512;
-            if meta.is_dir() {
-                stack.push(entry.path());
-            }
-        }
-    }
-    (bytes, inodes)
-}
+pub use walk::disk_usage;

@@ -316,9 +316,13 @@ fn memory(stats: &crate::cgroup::Stats, now: i64) -> cri::MemoryUsage {
     }
 }
 
-pub fn container_stats(ctx: &Context, c: &Container) -> cri::ContainerStats {
+/// A container's stats: its cgroup counters and its writable layer's use (as the runtime
+/// last counted it).
+pub async fn container_stats(ctx: &Context, c: &Container) -> cri::ContainerStats {
     let now = crate::clock::now_nanos();
-    let (stats, (bytes, inodes), upper) = ctx.runtime.container_stats(c);
+    let stats = ctx.runtime.container_stats(c);
+    let (usage, upper) = ctx.runtime.writable_layer_usage(&c.id).await;
+    let (bytes, inodes) = (usage.bytes, usage.inodes);
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: c.id.clone(),
@@ -341,13 +345,17 @@ pub fn container_stats(ctx: &Context, c: &Container) -> cri::ContainerStats {
     }
 }
 
-pub fn pod_stats(
+pub async fn pod_stats(
     ctx: &Context,
     sandbox: &crate::runtime::sandbox::Sandbox,
     containers: &[Container],
 ) -> cri::PodSandboxStats {
     let now = crate::clock::now_nanos();
     let stats = ctx.runtime.pod_stats(sandbox);
+    let mut container_stats_list = Vec::with_capacity(containers.len());
+    for c in containers {
+        container_stats_list.push(container_stats(ctx, c).await);
+    }
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
             id: sandbox.id.clone(),
@@ -368,7 +376,7 @@ pub fn pod_stats(
                 timestamp: now,
                 process_count: u64_value(stats.pids),
             }),
-            containers: containers.iter().map(|c| container_stats(ctx, c)).collect(),
+            containers: container_stats_list,
             io: None,
         }),
         windows: None,

@@ -16,7 +16,7 @@ pub(super) async fn container_stats(
         .container(&request.into_inner().container_id)
         .await?;
     Ok(Response::new(cri::ContainerStatsResponse {
-        stats: Some(container_convert::container_stats(ctx, &c)),
+        stats: Some(container_convert::container_stats(ctx, &c).await),
     }))
 }
 
@@ -32,12 +32,11 @@ pub(super) async fn list_container_stats(
         labels: f.label_selector.into_iter().collect(),
     };
     let containers = ctx.runtime.containers(&filter).await;
-    Ok(Response::new(cri::ListContainerStatsResponse {
-        stats: containers
-            .iter()
-            .map(|c| container_convert::container_stats(ctx, c))
-            .collect(),
-    }))
+    let mut stats = Vec::with_capacity(containers.len());
+    for c in &containers {
+        stats.push(container_convert::container_stats(ctx, c).await);
+    }
+    Ok(Response::new(cri::ListContainerStatsResponse { stats }))
 }
 
 pub(super) async fn pod_sandbox_stats(
@@ -50,7 +49,7 @@ pub(super) async fn pod_sandbox_stats(
         .await?;
     let containers = pod_running_containers(ctx, &sandbox.id).await;
     Ok(Response::new(cri::PodSandboxStatsResponse {
-        stats: Some(container_convert::pod_stats(ctx, &sandbox, &containers)),
+        stats: Some(container_convert::pod_stats(ctx, &sandbox, &containers).await),
     }))
 }
 
@@ -67,7 +66,7 @@ pub(super) async fn list_pod_sandbox_stats(
     let mut stats = Vec::new();
     for sandbox in ctx.runtime.pods(&filter).await {
         let containers = pod_running_containers(ctx, &sandbox.id).await;
-        stats.push(container_convert::pod_stats(ctx, &sandbox, &containers));
+        stats.push(container_convert::pod_stats(ctx, &sandbox, &containers).await);
     }
     Ok(Response::new(cri::ListPodSandboxStatsResponse { stats }))
 }
