@@ -9,6 +9,7 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod hostile;
 pub mod oci;
 pub mod pki;
 pub mod proxy;

@@ -6,6 +6,12 @@
 //! Written on reqwest rather than a registry crate so that the agent controls what matters
 //! to a node: mirrors tried in order, a progress timeout instead of a deadline, streaming
 //! bodies with no buffering, and errors that say which registry did what.
+//!
+//! Nothing a registry sends is trusted: error bodies and token answers are read only in
+//! part and only for so long, and credentials go only to the endpoint they were given
+//! for (same scheme, host and port), over plain http only to loopback or where the
+//! config asks for plain http. Redirects are reqwest's: it drops Authorization when the
+//! scheme, host or port changes (`remove_sensitive_headers` in its `redirect.rs`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -15,14 +21,23 @@ use std::{
 };
 
 use base64::Engine as _;
-use reqwest::{Method, RequestBuilder, Response, StatusCode, header};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 use serde::Deserialize;
+use tokio::time::Instant;
 
 use super::digest::Digest;
 use crate::config::RegistryConfig;
 
 const RETRIES: u32 = 3;
 const USER_AGENT: &str = concat!("strata/", env!("CARGO_PKG_VERSION"));
+/// The most of an error answer's body read, for the registry's message; the rest is never
+/// read.
+const ERROR_BODY_LIMIT: usize = 4 << 10;
+/// The longest an error answer's body is waited for (at most the answer timeout); what
+/// arrived by then is used.
+const ERROR_BODY_TIME: Duration = Duration::from_secs(5);
+/// The largest token-service answer accepted; real ones are a few KiB.
+const TOKEN_LIMIT: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -76,6 +91,9 @@ impl Credentials {
 struct Endpoint {
     base: String,
     mirror: bool,
+    /// The config asks for plain http to it (`plain_http = true`, or a mirror given as
+    /// `http://`): credentials may then go in clear text, to it and its token service.
+    plain_ok: bool,
 }
 
 pub struct RegistryClient {
@@ -86,10 +104,57 @@ pub struct RegistryClient {
     answer_timeout: Duration,
 }
 
+/// Whether registry `host` (`name[:port]`) is on this machine.
 fn is_local(host: &str) -> bool {
-    let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+    let name = match host.rsplit_once(':') {
+        // `[::1]` alone: the colons are the address's.
+        Some((name, port)) if !port.contains(']') => name,
+        _ => host,
+    };
+    is_loopback_name(name)
+}
+
+/// `localhost` or a loopback address (IPv6 in brackets or not).
+fn is_loopback_name(name: &str) -> bool {
     let name = name.trim_start_matches('[').trim_end_matches(']');
-    name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether credentials may travel to `url` at all: over TLS, to loopback, or in clear
+/// text where the config asks for plain http (`plain_ok`).
+fn private_enough(url: &Url, plain_ok: bool) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => plain_ok || url.host_str().is_some_and(is_loopback_name),
+        _ => false,
+    }
+}
+
+/// Whether credentials given for the endpoint at `base` may go with a request to `url`:
+/// only to the same scheme, host and port (an upload location elsewhere gets none, as
+/// with containerd), and only if [`private_enough`].
+fn credentials_allowed(base: &str, url: &str, plain_ok: bool) -> bool {
+    let (Ok(base), Ok(url)) = (Url::parse(base), Url::parse(url)) else {
+        return false;
+    };
+    base.scheme() == url.scheme()
+        && base.host_str() == url.host_str()
+        && base.port_or_known_default() == url.port_or_known_default()
+        && private_enough(&url, plain_ok)
+}
+
+/// `scheme://host[:port]` of a URL, for messages (a location's path and query may carry
+/// session state).
+fn origin_of(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", u.scheme()),
+            (Some(host), None) => format!("{}://{host}", u.scheme()),
+            _ => u.scheme().to_string(),
+        },
+        Err(_) => "an invalid URL".into(),
+    }
 }
 
 impl RegistryClient {
@@ -123,13 +188,13 @@ impl RegistryClient {
             .unwrap_or_default()
             .into_iter()
             .map(|m| Endpoint {
+                plain_ok: m.starts_with("http://"),
                 base: m.trim_end_matches('/').to_string(),
                 mirror: true,
             })
             .collect();
-        let plain = config
-            .and_then(|c| c.plain_http)
-            .unwrap_or_else(|| is_local(registry));
+        let configured = config.and_then(|c| c.plain_http);
+        let plain = configured.unwrap_or_else(|| is_local(registry));
         let host = if registry == super::reference::DOCKER_HUB {
             "registry-1.docker.io"
         } else {
@@ -138,6 +203,7 @@ impl RegistryClient {
         endpoints.push(Endpoint {
             base: format!("{}://{host}", if plain { "http" } else { "https" }),
             mirror: false,
+            plain_ok: configured == Some(true),
         });
         endpoints
     }
@@ -325,11 +391,24 @@ impl Repository {
         build: &(dyn Fn(RequestBuilder) -> RequestBuilder + Sync),
     ) -> Result<Response> {
         let replayable = attempts > 0;
+        // An upload location may name another server: it gets no credentials, and its
+        // challenges are not answered (they could send them anywhere).
+        let scoped = credentials_allowed(&endpoint.base, url, endpoint.plain_ok);
+        let server = if scoped {
+            endpoint.base.clone()
+        } else {
+            tracing::debug!(registry = %endpoint.base, to = %origin_of(url), "sending no credentials outside the registry");
+            format!("{} (at {})", endpoint.base, origin_of(url))
+        };
         let mut attempt = 0;
         let mut authenticated = false;
         loop {
             let request = build(self.http.request(method.clone(), url));
-            let request = self.authorize(request, &endpoint.base).await;
+            let request = if scoped {
+                self.authorize(request, &endpoint.base).await
+            } else {
+                request
+            };
             // A streamed body takes as long as it takes (its sender watches its progress);
             // otherwise the answer must come within the timeout.
             let result = if replayable {
@@ -345,43 +424,38 @@ impl Repository {
                     .map_err(|e| crate::report::error_line(&e))
             };
             let retry = match result {
-                Err(e) => Error::Unavailable(format!(
-                    "{what}: registry {} is unreachable: {e}",
-                    endpoint.base,
-                )),
+                Err(e) => {
+                    Error::Unavailable(format!("{what}: registry {server} is unreachable: {e}"))
+                }
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp)
                     if resp.status() == StatusCode::UNAUTHORIZED
                         && !authenticated
-                        && replayable =>
+                        && replayable
+                        && scoped =>
                 {
                     authenticated = true;
-                    self.authenticate(&endpoint.base, &resp).await?;
+                    self.authenticate(endpoint, &resp).await?;
                     continue;
                 }
                 Ok(resp) => {
                     let status = resp.status();
-                    let detail = error_detail(resp).await;
+                    let detail = error_detail(resp, self.client.answer_timeout).await;
                     match status {
                         StatusCode::NOT_FOUND => {
                             return Err(Error::NotFound(format!("{what}: not found{detail}")));
                         }
                         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                             return Err(Error::Unauthorized(format!(
-                                "{what}: access denied by {} ({status}){detail}",
-                                endpoint.base
+                                "{what}: access denied by {server} ({status}){detail}"
                             )));
                         }
                         s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS => {
-                            Error::Unavailable(format!(
-                                "{what}: {} answered {s}{detail}",
-                                endpoint.base
-                            ))
+                            Error::Unavailable(format!("{what}: {server} answered {s}{detail}"))
                         }
                         s => {
                             return Err(Error::Protocol(format!(
-                                "{what}: {} answered {s}{detail}",
-                                endpoint.base
+                                "{what}: {server} answered {s}{detail}"
                             )));
                         }
                     }
@@ -552,7 +626,8 @@ impl Repository {
 
     /// Answers a 401 challenge: `Basic` uses the credentials as they are; `Bearer` fetches
     /// a token for pulling this repository from the named token service.
-    async fn authenticate(&self, base: &str, challenge: &Response) -> Result<()> {
+    async fn authenticate(&self, endpoint: &Endpoint, challenge: &Response) -> Result<()> {
+        let base = endpoint.base.as_str();
         let header = challenge
             .headers()
             .get(header::WWW_AUTHENTICATE)
@@ -570,7 +645,7 @@ impl Repository {
                 }
                 Auth::Basic
             }
-            "bearer" => Auth::Bearer(self.fetch_token(base, &params).await?),
+            "bearer" => Auth::Bearer(self.fetch_token(endpoint, &params).await?),
             _ => {
                 return Err(Error::Unauthorized(format!(
                     "registry {base} asked for authentication this client does not speak: {header:?}"
@@ -581,12 +656,32 @@ impl Repository {
         Ok(())
     }
 
-    async fn fetch_token(&self, base: &str, params: &HashMap<String, String>) -> Result<String> {
+    /// Asks the token service a challenge names for a token. The request and its answer
+    /// are bounded: the answer timeout for both together, [`TOKEN_LIMIT`] bytes of answer.
+    /// The token service may be elsewhere (auth.docker.io for Docker Hub), but the
+    /// credentials go to it in clear text only where they would go to the registry.
+    async fn fetch_token(
+        &self,
+        endpoint: &Endpoint,
+        params: &HashMap<String, String>,
+    ) -> Result<String> {
+        let base = &endpoint.base;
         let realm = params.get("realm").ok_or_else(|| {
             Error::Protocol(format!(
                 "registry {base} sent a bearer challenge without a realm"
             ))
         })?;
+        let realm_url = Url::parse(realm).map_err(|e| {
+            Error::Protocol(format!(
+                "registry {base} named an invalid token service {realm:?}: {e}"
+            ))
+        })?;
+        let send_credentials = private_enough(&realm_url, endpoint.plain_ok);
+        if !send_credentials
+            && (self.credentials.has_password() || !self.credentials.identity_token.is_empty())
+        {
+            tracing::warn!(registry = %base, token_service = %realm, "the token service speaks plain http: asking it without the credentials");
+        }
         // The scopes the challenge names (several, space-separated, for a cross-repository
         // mount) and always this session's own access, so one token serves the session.
         let own = format!("repository:{}:{}", self.repository, self.access);
@@ -601,7 +696,7 @@ impl Repository {
         if let Some(service) = params.get("service") {
             query.push(("service", service.clone()));
         }
-        let request = if !self.credentials.identity_token.is_empty() {
+        let request = if send_credentials && !self.credentials.identity_token.is_empty() {
             let mut form = query.clone();
             form.push(("grant_type", "refresh_token".into()));
             form.push(("refresh_token", self.credentials.identity_token.clone()));
@@ -609,18 +704,36 @@ impl Repository {
             self.http.post(realm).form(&form)
         } else {
             let request = self.http.get(realm).query(&query);
-            if self.credentials.has_password() {
+            if send_credentials && self.credentials.has_password() {
                 request.basic_auth(&self.credentials.username, Some(&self.credentials.password))
             } else {
                 request
             }
         };
-        let resp = request.send().await.map_err(|e| {
+        let timeout = self.client.answer_timeout;
+        let deadline = Instant::now() + timeout;
+        let stalled = || {
             Error::Unavailable(format!(
-                "token service {realm} is unreachable: {}",
-                crate::report::error_line(&e)
+                "token service {realm} did not answer within {} s",
+                timeout.as_secs()
             ))
-        })?;
+        };
+        let too_large = || {
+            Error::Protocol(format!(
+                "token service {realm} sent an answer larger than {} KiB",
+                TOKEN_LIMIT >> 10
+            ))
+        };
+        let mut resp = match tokio::time::timeout_at(deadline, request.send()).await {
+            Err(_) => return Err(stalled()),
+            Ok(Err(e)) => {
+                return Err(Error::Unavailable(format!(
+                    "token service {realm} is unreachable: {}",
+                    crate::report::error_line(&e)
+                )));
+            }
+            Ok(Ok(resp)) => resp,
+        };
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(Error::Unauthorized(format!(
@@ -633,7 +746,24 @@ impl Repository {
                 "token service {realm} answered {status}"
             )));
         }
-        let body: TokenResponse = resp.json().await.map_err(|e| {
+        if resp
+            .content_length()
+            .is_some_and(|n| n > TOKEN_LIMIT as u64)
+        {
+            return Err(too_large());
+        }
+        let (bytes, end) = read_bounded(&mut resp, TOKEN_LIMIT, deadline).await;
+        match end {
+            BodyEnd::Complete => {}
+            BodyEnd::TooLarge => return Err(too_large()),
+            BodyEnd::TimedOut => return Err(stalled()),
+            BodyEnd::Failed(e) => {
+                return Err(Error::Unavailable(format!(
+                    "token service {realm}: its answer broke off: {e}"
+                )));
+            }
+        }
+        let body: TokenResponse = serde_json::from_slice(&bytes).map_err(|e| {
             Error::Protocol(format!("token service {realm}: malformed answer: {e}"))
         })?;
         let token = if body.token.is_empty() {
@@ -702,11 +832,45 @@ fn parse_challenge(header: &str) -> (String, HashMap<String, String>) {
     (scheme.to_string(), params)
 }
 
-/// The registry's own error text, if its body has one, as ": CODE message".
-async fn error_detail(resp: Response) -> String {
-    let Ok(bytes) = resp.bytes().await else {
-        return String::new();
-    };
+/// How reading a body ended.
+#[derive(Debug, PartialEq, Eq)]
+enum BodyEnd {
+    Complete,
+    /// More than the limit was sent; the rest is left unread.
+    TooLarge,
+    TimedOut,
+    Failed(String),
+}
+
+/// Reads a body chunk by chunk until it ends, passes `limit` bytes (what is kept is cut
+/// to the limit; the rest is never read, and the connection goes when the response is
+/// dropped), breaks off, or `deadline` passes. Returns what arrived and how it ended.
+async fn read_bounded(resp: &mut Response, limit: usize, deadline: Instant) -> (Vec<u8>, BodyEnd) {
+    let mut body = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Err(_) => return (body, BodyEnd::TimedOut),
+            Ok(Err(e)) => return (body, BodyEnd::Failed(crate::report::error_line(&e))),
+            Ok(Ok(None)) => return (body, BodyEnd::Complete),
+            Ok(Ok(Some(chunk))) => {
+                let room = limit.saturating_sub(body.len());
+                if chunk.len() > room {
+                    body.extend_from_slice(&chunk[..room]);
+                    return (body, BodyEnd::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+        }
+    }
+}
+
+/// The registry's own error text, if its body has one, as ": CODE message". Only the
+/// first [`ERROR_BODY_LIMIT`] bytes are read, for at most [`ERROR_BODY_TIME`] (or the
+/// answer timeout, if shorter): a body that is too long or too slow is cut there and
+/// whatever parses of what arrived is used.
+async fn error_detail(mut resp: Response, answer_timeout: Duration) -> String {
+    let deadline = Instant::now() + ERROR_BODY_TIME.min(answer_timeout);
+    let (bytes, _) = read_bounded(&mut resp, ERROR_BODY_LIMIT, deadline).await;
     match serde_json::from_slice::<ErrorBody>(&bytes) {
         Ok(body) if !body.errors.is_empty() => {
             let parts: Vec<String> = body
@@ -714,7 +878,13 @@ async fn error_detail(resp: Response) -> String {
                 .iter()
                 .map(|e| format!("{} {}", e.code, e.message).trim().to_string())
                 .collect();
-            format!(": {}", parts.join("; "))
+            // One line, whatever the registry put in it.
+            let text: String = parts
+                .join("; ")
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            format!(": {text}")
         }
         _ => String::new(),
     }
@@ -762,13 +932,218 @@ mod tests {
                 ..Default::default()
             },
         );
+        hosts.insert(
+            "registry.lan:5000".to_string(),
+            RegistryConfig {
+                plain_http: Some(true),
+                ..Default::default()
+            },
+        );
         let client = RegistryClient::new(hosts, Duration::from_secs(60)).unwrap();
         let eps = client.endpoints("docker.io");
         assert_eq!(eps[0].base, "http://127.0.0.1:5001");
         assert_eq!(eps[1].base, "https://registry-1.docker.io");
+        // Clear text is allowed where the config says so: an http mirror, plain_http.
+        assert!(eps[0].plain_ok && !eps[1].plain_ok);
+        let local = &client.endpoints("127.0.0.1:5000")[0];
+        assert_eq!(local.base, "http://127.0.0.1:5000");
+        assert!(!local.plain_ok, "loopback needs no permission");
+        let lan = &client.endpoints("registry.lan:5000")[0];
+        assert_eq!(lan.base, "http://registry.lan:5000");
+        assert!(lan.plain_ok);
+        assert!(is_local("[::1]"));
+        assert!(is_local("LOCALHOST"));
+    }
+
+    #[test]
+    fn credentials_stay_with_their_endpoint() {
+        let local = "http://127.0.0.1:5000";
+        assert!(credentials_allowed(
+            local,
+            "http://127.0.0.1:5000/v2/a/blobs/uploads/x?_state=y",
+            false
+        ));
+        // Another port, host or scheme: an upload location elsewhere gets nothing.
+        for elsewhere in [
+            "http://127.0.0.1:5081/upload/evil",
+            "http://localhost:5000/v2/",
+            "https://127.0.0.1:5000/v2/",
+            "http://127.0.0.2:5000/v2/",
+            "not a url",
+            "/v2/a/blobs/uploads/x",
+        ] {
+            assert!(!credentials_allowed(local, elsewhere, false), "{elsewhere}");
+        }
+        let remote = "https://registry.example";
+        for same in [
+            "https://registry.example/v2/x",
+            "https://registry.example:443/v2/x",
+            "https://REGISTRY.example/v2/x",
+        ] {
+            assert!(credentials_allowed(remote, same, false), "{same}");
+        }
+        for elsewhere in [
+            "http://registry.example/v2/x",
+            "http://registry.example:443/v2/x",
+            "https://registry.example:8443/v2/x",
+            "https://storage.example/blob",
+            "https://registry.example.evil/v2/x",
+            "https://registry.example@evil.example/v2/x",
+        ] {
+            assert!(
+                !credentials_allowed(remote, elsewhere, false),
+                "{elsewhere}"
+            );
+        }
+        // Clear text to another machine only where the config asks for plain http.
+        let lan = "http://registry.lan:5000";
+        assert!(!credentials_allowed(
+            lan,
+            "http://registry.lan:5000/v2/x",
+            false
+        ));
+        assert!(credentials_allowed(
+            lan,
+            "http://registry.lan:5000/v2/x",
+            true
+        ));
+        assert!(credentials_allowed(
+            "http://[::1]:5000",
+            "http://[::1]:5000/v2/",
+            false
+        ));
+    }
+
+    #[test]
+    fn token_services_get_credentials_in_clear_text_only_on_loopback_or_where_configured() {
+        let url = |u: &str| Url::parse(u).unwrap();
+        assert!(private_enough(&url("https://auth.docker.io/token"), false));
+        assert!(!private_enough(&url("http://auth.example/token"), false));
+        assert!(private_enough(&url("http://auth.example/token"), true));
+        assert!(private_enough(&url("http://127.0.0.1:5001/token"), false));
+        assert!(private_enough(&url("http://localhost/token"), false));
+        assert!(private_enough(&url("http://[::1]:80/token"), false));
+        assert!(!private_enough(&url("ftp://127.0.0.1/token"), true));
+    }
+
+    /// Serves one connection on loopback: reads the request, writes `answer`, then keeps
+    /// the connection open and silent. Returns the server's URL.
+    async fn serve_once(answer: Vec<u8>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(&answer).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        });
+        format!("http://{addr}/token")
+    }
+
+    fn answer(head: &str, body: &[u8]) -> Vec<u8> {
+        let mut bytes = head.replace('\n', "\r\n").into_bytes();
+        bytes.extend_from_slice(b"\r\n");
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_in_part_and_in_time() {
+        let client = RegistryClient::new(BTreeMap::new(), Duration::from_secs(1)).unwrap();
+        // 11 bytes of 1000, then nothing: what arrived, once the deadline passes.
+        let url = serve_once(answer(
+            "HTTP/1.1 404 Not Found\nContent-Length: 1000\n",
+            br#"{"errors":["#,
+        ))
+        .await;
+        let mut resp = client.http.get(&url).send().await.unwrap();
+        let started = Instant::now();
+        let (bytes, end) =
+            read_bounded(&mut resp, 4096, started + Duration::from_millis(300)).await;
         assert_eq!(
-            client.endpoints("127.0.0.1:5000")[0].base,
-            "http://127.0.0.1:5000"
+            (bytes.as_slice(), end),
+            (&br#"{"errors":["#[..], BodyEnd::TimedOut)
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+
+        // 8 MiB: the first 4 KiB; the rest is never read.
+        let url = serve_once(answer(
+            "HTTP/1.1 404 Not Found\nContent-Length: 8388608\n",
+            &vec![b'x'; 8 << 20],
+        ))
+        .await;
+        let mut resp = client.http.get(&url).send().await.unwrap();
+        let (bytes, end) =
+            read_bounded(&mut resp, 4096, Instant::now() + Duration::from_secs(5)).await;
+        assert_eq!((bytes.len(), end), (4096, BodyEnd::TooLarge));
+
+        // A registry's error, on one line whatever it holds.
+        let url = serve_once(answer(
+            "HTTP/1.1 404 Not Found\nContent-Length: 61\n",
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"no\nsuch"}]}"#,
+        ))
+        .await;
+        let resp = client.http.get(&url).send().await.unwrap();
+        assert_eq!(
+            error_detail(resp, Duration::from_secs(1)).await,
+            ": MANIFEST_UNKNOWN no such"
+        );
+    }
+
+    #[tokio::test]
+    async fn token_answers_are_bounded_in_size_and_time() {
+        let client =
+            Arc::new(RegistryClient::new(BTreeMap::new(), Duration::from_secs(1)).unwrap());
+        let repo = client.repository("127.0.0.1:1", "a/b", Credentials::default());
+        let endpoint = repo.endpoints[0].clone();
+        let token = |url: String| {
+            let params: HashMap<String, String> = [("realm".to_string(), url)].into();
+            let (repo, endpoint) = (&repo, &endpoint);
+            async move { repo.fetch_token(endpoint, &params).await }
+        };
+        let good = serve_once(answer(
+            "HTTP/1.1 200 OK\nContent-Length: 15\n",
+            br#"{"token":"abc"}"#,
+        ))
+        .await;
+        assert_eq!(token(good).await.unwrap(), "abc");
+
+        let declared =
+            serve_once(answer("HTTP/1.1 200 OK\nContent-Length: 1073741824\n", b"")).await;
+        let err = token(declared.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::Protocol(_)), "{err}");
+        assert!(err.to_string().contains(&declared), "{err}");
+        assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+
+        let streamed = serve_once(answer(
+            "HTTP/1.1 200 OK\nConnection: close\n",
+            &vec![b' '; 1 << 20],
+        ))
+        .await;
+        let err = token(streamed).await.unwrap_err();
+        assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+
+        let started = Instant::now();
+        let stalled = serve_once(answer(
+            "HTTP/1.1 200 OK\nContent-Length: 1000\n",
+            br#"{"token":""#,
+        ))
+        .await;
+        let err = token(stalled.clone()).await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("token service {stalled} did not answer within 1 s")
+        );
+        assert!(started.elapsed() < Duration::from_secs(3));
+
+        let silent = serve_once(Vec::new()).await;
+        let err = token(silent).await.unwrap_err();
+        assert!(
+            err.to_string().contains("did not answer within 1 s"),
+            "{err}"
         );
     }
 
