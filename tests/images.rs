@@ -1656,3 +1656,220 @@ async fn check_finds_and_repairs_what_is_wrong_with_the_store() {
     }
     assert!(daemon.ctl(["check"]).ok().contains(": 0 problems, 0 left"));
 }
+
+/// The value of the first series of `family` on the metrics page at `port` whose line
+/// holds every one of `parts`, if any.
+fn metric(port: u16, family: &str, parts: &[&str]) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics page");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    conn.read_to_string(&mut page).unwrap();
+    page.lines()
+        .filter(|l| l.starts_with(family) && parts.iter().all(|p| l.contains(p)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// A PullImage whose caller's deadline passes is answered DeadlineExceeded by the daemon
+/// (tonic's own answer was Canceled, which critest's "should timeout" spec refuses), and
+/// the pull, which nobody waits for any more, stops and leaves nothing: no image, no blob,
+/// no layer, no download in progress. Two callers of the same image share one download,
+/// and the pull stops only when the last of them has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_nobody_waits_for_stops_and_its_deadline_is_deadline_exceeded() {
+    let registry = Registry::start().await;
+    let port = common::free_port();
+    let daemon = Daemon::start_with(Options {
+        config: format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        ..Default::default()
+    })
+    .await;
+    // Big enough that its pull takes a while (a second or so in a debug build).
+    let noise = noise(16 << 20, 3);
+    let image = ImageBuilder::new()
+        .layer(file_layer("noise", &noise), Compression::Gzip)
+        .build();
+    registry.push("abandoned/app", "v1", &image).await;
+    let blob = image.layers[0].blob.digest.clone();
+
+    // A tonic client gives up on its own timer too (and calls that Cancelled); what the
+    // daemon answered is on its metrics page.
+    let deadline_pull = |reference: String, timeout: Duration| {
+        let endpoint = daemon.endpoint();
+        async move {
+            let channel = strata_api::connect(&endpoint).await.expect("connect");
+            let mut request = tonic::Request::new(PullImageRequest {
+                image: spec(&reference),
+                auth: None,
+                sandbox_config: None,
+            });
+            request.set_timeout(timeout);
+            let result = ImageServiceClient::new(channel).pull_image(request).await;
+            if let Err(e) = &result {
+                assert!(
+                    matches!(e.code(), Code::DeadlineExceeded | Code::Cancelled),
+                    "{e:?}"
+                );
+            }
+            result
+        }
+    };
+    let pull_answers = |code: &str| {
+        metric(
+            port,
+            "strata_grpc_requests_total",
+            &["ImageService/PullImage", &format!("code=\"{code}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+
+    // A 1 ms deadline (critest's "should timeout"), several times. (That the daemon's
+    // answer is DeadlineExceeded, tests/clients.rs shows with a client that keeps no timer.)
+    let reference = format!("{}/abandoned/app:v1", registry.host);
+    for _ in 0..5 {
+        deadline_pull(reference.clone(), Duration::from_millis(1))
+            .await
+            .unwrap_err();
+    }
+    // The abandoned pulls stopped: nothing recorded, nothing kept, nothing in progress.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(pull_answers("Cancelled"), 0.0);
+    assert_eq!(metric(port, "strata_pulls_in_flight", &[]), Some(0.0));
+    assert!(
+        list(&daemon).await.is_empty(),
+        "an abandoned pull kept its image"
+    );
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+
+    // A download that stalls: the caller's deadline ends the call, and the pull with it,
+    // long before the registry's progress timeout (60 s) would.
+    let proxy = FaultyProxy::start(&registry.host, &blob, Fault::Stall(100_000), usize::MAX).await;
+    let stalled = format!("{}/abandoned/app:v1", proxy.host);
+    let started = Instant::now();
+    deadline_pull(stalled.clone(), Duration::from_secs(2))
+        .await
+        .unwrap_err();
+    let answered = started.elapsed();
+    assert!(answered < Duration::from_secs(4), "{answered:?}");
+    let mut gone = None;
+    for _ in 0..50 {
+        let ingest = std::fs::read_dir(daemon.root.join("ingest"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        if ingest == 0 && metric(port, "strata_pulls_in_flight", &[]) == Some(0.0) {
+            gone = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gone = gone.expect("the stalled pull never stopped");
+    eprintln!(
+        "stalled pull: answered after {answered:?}, stopped and its download gone after {gone:?}"
+    );
+    assert_eq!(pull_answers("Cancelled"), 0.0);
+    let (layers, blobs) = store_listing(&daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+
+    // Two callers share one pull: the first gives up, the second still gets the image, and
+    // the registry served the layer once.
+    let counting = FaultyProxy::start(&registry.host, &blob, Fault::Stall(usize::MAX), 0).await;
+    let shared = format!("{}/abandoned/app:v1", counting.host);
+    let patient = tokio::spawn(deadline_pull(shared.clone(), Duration::from_secs(60)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    deadline_pull(shared.clone(), Duration::from_millis(30))
+        .await
+        .unwrap_err();
+    let pulled = patient.await.unwrap().expect("the patient caller's pull");
+    assert_eq!(pulled.into_inner().image_ref, image.id());
+    assert_eq!(counting.hits(), 1, "one download for both callers");
+}
+
+/// A client that stalls an import (sends half an archive, then nothing) or an export
+/// (reads nothing) holds no lock: removing an image meanwhile is immediate, and each
+/// transfer ends cleanly with its client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_import_or_export_blocks_no_removal() {
+    use std::{
+        io::Write,
+        process::{Command, Stdio},
+    };
+    let registry = Registry::start().await;
+    let daemon = Daemon::start().await;
+    let big = ImageBuilder::new()
+        .layer(file_layer("noise", &noise(16 << 20, 5)), Compression::Gzip)
+        .build();
+    registry.push("stalled/big", "v1", &big).await;
+    let small = ImageBuilder::new()
+        .layer(file_layer("a", b"a"), Compression::Gzip)
+        .build();
+    registry.push("stalled/small", "v1", &small).await;
+    let big_ref = format!("{}/stalled/big:v1", registry.host);
+    let small_ref = format!("{}/stalled/small:v1", registry.host);
+    pull(&daemon, &big_ref).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("big.tar");
+    daemon
+        .ctl(["export", archive.to_str().unwrap(), &big_ref])
+        .ok();
+    let archive = std::fs::read(&archive).unwrap();
+
+    let stratactl = |args: &[&str]| {
+        Command::new(common::bin("stratactl"))
+            .arg("--endpoint")
+            .arg(daemon.endpoint())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // An import whose client sends half the archive and stops.
+    let mut import = stratactl(&["import", "-", "--name", "local/half:v1"]);
+    let mut stdin = import.stdin.take().unwrap();
+    stdin.write_all(&archive[..archive.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    // An export nobody reads.
+    let mut export = stratactl(&["export", "-", &big_ref]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    for round in 0..3 {
+        pull(&daemon, &small_ref).await.unwrap();
+        let started = Instant::now();
+        let mut client = images(&daemon).await;
+        let removal = client.remove_image(RemoveImageRequest {
+            image: spec(&small_ref),
+        });
+        tokio::time::timeout(Duration::from_secs(10), removal)
+            .await
+            .expect("the removal waited for the stalled transfers")
+            .unwrap();
+        let took = started.elapsed();
+        eprintln!("removal {round} during a stalled import and export: {took:?}");
+        assert!(took < Duration::from_secs(2), "{took:?}");
+    }
+    // The clients go; their transfers end, and the store keeps only the big image.
+    drop(stdin);
+    assert!(
+        !import.wait().unwrap().success(),
+        "half an archive imported"
+    );
+    export.kill().unwrap();
+    export.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let names: Vec<String> = list(&daemon)
+        .await
+        .into_iter()
+        .flat_map(|i| i.repo_tags)
+        .collect();
+    assert_eq!(names, [big_ref], "{names:?}");
+    daemon.ctl(["check"]).ok();
+}

@@ -12,6 +12,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     io::{self, BufRead, Read, Write},
     path::{Component, Path},
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
@@ -155,8 +156,11 @@ impl ImageStore {
     }
 
     /// Writes `images` as an OCI image-layout tar to `out`, and flushes it. Blocking.
-    pub fn export<W: Write>(&self, images: &[ImageRecord], out: W) -> Result<W> {
-        let _gc = self.gc.blocking_read();
+    pub fn export<W: Write>(self: &Arc<Self>, images: &[ImageRecord], out: W) -> Result<W> {
+        // The images' blobs stay while they are sent; no lock is held while the client
+        // reads (it may be slow).
+        let lease = super::Lease::new(self, false);
+        lease.hold_images_blocking(images);
         let io_fail = |e: io::Error| Error::Download {
             what: "export".into(),
             message: e.to_string(),
@@ -237,7 +241,11 @@ impl ImageStore {
 
     /// Reads an image archive from `input` and records its images, named by the archive or,
     /// where it names none, `default_name`. Blocking. On failure the store is as before.
-    pub fn import<R: Read>(&self, input: R, default_name: &str) -> Result<Vec<Imported>> {
+    pub fn import<R: Read>(
+        self: &Arc<Self>,
+        input: R,
+        default_name: &str,
+    ) -> Result<Vec<Imported>> {
         let default = if default_name.is_empty() {
             None
         } else {
@@ -248,10 +256,11 @@ impl ImageStore {
                 ))
             })?)
         };
-        let result = {
-            let _gc = self.gc.blocking_read();
-            self.import_locked(input, default.as_deref())
-        };
+        // No lock is held while the client sends the archive (it may be slow): each blob
+        // is leased as it is stored.
+        let lease = super::Lease::new(self, false);
+        let result = self.import_leased(input, default.as_deref(), &lease);
+        drop(lease);
         // Frees what the archive brought and no image uses (all of it, after a failure).
         let _gc = self.gc.blocking_write();
         if let Err(e) = self.collect_garbage() {
@@ -260,7 +269,12 @@ impl ImageStore {
         result
     }
 
-    fn import_locked<R: Read>(&self, input: R, default: Option<&str>) -> Result<Vec<Imported>> {
+    fn import_leased<R: Read>(
+        &self,
+        input: R,
+        default: Option<&str>,
+        lease: &super::Lease,
+    ) -> Result<Vec<Imported>> {
         let mut input = io::BufReader::with_capacity(256 << 10, input);
         let gzipped = Compression::of_magic(
             input
@@ -364,7 +378,7 @@ impl ImageStore {
                             "the archive is truncated: entry {path:?} has {copied} of its {size} bytes"
                         )));
                     }
-                    let (digest, _) = ingest.commit_computed()?;
+                    let digest = lease.store_blocking(|| Ok(ingest.commit_computed()?.0))?;
                     if let Some(hex) = path.strip_prefix("blobs/sha256/") {
                         let named = Digest::parse(&format!("sha256:{hex}")).map_err(|_| {
                             invalid(format!("blob {path:?} is not named by a digest"))
@@ -412,6 +426,8 @@ impl ImageStore {
         if found.is_empty() {
             return Err(invalid("no images in the archive"));
         }
+        // Unpacked and recorded from the store alone: no client is waited on.
+        let _gc = self.gc.blocking_read();
         self.store_found(found)
     }
 

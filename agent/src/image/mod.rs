@@ -71,6 +71,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     Internal(String),
+    /// The outcome of a pull that several callers shared.
+    #[error(transparent)]
+    Shared(Arc<Error>),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -80,6 +83,7 @@ impl Error {
         match self {
             Error::Registry(e) => e.is_transient(),
             Error::Stalled { .. } | Error::Download { .. } => true,
+            Error::Shared(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -140,6 +144,101 @@ fn checked_layer(
     })
 }
 
+/// What a transfer reads or writes, kept from garbage collection while it runs (a pull
+/// until its image is recorded, a push or an export until it has sent everything). It is
+/// taken under the collector's lock, briefly, and never held across network I/O: a
+/// collection under way ends first, and every later one sees the lease before anything it
+/// covers is written or read.
+pub(crate) struct Lease {
+    store: Arc<ImageStore>,
+    owner: String,
+    /// Dropped before `settled` is set (its pull was stopped half-way), the lease has the
+    /// store collect what the transfer left.
+    collect_on_drop: bool,
+    settled: bool,
+}
+
+impl Lease {
+    fn new(store: &Arc<ImageStore>, collect_on_drop: bool) -> Lease {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Lease {
+            store: store.clone(),
+            owner: format!("transfer {n}"),
+            collect_on_drop,
+            settled: false,
+        }
+    }
+
+    /// Keeps `digests` (blobs and layers) from collection, in place of what it kept.
+    async fn hold(&self, digests: Vec<Digest>) {
+        let _gc = self.store.gc.read().await;
+        self.store.pin_layers(&self.owner, digests);
+    }
+
+    /// Stores a blob (`store` returns its digest) and keeps it, together: a collection
+    /// runs before or after, never between. From a blocking thread.
+    fn store_blocking(&self, store: impl FnOnce() -> Result<Digest>) -> Result<Digest> {
+        let _gc = self.store.gc.blocking_read();
+        let digest = store()?;
+        self.store
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(self.owner.clone())
+            .or_default()
+            .push(digest.clone());
+        Ok(digest)
+    }
+
+    /// Keeps what `image` is made of, as long as the image is still recorded.
+    async fn hold_image(&self, name: &str) -> Option<ImageRecord> {
+        let _gc = self.store.gc.read().await;
+        let image = self.store.find(name)?;
+        self.store
+            .pin_layers(&self.owner, parts(std::slice::from_ref(&image)));
+        Some(image)
+    }
+
+    /// Keeps what `images` are made of (from a blocking thread). They must have been
+    /// recorded when they were looked up: a part collected meanwhile fails the transfer.
+    fn hold_images_blocking(&self, images: &[ImageRecord]) {
+        let _gc = self.store.gc.blocking_read();
+        self.store.pin_layers(&self.owner, parts(images));
+    }
+}
+
+/// The blobs and layers `images` are made of.
+fn parts(images: &[ImageRecord]) -> Vec<Digest> {
+    let mut digests = Vec::new();
+    for image in images {
+        digests.extend([image.id.clone(), image.manifest.clone()]);
+        digests.extend(image.index.clone());
+        for layer in &image.layers {
+            digests.extend([layer.digest.clone(), layer.diff_id.clone()]);
+        }
+    }
+    digests
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.store.unpin_layers(&self.owner);
+        if self.collect_on_drop
+            && !self.settled
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let store = self.store.clone();
+            runtime.spawn(async move {
+                let _gc = store.gc.write().await;
+                if let Err(e) = store.collect_garbage() {
+                    tracing::warn!(error = %e, "cleaning up after an abandoned pull");
+                }
+            });
+        }
+    }
+}
+
 /// Disk use of the image store.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
@@ -156,11 +255,15 @@ pub struct ImageStore {
     config: ImagesConfig,
     /// One download per blob at a time, across all pulls.
     in_flight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
-    /// Pulls hold it shared; garbage collection exclusively, so it never removes what a
-    /// pull has fetched but not yet recorded.
+    /// Garbage collection holds it exclusively; a pull holds it shared only while it takes
+    /// its lease (never across network I/O), so a collection never removes what a pull
+    /// has fetched but not yet recorded.
     gc: tokio::sync::RwLock<()>,
-    /// Layers containers use, by container: never collected, whatever the records say.
+    /// Layers containers use, by container, and what pulls in progress fetch (blobs and
+    /// layers), by pull: never collected, whatever the records say.
     pins: Mutex<HashMap<String, Vec<Digest>>>,
+    /// Pulls in progress that callers share, by reference.
+    pulls: Mutex<HashMap<String, std::sync::Weak<pull::SharedPull>>>,
 }
 
 impl ImageStore {
@@ -182,6 +285,7 @@ impl ImageStore {
             in_flight: Mutex::new(HashMap::new()),
             gc: tokio::sync::RwLock::new(()),
             pins: Mutex::new(HashMap::new()),
+            pulls: Mutex::new(HashMap::new()),
         })
     }
 
@@ -276,6 +380,7 @@ impl ImageStore {
             }
             for pinned in self.pins.lock().unwrap_or_else(|e| e.into_inner()).values() {
                 layers.extend(pinned.iter().cloned());
+                blobs.extend(pinned.iter().cloned());
             }
             (blobs, layers)
         };

@@ -10,10 +10,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{
-    Error, ImageStore, PROGRESS_EVERY, Result, checked_layer,
+    Error, ImageStore, Lease, PROGRESS_EVERY, Result, checked_layer,
     chunks::ChunkReader,
     content::Ingest,
     digest::Digest,
@@ -55,9 +55,29 @@ pub enum Progress {
 
 type ProgressTx = mpsc::UnboundedSender<Progress>;
 
+/// A manifest or config must arrive whole within this many progress timeouts.
+const DOCUMENT_TIMEOUTS: u64 = 3;
+
+/// A pull that callers of the same image share. When the last caller drops it (each gave
+/// up, or its deadline passed), the pull is stopped.
+pub(super) struct SharedPull {
+    done: watch::Receiver<Option<std::result::Result<ImageRecord, Arc<Error>>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for SharedPull {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 impl ImageStore {
     /// Pulls `name` and records it. Returns the image's record. A failed pull leaves no
     /// blob or layer behind that no image uses.
+    ///
+    /// Callers pulling the same image at the same time share one pull; a pull all of
+    /// whose callers have gone is stopped and what it left is collected. A pull with
+    /// `progress` is its caller's own, and stops when its caller drops it.
     pub async fn pull(
         self: &Arc<Self>,
         name: &str,
@@ -65,26 +85,80 @@ impl ImageStore {
         progress: Option<ProgressTx>,
     ) -> Result<ImageRecord> {
         let reference = Reference::parse(name)?;
+        if progress.is_some() {
+            return self.pull_now(&reference, credentials, progress).await;
+        }
+        let shared = self.join_pull(&reference, credentials);
+        let mut done = shared.done.clone();
+        let result = done
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::Internal("the pull task ended without a result".into()))?
+            .clone();
+        match result {
+            Some(Ok(image)) => Ok(image),
+            Some(Err(e)) => Err(Error::Shared(e)),
+            None => Err(Error::Internal(
+                "the pull task ended without a result".into(),
+            )),
+        }
+    }
+
+    /// The pull of `reference` in progress, or a new one.
+    fn join_pull(
+        self: &Arc<Self>,
+        reference: &Reference,
+        credentials: Credentials,
+    ) -> Arc<SharedPull> {
+        let key = reference.to_string();
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        pulls.retain(|_, pull| pull.strong_count() > 0);
+        if let Some(pull) = pulls.get(&key).and_then(std::sync::Weak::upgrade) {
+            return pull;
+        }
+        let (tx, rx) = watch::channel(None);
+        let (store, reference) = (self.clone(), reference.clone());
+        let task = tokio::spawn(async move {
+            let result = store.pull_now(&reference, credentials, None).await;
+            let _ = tx.send(Some(result.map_err(Arc::new)));
+        });
+        let pull = Arc::new(SharedPull {
+            done: rx,
+            task: task.abort_handle(),
+        });
+        pulls.insert(key, Arc::downgrade(&pull));
+        pull
+    }
+
+    async fn pull_now(
+        self: &Arc<Self>,
+        reference: &Reference,
+        credentials: Credentials,
+        progress: Option<ProgressTx>,
+    ) -> Result<ImageRecord> {
         let _in_flight = crate::metrics::PullInFlight::start();
-        let result = {
-            let _gc = self.gc.read().await;
-            self.pull_locked(&reference, credentials, progress).await
-        };
+        let mut lease = Lease::new(self, true);
+        let result = self
+            .pull_leased(reference, credentials, progress, &lease)
+            .await;
+        self.unpin_layers(&lease.owner);
         if result.is_err() {
-            // Waits for other pulls to finish, so it only frees what nobody is using.
+            // Waits for a collection under way; frees only what nobody uses.
             let _gc = self.gc.write().await;
             if let Err(e) = self.collect_garbage() {
                 tracing::warn!(error = %e, "cleaning up after a failed pull");
             }
         }
+        lease.settled = true;
         result
     }
 
-    async fn pull_locked(
+    async fn pull_leased(
         self: &Arc<Self>,
         reference: &Reference,
         credentials: Credentials,
         progress: Option<ProgressTx>,
+        lease: &Lease,
     ) -> Result<ImageRecord> {
         let repo = Arc::new(self.registry.repository(
             &reference.registry,
@@ -132,6 +206,11 @@ impl ImageStore {
         };
 
         manifest::check_layer_count(manifest.layers.len(), self.config.max_layers)?;
+        // Everything this image is made of stays until it is recorded.
+        let mut leased = vec![manifest_digest.clone(), manifest.config.digest.clone()];
+        leased.extend(index.clone());
+        leased.extend(manifest.layers.iter().map(|l| l.digest.clone()));
+        lease.hold(leased.clone()).await;
         let config_bytes = self.fetch_config(&repo, &manifest.config).await?;
         let config = manifest::parse_config(&config_bytes)?;
         if config.rootfs.diff_ids.len() != manifest.layers.len() {
@@ -144,6 +223,8 @@ impl ImageStore {
                 ),
             });
         }
+        leased.extend(config.rootfs.diff_ids.iter().cloned());
+        lease.hold(leased).await;
         report(
             &progress,
             Progress::Resolved {
@@ -278,8 +359,21 @@ impl ImageStore {
                 limit,
             });
         }
+        // Each piece must come within the progress timeout, and the whole document within
+        // a few of them: a registry trickling a byte now and then does not hold a pull.
+        let secs = self.config.progress_timeout_secs.max(1) * DOCUMENT_TIMEOUTS;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         let mut body = Vec::new();
-        while let Some(chunk) = self.next_chunk(&mut resp, what).await? {
+        loop {
+            let chunk = tokio::time::timeout_at(deadline, self.next_chunk(&mut resp, what))
+                .await
+                .map_err(|_| Error::Download {
+                    what: what.to_string(),
+                    message: format!("sent too slowly: not whole after {secs} s"),
+                })??;
+            let Some(chunk) = chunk else {
+                break;
+            };
             body.extend_from_slice(&chunk);
             if body.len() as u64 > limit {
                 return Err(Error::TooLarge {

@@ -118,10 +118,12 @@ impl ImageStore {
         credentials: Credentials,
         progress: Option<ProgressTx>,
     ) -> Result<PushSummary> {
-        // Holding the gc lock shared keeps the image's blobs while they are read.
-        let _gc = self.gc.read().await;
-        let image = self
-            .find(name)
+        // The image's blobs stay while they are read; no lock is held while the registry
+        // is waited on.
+        let lease = super::Lease::new(self, false);
+        let image = lease
+            .hold_image(name)
+            .await
             .ok_or_else(|| Error::NotFound(name.to_string()))?;
         let target = if target.is_empty() {
             default_target(name, &image)?

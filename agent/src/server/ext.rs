@@ -43,6 +43,8 @@ where
                 Some(event) = events.recv() => {
                     let _ = out_tx.send(Ok(event_message(event))).await;
                 }
+                // The client has gone: the transfer stops (a pull's leftovers are collected).
+                () = out_tx.closed() => return,
             }
         };
         while let Ok(event) = events.try_recv() {

@@ -36,10 +36,9 @@ impl ImageService for Images {
         let name = image_name(request.image.as_ref())?.to_string();
         let credentials = credentials(request.auth)?;
         let images = self.ctx.images.clone();
-        // The pull goes on if the caller gives up: the next caller then finds it done.
-        let image = tokio::spawn(async move { images.pull(&name, credentials, None).await })
-            .await
-            .map_err(|e| Status::internal(format!("pull task failed: {e}")))??;
+        // Callers of the same image share one pull, which stops once every one of them
+        // has gone (given up, or past its deadline).
+        let image = images.pull(&name, credentials, None).await?;
         Ok(Response::new(PullImageResponse {
             image_ref: image.id.to_string(),
         }))

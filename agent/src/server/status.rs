@@ -72,6 +72,7 @@ fn code(e: &image::Error) -> Code {
         E::Download { .. } => Code::Unavailable,
         E::NotFound(_) => Code::NotFound,
         E::Internal(_) => Code::Internal,
+        E::Shared(e) => code(e),
     }
 }
 
