@@ -50,6 +50,41 @@ pub fn civil_date(days: i64) -> (i64, i64, i64) {
 /// The socket the agent listens on when nothing else is configured.
 pub const DEFAULT_SOCKET: &str = "/run/strata/strata.sock";
 
+/// The largest gRPC message either side takes: the agent's requests, and the replies its
+/// clients read (a pod's annotations come back in every list and status). The kubelet and
+/// crictl use the same 16 MiB; tonic's own default is 4 MiB.
+pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+
+/// The proto files the services are generated from (`build.rs`).
+const PROTO_SOURCES: [&str; 2] = [
+    include_str!("../proto/runtime/v1/api.proto"),
+    include_str!("../proto/strata/v1/strata.proto"),
+];
+
+/// The path (`/package.Service/Method`) of every RPC the generated services declare, read
+/// off the proto files they are generated from: the names a server may know.
+pub fn rpc_paths() -> Vec<String> {
+    let word = |text: &str| -> String {
+        text.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+            .collect()
+    };
+    let mut paths = Vec::new();
+    for source in PROTO_SOURCES {
+        let (mut package, mut service) = (String::new(), String::new());
+        for line in source.lines().map(str::trim_start) {
+            if let Some(rest) = line.strip_prefix("package ") {
+                package = word(rest);
+            } else if let Some(rest) = line.strip_prefix("service ") {
+                service = word(rest);
+            } else if let Some(rest) = line.strip_prefix("rpc ") {
+                paths.push(format!("/{package}.{service}/{}", word(rest.trim_start())));
+            }
+        }
+    }
+    paths
+}
+
 /// Why a connection to an endpoint could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -285,6 +320,42 @@ mod tests {
             socket_path("relative.sock"),
             Err(ConnectError::Endpoint(_))
         ));
+    }
+
+    #[test]
+    fn rpc_paths_name_every_method_of_the_generated_services() {
+        let paths = rpc_paths();
+        for path in [
+            "/runtime.v1.RuntimeService/Version",
+            "/runtime.v1.RuntimeService/StreamPodSandboxMetrics",
+            "/runtime.v1.ImageService/ImageFsInfo",
+            "/strata.v1.Images/CheckStore",
+        ] {
+            assert!(paths.iter().any(|p| p == path), "{path} in {paths:?}");
+        }
+        let services = [
+            cri::runtime_service_server::SERVICE_NAME,
+            cri::image_service_server::SERVICE_NAME,
+            ext::images_server::SERVICE_NAME,
+        ];
+        for path in &paths {
+            let (service, method) = path[1..].split_once('/').expect("/service/method");
+            assert!(services.contains(&service), "{path}");
+            assert!(
+                method.starts_with(|c: char| c.is_ascii_uppercase())
+                    && method.chars().all(|c| c.is_ascii_alphanumeric()),
+                "{path}"
+            );
+        }
+        let declared: usize = PROTO_SOURCES
+            .iter()
+            .map(|s| {
+                s.lines()
+                    .filter(|l| l.trim_start().starts_with("rpc "))
+                    .count()
+            })
+            .sum();
+        assert_eq!(paths.len(), declared);
     }
 
     #[test]

@@ -372,13 +372,17 @@ impl RawClient {
         Some((header[3], header[4], stream, payload))
     }
 
-    /// One Version call on `stream` with `authority`; returns the response headers and
-    /// trailers (decoded), and the response message.
-    fn version(
+    /// One unary call of `path` on `stream`, with `extra` headers and the encoded
+    /// `message`; returns the response headers and trailers (decoded) and the body. No
+    /// timer of its own: what comes back is the daemon's answer.
+    fn unary(
         &mut self,
         stream: u32,
         authority: Authority,
-    ) -> (Vec<(String, String)>, Option<VersionResponse>) {
+        path: &str,
+        extra: &[(&str, &str)],
+        message: &[u8],
+    ) -> (Vec<(String, String)>, Vec<u8>) {
         let literal = |name: &str, value: &str| {
             let mut out = vec![0x00, name.len() as u8];
             out.extend(name.as_bytes());
@@ -387,7 +391,7 @@ impl RawClient {
             out
         };
         let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
-        block.extend(literal(":path", "/runtime.v1.RuntimeService/Version"));
+        block.extend(literal(":path", path));
         match authority {
             // With incremental indexing, as Go's encoder sends it the first time.
             Authority::New(value) => {
@@ -400,11 +404,10 @@ impl RawClient {
         }
         block.extend(literal("content-type", "application/grpc"));
         block.extend(literal("te", "trailers"));
-        self.send(0x1, 0x4, stream, &block);
-        let message = VersionRequest {
-            version: "v1".into(),
+        for (name, value) in extra {
+            block.extend(literal(name, value));
         }
-        .encode_to_vec();
+        self.send(0x1, 0x4, stream, &block);
         let mut data = vec![0];
         data.extend((message.len() as u32).to_be_bytes());
         data.extend(message);
@@ -436,6 +439,27 @@ impl RawClient {
                 _ => {}
             }
         }
+        (headers, body)
+    }
+
+    /// One Version call on `stream` with `authority`; returns the response headers and
+    /// trailers (decoded), and the response message.
+    fn version(
+        &mut self,
+        stream: u32,
+        authority: Authority,
+    ) -> (Vec<(String, String)>, Option<VersionResponse>) {
+        let message = VersionRequest {
+            version: "v1".into(),
+        }
+        .encode_to_vec();
+        let (headers, body) = self.unary(
+            stream,
+            authority,
+            "/runtime.v1.RuntimeService/Version",
+            &[],
+            &message,
+        );
         let response = (body.len() > 5).then(|| VersionResponse::decode(&body[5..]).unwrap());
         (headers, response)
     }
@@ -469,6 +493,47 @@ async fn any_authority_on_the_socket_is_accepted() {
             "{authority:?}"
         );
     }
+}
+
+/// A caller's deadline (`grpc-timeout`) is answered DEADLINE_EXCEEDED by the daemon, never
+/// CANCELLED (tonic's own answer, which critest's "public image should timeout if
+/// requested" refuses). The raw client keeps no timer, so the status is the daemon's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_deadline_is_answered_deadline_exceeded() {
+    let daemon = common::Daemon::start().await;
+    // A registry that accepts connections and never answers: the pull waits on it.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let image = format!("{}/silent/app:v1", silent.local_addr().unwrap());
+    let message = strata_api::cri::PullImageRequest {
+        image: Some(strata_api::cri::ImageSpec {
+            image,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let mut client = RawClient::connect(&daemon);
+    for (stream, timeout) in [(1, "1m"), (3, "1m"), (5, "200m"), (7, "1S")] {
+        let started = std::time::Instant::now();
+        let (headers, _) = client.unary(
+            stream,
+            Authority::New("localhost"),
+            "/runtime.v1.ImageService/PullImage",
+            &[("grpc-timeout", timeout)],
+            &message,
+        );
+        let status = headers
+            .iter()
+            .find(|(n, _)| n == "grpc-status")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(status, Some("4"), "{timeout}: {headers:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{timeout}: {:?}",
+            started.elapsed()
+        );
+    }
+    drop(silent);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1051,4 +1116,55 @@ async fn the_real_crictl_attaches_to_a_container_on_a_terminal() {
     assert_eq!(st["status"]["state"], "CONTAINER_EXITED", "{st}");
     assert_eq!(st["status"]["exitCode"], 0, "{st}");
     crictl.run(&["rmp", "-f", &pod]);
+}
+
+/// The daemon takes requests of up to 16 MiB, so it answers with as much: a pod with a
+/// 5 MiB annotation comes back whole in every list and status. `stratactl` reads replies
+/// as large as that (tonic's own limit is 4 MiB), as crictl does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stratactl_reads_replies_as_large_as_the_daemon_sends() {
+    use strata_api::cri::RunPodSandboxRequest;
+    let daemon = common::Daemon::start().await;
+    let mut config = common::cri::pod_config("annotated");
+    let big = "a".repeat(5 << 20);
+    config
+        .annotations
+        .insert("strata.test/big".into(), big.clone());
+    let id = daemon
+        .runtime()
+        .await
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(config),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("a 5 MiB pod is within the daemon's 16 MiB")
+        .into_inner()
+        .pod_sandbox_id;
+
+    let listed = daemon.ctl(["pods"]);
+    assert!(
+        listed.ok().lines().any(|l| l.starts_with(&id[..13])),
+        "{listed:?}"
+    );
+    assert_eq!(daemon.ctl(["pods", "-q"]).ok().trim(), id);
+    // crictl, for comparison, reads it too.
+    let crictl = Crictl::new(&daemon);
+    assert_eq!(crictl.run(&["pods", "-q"]).trim(), id);
+    let inspected = daemon.ctl(["inspectp", &id]);
+    let doc: serde_json::Value = serde_json::from_str(inspected.ok()).unwrap();
+    assert_eq!(
+        doc["status"]["annotations"]["strata.test/big"]
+            .as_str()
+            .map(str::len),
+        Some(big.len()),
+        "the annotation comes back whole"
+    );
+    println!(
+        "stratactl inspectp printed {} bytes",
+        inspected.stdout.len()
+    );
+    daemon.ctl(["rmp", "-f", &id]).ok();
+    common::assert_pod_gone(&daemon, &id);
+    assert!(daemon.ctl(["pods", "-q"]).ok().trim().is_empty());
 }

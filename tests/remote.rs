@@ -522,3 +522,295 @@ async fn certificates_rotate_on_sighup_without_dropping_a_live_client() {
     )
     .ok();
 }
+
+/// Alphanumerics from a xorshift generator: paths no service has and no test sends twice.
+struct Noise(u64);
+
+impl Noise {
+    fn new(stream: u64) -> Noise {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Noise((now ^ (stream << 32) ^ u64::from(std::process::id())) | 1)
+    }
+
+    fn text(&mut self, len: usize) -> String {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        (0..len)
+            .map(|_| {
+                self.0 ^= self.0 << 13;
+                self.0 ^= self.0 >> 7;
+                self.0 ^= self.0 << 17;
+                ALPHABET[(self.0 % ALPHABET.len() as u64) as usize] as char
+            })
+            .collect()
+    }
+}
+
+/// What marks the flood's paths: no name of the API has it.
+const FLOOD_MARK: &str = "Zqx";
+
+/// Sends up to `count` unary calls on `channel`, 16 at a time and for at most `limit`, each
+/// to a path of `len` characters made up here (half of them on a real service's name);
+/// how many calls each code answered.
+async fn flood(
+    channel: &tonic::transport::Channel,
+    count: usize,
+    len: usize,
+    limit: Duration,
+) -> std::collections::BTreeMap<String, usize> {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+    use strata_api::cri::{VersionRequest, VersionResponse};
+    let next = Arc::new(AtomicUsize::new(0));
+    let deadline = Instant::now() + limit;
+    let mut workers = tokio::task::JoinSet::new();
+    for worker in 0..16u64 {
+        let (channel, next) = (channel.clone(), Arc::clone(&next));
+        workers.spawn(async move {
+            let mut noise = Noise::new(worker);
+            let mut codes = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < count && Instant::now() < deadline {
+                let service = match codes.len() % 2 {
+                    0 => "/flood.v1.Flood/",
+                    _ => "/runtime.v1.RuntimeService/",
+                };
+                let path = format!(
+                    "{service}{FLOOD_MARK}{}",
+                    noise.text(len - service.len() - FLOOD_MARK.len())
+                );
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                let code = match grpc.ready().await {
+                    Err(_) => tonic::Code::Unavailable,
+                    Ok(()) => {
+                        let path = tonic::codegen::http::uri::PathAndQuery::try_from(path)
+                            .expect("an alphanumeric path");
+                        let codec =
+                            tonic_prost::ProstCodec::<VersionRequest, VersionResponse>::default();
+                        let request = tonic::Request::new(VersionRequest::default());
+                        match grpc.unary(request, path, codec).await {
+                            Ok(_) => tonic::Code::Ok,
+                            Err(status) => status.code(),
+                        }
+                    }
+                };
+                codes.push(code);
+            }
+            codes
+        });
+    }
+    let mut seen = std::collections::BTreeMap::new();
+    while let Some(codes) = workers.join_next().await {
+        for code in codes.expect("a flood worker") {
+            *seen.entry(format!("{code:?}")).or_default() += 1;
+        }
+    }
+    seen
+}
+
+/// The daemon's resident memory, from /proc.
+fn resident_bytes(pid: nix::unistd::Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon runs");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// GET /metrics from `port`: the body's length (as the response says it) and its first
+/// MiB, so that a page of hundreds of MiB is measured without being read whole.
+fn metrics_page(port: u16) -> (usize, String) {
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the metrics port");
+    tcp.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    let head_end = loop {
+        let n = tcp.read(&mut chunk).expect("the metrics page");
+        assert!(n > 0, "the page ended before its head");
+        got.extend_from_slice(&chunk[..n]);
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    while got.len() - head_end < length.min(1 << 20) {
+        let n = tcp.read(&mut chunk).expect("the metrics page");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let end = got.len().min(head_end + (1 << 20));
+    (
+        length,
+        String::from_utf8_lossy(&got[head_end..end]).into_owned(),
+    )
+}
+
+/// Lines of the daemon's log about refused calls.
+fn refusal_lines(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains("refused:")).collect()
+}
+
+/// A read-only client (or one without a certificate) that sends calls to long paths of its
+/// own making is refused, and that is all: no label of the metrics page is made of what it
+/// sent, the daemon's memory stays where it was, and its log gains a few lines, not one
+/// per call, with the suppressed ones counted. On loopback, in the test's own namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_calls_with_long_paths_leave_the_daemon_as_it_was() {
+    const CALLS: usize = 2_000;
+    const PATH_LEN: usize = 15_000;
+    let fleet = Fleet::new();
+    let dir = fleet.dir.path();
+    let server = fleet.ca.server(dir, "local", &["127.0.0.1"]);
+    let (remote_port, metrics_port) = (common::free_port(), common::free_port());
+    let daemon = Daemon::start_with(Options {
+        config: format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\n[remote]\n\
+             listen = \"127.0.0.1:{remote_port}\"\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n\
+             read_only = [\"OU=observers\"]\n",
+            server.cert, server.key, fleet.ca_file
+        ),
+        ..Default::default()
+    })
+    .await;
+    let endpoint = format!("https://127.0.0.1:{remote_port}");
+    let files = |who: Option<&Pair>| strata_api::TlsFiles {
+        ca: Some(fleet.ca_file.clone()),
+        cert: who.map(|p| p.cert.clone()),
+        key: who.map(|p| p.key.clone()),
+    };
+    let dashboard = strata_api::connect_with(&endpoint, &files(Some(&fleet.dashboard)))
+        .await
+        .expect("the read-only client connects");
+    let anonymous = strata_api::connect_with(&endpoint, &files(None))
+        .await
+        .expect("a client without a certificate gets through the handshake");
+    // Bounded in time as well as in count: each long path costs the daemon a few ms of
+    // HPACK decoding (more in a debug build).
+    let limit = Duration::from_secs(150);
+
+    // A first round, so that what any traffic costs (buffers, the connections' tasks) is
+    // paid before the measure.
+    tokio::join!(
+        flood(&dashboard, 50, PATH_LEN, limit),
+        flood(&anonymous, 50, PATH_LEN, limit)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = resident_bytes(daemon.pid());
+    let log_before = daemon.logs();
+    let (page_before, _) = metrics_page(metrics_port);
+
+    let started = Instant::now();
+    // Two connections, in parallel: each is decoded on a core of its own.
+    let (read_only, no_certificate) = tokio::join!(
+        flood(&dashboard, CALLS, PATH_LEN, limit),
+        flood(&anonymous, CALLS, PATH_LEN, limit)
+    );
+    let took = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_after = resident_bytes(daemon.pid());
+    let (page_after, page) = metrics_page(metrics_port);
+    let log = daemon.logs();
+    let added: Vec<&str> = refusal_lines(&log)
+        .into_iter()
+        .skip(refusal_lines(&log_before).len())
+        .collect();
+    let log_growth = log.len().saturating_sub(log_before.len());
+    println!(
+        "calls to {PATH_LEN}-character paths in {took:?}: read-only {read_only:?}, \
+         without a certificate {no_certificate:?}"
+    );
+    println!(
+        "daemon RSS {} KiB -> {} KiB; /metrics {page_before} -> {page_after} bytes; \
+         {} refusal lines ({log_growth} bytes) added to the log",
+        rss_before / 1024,
+        rss_after / 1024,
+        added.len()
+    );
+
+    // Every call sent was refused, and enough were sent in the time given.
+    let sent = |codes: &std::collections::BTreeMap<String, usize>, code: &str| {
+        assert_eq!(codes.len(), 1, "{codes:?}");
+        let n = codes.get(code).copied().unwrap_or_default();
+        assert!(n >= CALLS / 2, "{codes:?} within {limit:?}");
+        n
+    };
+    let denied_sent = sent(&read_only, "PermissionDenied");
+    sent(&no_certificate, "Unauthenticated");
+    assert!(
+        page_after < 200_000,
+        "the metrics page grew to {page_after} bytes"
+    );
+    assert!(!page.contains(FLOOD_MARK), "a client's path became a label");
+    let denied = page
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "strata_grpc_requests_total{method=\"other\",code=\"PermissionDenied\"} ",
+            )
+        })
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no refused calls counted in:\n{page}"));
+    assert!(denied >= denied_sent + 50, "{denied} refused calls counted");
+    let growth = rss_after.saturating_sub(rss_before);
+    assert!(
+        growth < 8 << 20,
+        "the daemon's RSS grew by {} KiB",
+        growth / 1024
+    );
+    // At most 10 lines in each 10 s window the flood touched (the first round may have
+    // taken the whole of the first one); both kinds of refusal are logged.
+    let windows = took.as_secs() as usize / 10 + 2;
+    assert!(
+        added.len() <= 10 * windows,
+        "{} refusal lines in {took:?}",
+        added.len()
+    );
+    for kind in [
+        "refused: read-only client",
+        "refused: no client certificate",
+    ] {
+        assert!(log.contains(kind), "{kind} never logged");
+    }
+    // Those lines, under 1 KiB each, and little else.
+    assert!(
+        log_growth < (10 * windows + 16) << 10,
+        "the log grew by {log_growth} bytes"
+    );
+    for line in &added {
+        assert!(line.len() < 1024, "a refusal line of {} bytes", line.len());
+    }
+
+    // After the window, the next refusal is logged with the count of those left out.
+    tokio::time::sleep(Duration::from_millis(10_500)).await;
+    flood(&dashboard, 1, 200, limit).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let summary = loop {
+        let log = daemon.logs();
+        if let Some(line) = log
+            .lines()
+            .skip(log_before.lines().count())
+            .find(|l| l.contains("refused:") && l.contains("suppressed="))
+        {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no count of suppressed lines");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("{summary}");
+    // The daemon still answers.
+    assert!(daemon.ctl(["version"]).ok().contains("strata"));
+}

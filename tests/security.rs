@@ -1234,3 +1234,110 @@ async fn a_mount_target_swapped_for_a_symlink_never_reaches_the_host() {
     env.remove_pods(vec![pod]).await;
     let _ = std::fs::remove_dir(&host_canary);
 }
+
+/// A static program that asks for an io_uring instance and for an `AF_VSOCK` socket, and
+/// prints what came of each: `io_uring_setup: ok` or the errno's name.
+const IO_URING_PROBE: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/io_uring.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static void report(const char *what, long rc) {
+    if (rc < 0) printf("%s: %s\n", what, strerrorname_np(errno));
+    else { printf("%s: ok\n", what); close((int)rc); }
+}
+int main(void) {
+    struct io_uring_params params;
+    memset(&params, 0, sizeof params);
+    report("io_uring_setup", syscall(SYS_io_uring_setup, 4, &params));
+    report("socket(AF_VSOCK)", socket(40, SOCK_STREAM, 0));
+    return 0;
+}
+"#;
+
+/// io_uring's operations never pass the seccomp filter (IORING_OP_SOCKET makes the
+/// `AF_VSOCK` socket the filter refuses): RuntimeDefault refuses io_uring itself, with the
+/// EPERM of every call it does not list, as Docker (25.0) and containerd (2.0) do. The
+/// same program, Unconfined, gets its ring: the difference is the profile, not the kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_uring_is_refused_by_runtime_default_and_left_to_unconfined() {
+    use cri::security_profile::ProfileType;
+    // A kernel that refuses io_uring to all (2) or to the unprivileged (1) would make the
+    // refusal prove nothing. Before 6.6 there is no such switch: io_uring is on.
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "0".into());
+    assert_eq!(
+        disabled, "0",
+        "kernel.io_uring_disabled is {disabled}: the kernel refuses io_uring to containers \
+         whatever their profile, so this test cannot show what RuntimeDefault does"
+    );
+    let mut env = env().await;
+    let dir = env.daemon.path("uring");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("uring.c"), IO_URING_PROBE).unwrap();
+    let built = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join("uring"))
+        .arg(dir.join("uring.c"))
+        .output()
+        .expect("gcc (tests/run.sh installs it)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let probe = std::fs::read(dir.join("uring")).unwrap();
+    let image = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new().file("uring", &probe, 0o755).finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let image = env.publish("sec/io-uring", &image).await;
+    let pod = env.pod("uring").await;
+    let mut seen = Vec::new();
+    for (name, kind) in [
+        ("default", ProfileType::RuntimeDefault),
+        ("unconfined", ProfileType::Unconfined),
+    ] {
+        let config = with_seccomp(
+            container_config(name, &image, "/uring"),
+            profile(kind, ""),
+            "",
+        );
+        let (lines, st) = env.run_config(&pod, config).await;
+        assert_eq!(st.exit_code, 0, "{name}: {lines:?} {st:?}");
+        println!("{name}: {lines:?}");
+        seen.push(lines);
+    }
+    let setup = |lines: &[String]| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix("io_uring_setup: "))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no io_uring_setup line in {lines:?}"))
+    };
+    assert_eq!(
+        setup(&seen[1]),
+        "ok",
+        "an Unconfined container cannot set up io_uring either (kernel without io_uring?): {:?}",
+        seen[1]
+    );
+    assert!(
+        seen[0].contains(&"socket(AF_VSOCK): EPERM".to_string()),
+        "RuntimeDefault's filter is not there: {:?}",
+        seen[0]
+    );
+    assert_eq!(
+        setup(&seen[0]),
+        "EPERM",
+        "RuntimeDefault lets the container set up io_uring, whose operations bypass the filter"
+    );
+    env.remove_pods(vec![pod]).await;
+}

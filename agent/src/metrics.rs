@@ -59,18 +59,35 @@ static CALLS: Mutex<Calls> = Mutex::new(Calls {
 /// Container exits by reason (Completed, Error, OOMKilled, StartError, …).
 static EXITS: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
 
-/// Counts a gRPC call of `method` (its full path) that ended with `code` after `took`.
+/// At most this many method labels are kept; calls of any further method count as
+/// "other". The API has some sixty methods: this only holds if a caller of `call` lets a
+/// client's own text through.
+pub const MAX_METHODS: usize = 256;
+
+/// Counts a gRPC call of `method` (a method's path, or "other") that ended with `code`
+/// after `took`.
 pub fn call(method: &str, code: &str, took: Duration) {
-    let mut calls = CALLS.lock().unwrap_or_else(|p| p.into_inner());
-    *calls
-        .total
-        .entry((method.to_string(), code.to_string()))
-        .or_default() += 1;
-    calls
-        .latency
-        .entry(method.to_string())
-        .or_default()
-        .observe(took.as_secs_f64());
+    CALLS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .count(method, code, took);
+}
+
+impl Calls {
+    fn count(&mut self, method: &str, code: &str, took: Duration) {
+        let method = match self.latency.contains_key(method) || self.latency.len() < MAX_METHODS {
+            true => method,
+            false => "other",
+        };
+        *self
+            .total
+            .entry((method.to_string(), code.to_string()))
+            .or_default() += 1;
+        self.latency
+            .entry(method.to_string())
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
 }
 
 /// Counts a container exit.
@@ -286,5 +303,20 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(bucket("+Inf") - bucket("30"), 1);
+    }
+
+    #[test]
+    fn method_labels_are_bounded() {
+        let mut calls = Calls::default();
+        for i in 0..MAX_METHODS + 50 {
+            calls.count(&format!("/test.Flood/M{i}"), "OK", Duration::from_millis(1));
+        }
+        assert!(
+            calls.latency.len() <= MAX_METHODS + 1,
+            "{}",
+            calls.latency.len()
+        );
+        assert!(calls.total.keys().filter(|(m, _)| m != "other").count() <= MAX_METHODS);
+        assert!(calls.latency.contains_key("other"));
     }
 }

@@ -460,16 +460,24 @@ impl Client {
         Ok(Client { channel, timeout })
     }
 
+    // Replies as large as the daemon takes requests (a pod's 5 MiB annotation comes back
+    // in every list), not tonic's 4 MiB.
     fn runtime(&self) -> RuntimeServiceClient<Channel> {
         RuntimeServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(strata_api::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(strata_api::MAX_MESSAGE_SIZE)
     }
 
     fn images(&self) -> ImageServiceClient<Channel> {
         ImageServiceClient::new(self.channel.clone())
+            .max_decoding_message_size(strata_api::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(strata_api::MAX_MESSAGE_SIZE)
     }
 
     fn ext(&self) -> ImagesClient<Channel> {
         ImagesClient::new(self.channel.clone())
+            .max_decoding_message_size(strata_api::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(strata_api::MAX_MESSAGE_SIZE)
     }
 
     /// Runs one RPC under the deadline.

@@ -3,8 +3,20 @@
 //! system calls allowed for everyone, the same ones allowed only with a capability, and
 //! the same argument filters (no `AF_VSOCK` sockets, only the usual personalities, `clone`
 //! without namespace flags unless the container holds CAP_SYS_ADMIN). Anything else fails
-//! with EPERM. Kernel-version conditions are left out: the agent needs a kernel with the
-//! new mount API's `lowerdir+` (6.5 or later), newer than any of them.
+//! with EPERM, the `defaultErrnoRet` of both.
+//!
+//! The source of truth is moby's `profiles/seccomp/default.json` as of Docker 25.0, the
+//! first release without io_uring (moby#46762; containerd took it out of its own
+//! `contrib/seccomp/seccomp_default.go` for 2.0, containerd#9320). The deliberate
+//! differences:
+//! - Kernel-version conditions are left out: the agent needs a kernel with the new mount
+//!   API's `lowerdir+` (6.5 or later), newer than any of them. So `ptrace` and
+//!   `process_vm_readv`/`writev` (upstream: `minKernel` 4.8) are allowed outright.
+//! - `archMap` names only the architectures the agent runs on (no MIPS).
+//!
+//! `io_uring_setup`, `io_uring_enter` and `io_uring_register` stay out, as upstream: the
+//! operations of a ring never pass the filter (IORING_OP_SOCKET makes the very `AF_VSOCK`
+//! socket the filter refuses to `socket`), so a ring would undo the rest of the profile.
 
 use super::{ArchMap, Arg, Condition, Profile, Rule};
 
@@ -136,9 +148,6 @@ const ALLOWED: &[&str] = &[
     "ioprio_set",
     "io_setup",
     "io_submit",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
     "ipc",
     "kill",
     "landlock_add_rule",
@@ -581,5 +590,34 @@ pub fn runtime_default() -> Profile {
         architectures: Vec::new(),
         arch_map,
         syscalls,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name the profile allows, for a container with every capability, on any
+    /// architecture.
+    fn allowed() -> Vec<String> {
+        runtime_default()
+            .syscalls
+            .into_iter()
+            .filter(|rule| rule.action == "SCMP_ACT_ALLOW")
+            .flat_map(|rule| rule.names)
+            .collect()
+    }
+
+    #[test]
+    fn io_uring_is_not_allowed_to_anyone() {
+        let allowed = allowed();
+        assert!(allowed.iter().any(|n| n == "io_submit"), "{allowed:?}");
+        for name in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
+            assert!(!allowed.iter().any(|n| n == name), "{name} is allowed");
+        }
+        // Unlisted, they get the default action: EPERM, as on Docker and containerd.
+        let profile = runtime_default();
+        assert_eq!(profile.default_action, "SCMP_ACT_ERRNO");
+        assert_eq!(profile.default_errno_ret, Some(1));
     }
 }

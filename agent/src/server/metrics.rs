@@ -201,10 +201,14 @@ where
         let started = Instant::now();
         let admitted =
             super::remote::admit(request.extensions().get::<super::remote::Peer>(), &method);
+        let deadline = super::deadline::of(&request);
         let call = admitted.map(|()| self.inner.call(request));
         Box::pin(async move {
             let response = match call {
-                Ok(call) => call.await?,
+                Ok(call) => match super::deadline::held_to(deadline, call).await {
+                    Ok(answer) => answer?,
+                    Err(expired) => expired.into_http(),
+                },
                 Err(refused) => refused.into_http(),
             };
             let code = response
@@ -213,15 +217,39 @@ where
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<i32>().ok())
                 .map_or(tonic::Code::Ok, tonic::Code::from_i32);
-            // A path no service serves (or a caller refused before it reached one) is
-            // counted as "other": callers must not mint a series per path they send.
-            let method = match code {
-                tonic::Code::Unimplemented | tonic::Code::Unauthenticated => "other",
-                _ => method.as_str(),
-            };
-            crate::metrics::call(method, &format!("{code:?}"), started.elapsed());
+            crate::metrics::call(
+                label(&method, code),
+                &format!("{code:?}"),
+                started.elapsed(),
+            );
             Ok(response)
         })
+    }
+}
+
+/// The paths of the API's methods, and gRPC health's.
+static METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        let mut methods: std::collections::HashSet<String> =
+            strata_api::rpc_paths().into_iter().collect();
+        methods.extend(
+            [
+                "/grpc.health.v1.Health/Check",
+                "/grpc.health.v1.Health/Watch",
+            ]
+            .map(String::from),
+        );
+        methods
+    });
+
+/// The method label of a call to `path` that ended with `code`: a method of the API, or
+/// "other" for any path a caller made up (whatever it was told: refused, unimplemented)
+/// and for methods no service answers. Callers must not mint a series per path they send.
+fn label(path: &str, code: tonic::Code) -> &str {
+    match code {
+        tonic::Code::Unimplemented | tonic::Code::Unauthenticated => "other",
+        _ if METHODS.contains(path) => path,
+        _ => "other",
     }
 }
 
@@ -343,7 +371,7 @@ pub async fn pod_metrics(ctx: &Context) -> Vec<cri::PodSandboxMetrics> {
         let container_metrics = containers
             .iter()
             .map(|c| {
-                let (stats, _, _) = ctx.runtime.container_stats(c);
+                let stats = ctx.runtime.container_stats(c);
                 let labels = vec![c.id.clone(), c.spec.name.clone(), c.spec.image.clone()];
                 let values = [
                     stats.cpu_usage_ns / 1_000_000_000,
@@ -407,6 +435,36 @@ pub async fn pod_metrics(ctx: &Context) -> Vec<cri::PodSandboxMetrics> {
 
 #[cfg(test)]
 mod tests {
+    use tonic::Code;
+
+    #[test]
+    fn only_the_apis_methods_become_labels() {
+        let version = "/runtime.v1.RuntimeService/Version";
+        assert_eq!(super::label(version, Code::Ok), version);
+        assert_eq!(super::label(version, Code::PermissionDenied), version);
+        let stop = "/runtime.v1.RuntimeService/StopContainer";
+        assert_eq!(super::label(stop, Code::PermissionDenied), stop);
+        let pull = "/strata.v1.Images/PullImageProgress";
+        assert_eq!(super::label(pull, Code::Internal), pull);
+        let health = "/grpc.health.v1.Health/Check";
+        assert_eq!(super::label(health, Code::Ok), health);
+        // Declared but not answered, or asked for without a certificate.
+        let unanswered = "/runtime.v1.RuntimeService/StreamPodSandboxMetrics";
+        assert_eq!(super::label(unanswered, Code::Unimplemented), "other");
+        assert_eq!(super::label(version, Code::Unauthenticated), "other");
+        let made_up = format!("/runtime.v1.RuntimeService/{}", "x".repeat(15_000));
+        for code in [
+            Code::Ok,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+            Code::Unauthenticated,
+            Code::InvalidArgument,
+        ] {
+            assert_eq!(super::label(&made_up, code), "other", "{code:?}");
+            assert_eq!(super::label("/a.B/C", code), "other", "{code:?}");
+        }
+    }
+
     #[test]
     fn descriptors_name_cadvisor_metrics_with_their_labels() {
         let d = super::descriptors();

@@ -3,6 +3,7 @@
 
 pub mod authority;
 pub mod convert;
+mod deadline;
 pub mod events;
 mod ext;
 mod image;
@@ -21,14 +22,15 @@ use strata_api::{
 };
 use tonic::transport::server::Router;
 
-/// The router of every listener: each call is judged (remote callers) and counted first.
+/// The router of every listener: each call is judged (remote callers), held to its
+/// caller's deadline and counted first.
 pub type Routes =
     Router<tower::layer::util::Stack<metrics::CallsLayer, tower::layer::util::Identity>>;
 
 use crate::config::Config;
 
 /// CRI clients (the kubelet, crictl) accept messages up to 16 MiB; so do we.
-const MAX_MESSAGE: usize = 16 << 20;
+const MAX_MESSAGE: usize = strata_api::MAX_MESSAGE_SIZE;
 
 /// A server stream of messages, as the RPCs that stream return it.
 pub(crate) type BoxStream<T> =
@@ -66,5 +68,7 @@ pub async fn router(ctx: Arc<Context>) -> Routes {
             ImageServiceServer::new(image::Images::new(ctx.clone()))
                 .max_decoding_message_size(MAX_MESSAGE),
         )
-        .add_service(ImagesServer::new(image::Images::new(ctx)))
+        .add_service(
+            ImagesServer::new(image::Images::new(ctx)).max_decoding_message_size(MAX_MESSAGE),
+        )
 }

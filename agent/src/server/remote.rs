@@ -35,6 +35,18 @@ use crate::config::RemoteConfig;
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How much of a call's path is logged (and told back in a refusal): a method's path is
+/// far shorter, and a client may send kilobytes of its own.
+const LOGGED_PATH: usize = 128;
+
+/// Refused calls logged: at most 10 lines in 10 s, whoever the callers, so that a client
+/// that is refused at will cannot fill the node's disk; the lines left out are counted
+/// on the next one logged.
+static REFUSED_CALLS: RateLimit = RateLimit::new(10, Duration::from_secs(10));
+
+/// Refused connections (failed handshakes), the same way.
+static REFUSED_CONNECTIONS: RateLimit = RateLimit::new(10, Duration::from_secs(10));
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("remote API: {path}: {message}")]
@@ -126,7 +138,10 @@ impl Remote {
                         let _ = incoming.send(Ok(conn)).await;
                     }
                     Err(why) => {
-                        tracing::warn!(peer = %addr, error = %why, "refusing a remote connection");
+                        if let Some(suppressed) = REFUSED_CONNECTIONS.admit(Instant::now()) {
+                            let suppressed = (suppressed > 0).then_some(suppressed);
+                            tracing::warn!(peer = %addr, error = %why, suppressed, "refusing a remote connection");
+                        }
                     }
                 }
             });
@@ -368,8 +383,12 @@ pub fn admit(peer: Option<&Peer>, path: &str) -> std::result::Result<(), Status>
     let Some(peer) = peer else {
         return Ok(());
     };
+    let method = logged(path);
     if !peer.authenticated {
-        tracing::warn!(peer = %peer.addr, method = path, "refused: no client certificate");
+        if let Some(suppressed) = REFUSED_CALLS.admit(Instant::now()) {
+            let suppressed = (suppressed > 0).then_some(suppressed);
+            tracing::warn!(peer = %peer.addr, %method, suppressed, "refused: no client certificate");
+        }
         return Err(Status::unauthenticated(
             "a client certificate signed by the node's client CA is required",
         ));
@@ -378,14 +397,77 @@ pub fn admit(peer: Option<&Peer>, path: &str) -> std::result::Result<(), Status>
         return Ok(());
     }
     if peer.read_only {
-        tracing::warn!(peer = %peer.addr, identity = %peer.identity, method = path, "refused: read-only client");
+        if let Some(suppressed) = REFUSED_CALLS.admit(Instant::now()) {
+            let suppressed = (suppressed > 0).then_some(suppressed);
+            tracing::warn!(peer = %peer.addr, identity = %peer.identity, %method, suppressed, "refused: read-only client");
+        }
         return Err(Status::permission_denied(format!(
-            "{} may only read; {path} changes the node",
+            "{} may only read; {method} changes the node",
             peer.identity
         )));
     }
-    tracing::info!(peer = %peer.addr, identity = %peer.identity, method = path, "remote call");
+    tracing::info!(peer = %peer.addr, identity = %peer.identity, %method, "remote call");
     Ok(())
+}
+
+/// `path` as logged: whole if short, else its first [`LOGGED_PATH`] bytes (cut on a
+/// character boundary) and its length.
+fn logged(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.len() <= LOGGED_PATH {
+        return path.into();
+    }
+    let mut end = LOGGED_PATH;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &path[..end], path.len()).into()
+}
+
+/// Lets at most `burst` events through in each `window` (from the first event after the
+/// last window ended) and counts the others.
+struct RateLimit {
+    burst: u32,
+    window: Duration,
+    state: std::sync::Mutex<Window>,
+}
+
+struct Window {
+    started: Option<Instant>,
+    passed: u32,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    const fn new(burst: u32, window: Duration) -> RateLimit {
+        RateLimit {
+            burst,
+            window,
+            state: std::sync::Mutex::new(Window {
+                started: None,
+                passed: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether an event at `now` goes through: with how many were held back since the
+    /// last that did, or `None` when it is held back itself.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        let mut w = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if w.started
+            .is_none_or(|started| now.saturating_duration_since(started) >= self.window)
+        {
+            w.started = Some(now);
+            w.passed = 0;
+        }
+        if w.passed < self.burst {
+            w.passed += 1;
+            Some(std::mem::take(&mut w.suppressed))
+        } else {
+            w.suppressed += 1;
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -447,6 +529,40 @@ mod tests {
     }
 
     #[test]
+    fn logged_paths_are_cut_on_a_character_boundary() {
+        let method = "/runtime.v1.RuntimeService/StopContainer";
+        assert_eq!(logged(method), method);
+        let long = format!("/a.B/{}", "x".repeat(15_000));
+        let cut = logged(&long);
+        assert!(cut.len() < LOGGED_PATH + 32, "{cut}");
+        assert!(cut.starts_with(&long[..LOGGED_PATH]), "{cut}");
+        assert!(cut.ends_with("(15005 bytes)"), "{cut}");
+        // A two-byte character across the limit is left out whole.
+        let wide = format!("/{}{}", "x".repeat(LOGGED_PATH - 2), "é".repeat(100));
+        let cut = logged(&wide);
+        assert!(
+            cut.starts_with(&format!("/{}...", "x".repeat(LOGGED_PATH - 2))),
+            "{cut}"
+        );
+    }
+
+    #[test]
+    fn refusals_are_logged_a_few_per_window_with_a_count_of_the_rest() {
+        let limit = RateLimit::new(3, Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let seen: Vec<Option<u64>> = (0..10).map(|i| limit.admit(at(i))).collect();
+        assert_eq!(seen[..3], [Some(0), Some(0), Some(0)]);
+        assert!(seen[3..].iter().all(Option::is_none), "{seen:?}");
+        // The next window: the first line says how many were left out.
+        assert_eq!(limit.admit(at(10_000)), Some(7));
+        assert_eq!(limit.admit(at(10_001)), Some(0));
+        assert_eq!(limit.admit(at(10_002)), Some(0));
+        assert_eq!(limit.admit(at(10_003)), None);
+        assert_eq!(limit.admit(at(25_000)), Some(1));
+    }
+
+    #[test]
     fn unix_callers_pass_and_remote_ones_are_judged() {
         let peer = |authenticated, read_only| Peer {
             addr: "10.0.0.1:5000".parse().unwrap(),
@@ -464,5 +580,10 @@ mod tests {
         assert!(denied.message().contains("ops"), "{denied:?}");
         let anonymous = admit(Some(&peer(false, true)), list).unwrap_err();
         assert_eq!(anonymous.code(), tonic::Code::Unauthenticated);
+        // A refusal tells a long path back only in part.
+        let long = format!("/runtime.v1.RuntimeService/{}", "x".repeat(15_000));
+        let denied = admit(Some(&peer(true, true)), &long).unwrap_err();
+        assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+        assert!(denied.message().len() < 256, "{}", denied.message());
     }
 }
