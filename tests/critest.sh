@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The CRI conformance suite (critest v1.26.1, unmodified, from ../shared/cri-tools) against
-# the workspace's own stratad build. Starts a local registry with critest's stand-in images,
+# The CRI conformance suite (critest v1.26.1, or v1.36.0 with CRITEST_VERSION=1.36; unmodified,
+# from ../shared/cri-tools) against the workspace's own stratad build. Starts a local registry with critest's stand-in images,
 # a daemon that mirrors registry.k8s.io, gcr.io and k8s.gcr.io to it, runs the whole suite,
-# prints the summary and fails when a spec listed in tests/critest-passing.txt did not pass.
+# prints the summary and fails when a spec listed in tests/critest-passing.txt (for v1.36:
+# tests/critest-1.36-passing.txt) did not pass.
 # Cleans up the daemon, its containers and mounts, and the registry, also when it fails.
 #
 # Env: STRATAD (default target/debug/stratad), KEEP_OUT=1 keeps the results directory,
@@ -17,11 +18,18 @@ kit=$(cd "$top/../shared/cri-tools" 2>/dev/null && pwd) || {
 }
 stratad=${STRATAD:-$top/target/debug/stratad}
 [ -x "$stratad" ] || { echo "critest.sh: $stratad is not built (cargo build --workspace)" >&2; exit 1; }
-expected=$top/tests/critest-passing.txt
+version=${CRITEST_VERSION:-1.26}
+case "$version" in
+    1.26) suffix='' ;;
+    1.36) suffix='-1.36' ;;
+    *) echo "critest.sh: CRITEST_VERSION is 1.26 or 1.36, not $version" >&2; exit 1 ;;
+esac
+expected=$top/tests/critest${suffix}-passing.txt
+[ -f "$expected" ] || { echo "critest.sh: $expected is missing" >&2; exit 1; }
 
 bin=$top/target/cri-tools
 "$kit/install.sh" "$bin" >/dev/null
-crictl=$bin/crictl
+crictl=$bin/crictl${suffix}
 
 # The registry keeps its images across runs (images.sh skips tags it already has).
 cache=/var/tmp/strata-critest
@@ -126,11 +134,11 @@ skip='public image with digest'
 [ -n "${SKIP:-}" ] && skip="$skip|$SKIP"
 started=$(date +%s)
 set +e
-OUT=$work/out SKIP=$skip CRITEST=$bin/critest TIMEOUT=${TIMEOUT:-30m} \
+OUT=$work/out SKIP=$skip CRITEST=$bin/critest${suffix} TIMEOUT=${TIMEOUT:-30m} \
     "$kit/run-critest.sh" "unix://$work/run/strata.sock" "$registry"
 code=$?
 set -e
-echo "critest: $(( $(date +%s) - started )) s, exit code $code"
+echo "critest $version: $(( $(date +%s) - started )) s, exit code $code"
 
 report=$work/out/report.json
 [ -s "$report" ] || { echo "critest.sh: critest wrote no report" >&2; tail -30 "$work/out/critest.log" >&2; exit 1; }
@@ -142,14 +150,14 @@ passed=$(wc -l < "$work/passed.txt")
 regressed=$(comm -23 <(grep -v '^#' "$expected" | sed '/^$/d' | sort -u) "$work/passed.txt")
 new=$(comm -13 <(grep -v '^#' "$expected" | sed '/^$/d' | sort -u) "$work/passed.txt")
 if [ -n "$new" ]; then
-    echo "critest: passing now, not yet in tests/critest-passing.txt (add them):"
+    echo "critest $version: passing now, not yet in ${expected#$top/} (add them):"
     printf '%s\n' "$new" | sed 's/^/  /'
 fi
 if [ -n "$regressed" ]; then
-    echo "critest: FAILED: these specs passed before and do not now:"
+    echo "critest $version: FAILED: these specs passed before and do not now:"
     printf '%s\n' "$regressed" | sed 's/^/  /'
     echo "critest: the daemon's log ends:"; tail -40 "$work/stratad.log"
     echo "$passed passed, $(printf '%s\n' "$regressed" | wc -l) failed"
     exit 1
 fi
-echo "critest: every spec of tests/critest-passing.txt passed ($passed specs passed)"
+echo "critest $version: every spec of ${expected#$top/} passed ($passed specs passed)"

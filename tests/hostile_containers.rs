@@ -213,8 +213,9 @@ async fn stats_of_a_huge_and_racing_layer_stay_cheap_and_inside() {
         "stats: Version {version:?} during three calls; layer counted ({inodes} inodes, {bytes} bytes) within {:?}",
         walk.elapsed()
     );
+    // The files, their directories, and a few more (/m, /d, ...).
     assert!(
-        inodes < files + 1000,
+        inodes < files + files / 1000 + 100,
         "{inodes} inodes: the walk left the layer"
     );
     assert!(bytes < 1 << 30, "{bytes} bytes: the walk left the layer");

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use common::{
     Daemon, Options,
     hostile::{Body, GIB, HostileRegistry, MIB, Reply, Route},
+    image_spec as spec,
     oci::{Compression, ImageBuilder, LayerBuilder},
     registry::Registry,
 };
 use strata_api::cri::{
-    AuthConfig, ImageSpec, PullImageRequest, RemoveImageRequest,
-    image_service_client::ImageServiceClient,
+    AuthConfig, PullImageRequest, RemoveImageRequest, image_service_client::ImageServiceClient,
 };
 use tonic::{Code, Status, transport::Channel};
 
@@ -24,13 +24,6 @@ use tonic::{Code, Status, transport::Channel};
 const RSS_SLACK_KIB: u64 = 64 << 10;
 /// How long a test waits for a pull before calling it hung.
 const HUNG: Duration = Duration::from_secs(60);
-
-fn spec(image: &str) -> Option<ImageSpec> {
-    Some(ImageSpec {
-        image: image.to_string(),
-        ..Default::default()
-    })
-}
 
 async fn images(daemon: &Daemon) -> ImageServiceClient<Channel> {
     ImageServiceClient::new(daemon.channel().await)

@@ -11,7 +11,7 @@ use std::{
 };
 
 use common::{
-    Daemon, Options,
+    Daemon, Options, image_spec as spec,
     oci::{self, Compression, Image, ImageBuilder, LayerBuilder, busybox_layer},
     proxy::{self, Fault, FaultyProxy},
     registry::{Auth, Registry},
@@ -20,20 +20,12 @@ use common::{
 };
 use strata_api::{
     cri::{
-        AuthConfig, ImageFsInfoRequest, ImageSpec, ImageStatusRequest, ListImagesRequest,
-        PullImageRequest, RemoveImageRequest, StreamImagesRequest,
-        image_service_client::ImageServiceClient,
+        AuthConfig, ImageFsInfoRequest, ImageStatusRequest, ListImagesRequest, PullImageRequest,
+        RemoveImageRequest, StreamImagesRequest, image_service_client::ImageServiceClient,
     },
     ext::{self, images_client::ImagesClient, pull_image_progress_response::Event},
 };
 use tonic::{Code, transport::Channel};
-
-fn spec(image: &str) -> Option<ImageSpec> {
-    Some(ImageSpec {
-        image: image.to_string(),
-        ..Default::default()
-    })
-}
 
 async fn images(daemon: &Daemon) -> ImageServiceClient<Channel> {
     ImageServiceClient::new(daemon.channel().await)

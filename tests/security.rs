@@ -933,21 +933,7 @@ int main(int argc, char **argv) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_cannot_raise_its_own_cgroup_limits() {
     let mut env = env().await;
-    let dir = env.daemon.path("attack");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("attack.c"), CGROUP_ATTACK).unwrap();
-    let built = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(dir.join("attack"))
-        .arg(dir.join("attack.c"))
-        .output()
-        .expect("gcc (tests/run.sh installs it)");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let attack = std::fs::read(dir.join("attack")).unwrap();
+    let attack = common::compile_static(&env.daemon.path("attack"), "attack", CGROUP_ATTACK);
     let image = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
         .layer(
@@ -1277,21 +1263,7 @@ async fn io_uring_is_refused_by_runtime_default_and_left_to_unconfined() {
          whatever their profile, so this test cannot show what RuntimeDefault does"
     );
     let mut env = env().await;
-    let dir = env.daemon.path("uring");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("uring.c"), IO_URING_PROBE).unwrap();
-    let built = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(dir.join("uring"))
-        .arg(dir.join("uring.c"))
-        .output()
-        .expect("gcc (tests/run.sh installs it)");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let probe = std::fs::read(dir.join("uring")).unwrap();
+    let probe = common::compile_static(&env.daemon.path("uring"), "uring", IO_URING_PROBE);
     let image = ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
         .layer(

@@ -747,3 +747,31 @@ pub fn free_port() -> u16 {
         .expect("its address")
         .port()
 }
+
+/// Compiles the C program `source` statically (gcc, which tests/run.sh installs) in `dir`
+/// and returns the executable's bytes, for a test image's layer.
+pub fn compile_static(dir: &Path, name: &str, source: &str) -> Vec<u8> {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = dir.join(format!("{name}.c"));
+    std::fs::write(&src, source).unwrap();
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.join(name))
+        .arg(&src)
+        .output()
+        .expect("gcc (tests/run.sh installs it)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+/// An image spec naming `image`.
+pub fn image_spec(image: &str) -> Option<strata_api::cri::ImageSpec> {
+    Some(strata_api::cri::ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
