@@ -1086,15 +1086,14 @@ async fn a_container_of_a_120_layer_image_and_the_init_layer_files() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let err = env
-        .rt
+    // Stop, like remove, is idempotent: a container that is not there is stopped.
+    env.rt
         .stop_container(StopContainerRequest {
             container_id: "feedface".into(),
             timeout: 0,
         })
         .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::NotFound);
+        .expect("stopping a container that is not there succeeds");
     env.rt
         .remove_container(RemoveContainerRequest {
             container_id: "feedface".into(),
@@ -1838,5 +1837,300 @@ async fn container_processes_start_with_no_signal_ignored() {
         status.lines().any(|l| l == "SigIgn:\t0000000000000000"),
         "{status}"
     );
+    env.remove_pods(vec![pod]).await;
+}
+
+/// The kubelet removes a pod with RemovePodSandbox, never removing its containers one by
+/// one: the layers those containers used must be free again once the pod is gone, so that
+/// removing the image frees them (they used to stay pinned until the daemon restarted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_pod_lets_go_of_its_containers_layers() {
+    let mut env = env().await;
+    let image = env.image.clone();
+    let pod = env.pod("leaser").await;
+    env.start_sleeper(&pod, "sleeper", &image, "exec sleep 1000")
+        .await;
+    let idle = env
+        .create(&pod, container_config("idle", &image, "exec sleep 1000"))
+        .await
+        .unwrap();
+    // PodSandboxStatus carries the pod's containers (the kubelet's evented PLEG reads them).
+    let status = env
+        .rt
+        .pod_sandbox_status(cri::PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.timestamp > 0);
+    let mut states: Vec<(String, i32)> = status
+        .containers_statuses
+        .iter()
+        .map(|c| (c.metadata.as_ref().unwrap().name.clone(), c.state))
+        .collect();
+    states.sort();
+    assert_eq!(
+        states,
+        [
+            (
+                "idle".to_string(),
+                cri::ContainerState::ContainerCreated as i32
+            ),
+            (
+                "sleeper".to_string(),
+                cri::ContainerState::ContainerRunning as i32
+            ),
+        ]
+    );
+    assert!(status.containers_statuses.iter().any(|c| c.id == idle));
+    let (layers, _) = common::store_listing(&env.daemon);
+    assert_eq!(layers.len(), 3, "{layers:?}");
+
+    // While the pod's containers exist, removing the image keeps their layers.
+    env.daemon.ctl(["rmi", &image]).ok();
+    let (layers, _) = common::store_listing(&env.daemon);
+    assert_eq!(layers.len(), 3, "the containers' layers went: {layers:?}");
+
+    // The pod goes the kubelet's way; its containers' layers, which no image has any
+    // more, go with it.
+    env.daemon.ctl(["stopp", &pod]).ok();
+    env.daemon.ctl(["rmp", &pod]).ok();
+    // (The collection runs in the background: wait until the layer directory is empty,
+    // then check the store is whole.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let layers_dir = env.daemon.root.join("layers");
+    while std::fs::read_dir(&layers_dir).unwrap().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "left pinned after the pod went: {:?}",
+            common::store_listing(&env.daemon)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (layers, blobs) = common::store_listing(&env.daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+
+    // The other order, as in a kubelet's image GC after the pod went: pod first, then
+    // the image, which then frees everything at once.
+    env.image = env
+        .publish("ctr/again", &common::cri::busybox_image())
+        .await;
+    let image = env.image.clone();
+    let pod = env.pod("leaser2").await;
+    env.start_sleeper(&pod, "sleeper", &image, "exec sleep 1000")
+        .await;
+    env.daemon.ctl(["stopp", &pod]).ok();
+    env.daemon.ctl(["rmp", &pod]).ok();
+    env.daemon.ctl(["rmi", &image]).ok();
+    let (layers, blobs) = common::store_listing(&env.daemon);
+    assert!(
+        layers.is_empty() && blobs.is_empty(),
+        "{layers:?} {blobs:?}"
+    );
+}
+
+/// The kubelet fills a pod's resources with the sum of the containers that declare limits,
+/// and enforces pod limits itself on the parent cgroup it gives. A pod with a 64 MiB
+/// container and an unlimited one: the unlimited one may use 128 MiB (it used to be
+/// OOM-killed at the pod's 64 MiB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pods_resources_cap_none_of_its_containers() {
+    let mut env = env().await;
+    let image = env.image.clone();
+    let mut config = common::cri::pod_config("summed");
+    config.linux = Some(cri::LinuxPodSandboxConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let pod = env.pod_with(config).await;
+    let mut limited = container_config("limited", &image, "exec sleep 1000");
+    limited.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let limited = env.create(&pod, limited).await.unwrap();
+    env.start(&limited).await;
+    // tail keeps the whole line (128 MiB without a newline) in memory.
+    let (lines, st) = env
+        .run_config(
+            &pod,
+            container_config(
+                "unlimited",
+                &image,
+                "head -c 134217728 /dev/zero | tail > /dev/null && echo survived",
+            ),
+        )
+        .await;
+    assert_eq!(
+        (st.exit_code, st.reason.as_str()),
+        (0, "Completed"),
+        "{lines:?}"
+    );
+    assert_eq!(lines, ["survived"]);
+    env.remove_pods(vec![pod]).await;
+}
+
+/// Recursive read-only volumes (CRI `recursive_read_only`, Kubernetes 1.33 GA): a tmpfs
+/// mounted below the volume's host path is read-only in the container too, where a plain
+/// read-only bind leaves it writable; and the combinations the CRI forbids are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursive_read_only_volumes_reach_every_mount_below() {
+    let mut env = env().await;
+    let image = env.image.clone();
+    let status = env
+        .rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let default_handler = status
+        .runtime_handlers
+        .iter()
+        .find(|h| h.name.is_empty())
+        .expect("the default handler");
+    assert!(
+        default_handler.features.unwrap().recursive_read_only_mounts,
+        "claimed on a kernel with mount_setattr"
+    );
+
+    let host = env.daemon.path("volume");
+    std::fs::create_dir_all(host.join("sub")).unwrap();
+    let sub = host.join("sub");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    nix::mount::mount(
+        Some("none"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _unmount = Unmount(sub.clone());
+    let pod = env.pod("rro").await;
+    let volume = |recursive: bool, readonly: bool, propagation: cri::MountPropagation| {
+        let mut c = container_config(
+            if recursive { "recursive" } else { "plain" },
+            &image,
+            "touch /mnt/sub/file 2>&1; echo $?",
+        );
+        c.mounts = vec![cri::Mount {
+            container_path: "/mnt".into(),
+            host_path: host.display().to_string(),
+            readonly,
+            recursive_read_only: recursive,
+            propagation: propagation as i32,
+            ..Default::default()
+        }];
+        c
+    };
+    let private = cri::MountPropagation::PropagationPrivate;
+    let (lines, _) = env.run_config(&pod, volume(false, true, private)).await;
+    assert_eq!(
+        lines,
+        ["0"],
+        "a plain read-only bind leaves the tmpfs below writable"
+    );
+    let (lines, _) = env.run_config(&pod, volume(true, true, private)).await;
+    assert!(
+        lines.len() == 2 && lines[0].contains("Read-only file system") && lines[1] == "1",
+        "{lines:?}"
+    );
+
+    for (readonly, propagation) in [
+        (false, private),
+        (true, cri::MountPropagation::PropagationHostToContainer),
+        (true, cri::MountPropagation::PropagationBidirectional),
+    ] {
+        let mut refused = volume(true, readonly, propagation);
+        refused.metadata.as_mut().unwrap().attempt = 1 + propagation as u32 + readonly as u32;
+        let err = env.create(&pod, refused).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Code::InvalidArgument,
+            "{readonly} {propagation:?}: {err:?}"
+        );
+    }
+    env.remove_pods(vec![pod]).await;
+}
+
+/// SupplementalGroupsPolicy (Kubernetes 1.35 GA): Merge (the default) adds the groups the
+/// image's /etc/group gives the user to the requested ones; Strict uses only those asked
+/// for. ContainerStatus.user reports what the process has, its primary group included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supplemental_groups_merge_or_stay_strict() {
+    let mut env = env().await;
+    let grouped = ImageBuilder::new()
+        .layer(busybox_layer(), Compression::Gzip)
+        .layer(
+            LayerBuilder::new()
+                .file(
+                    "etc/passwd",
+                    b"root:x:0:0:root:/root:/bin/sh\ndefault-user:x:1000:1000::/home:/bin/sh\n",
+                    0o644,
+                )
+                .file(
+                    "etc/group",
+                    b"root:x:0:\ndefault-user:x:1000:\ngroup-defined-in-image:x:50000:default-user\n",
+                    0o644,
+                )
+                .finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let image = env.publish("ctr/grouped", &grouped).await;
+    let status = env
+        .rt
+        .status(cri::StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(status.features.unwrap().supplemental_groups_policy);
+    let pod = env.pod("groups").await;
+    for (policy, expected) in [
+        (
+            cri::SupplementalGroupsPolicy::Merge,
+            vec![1000, 1234, 50000],
+        ),
+        (cri::SupplementalGroupsPolicy::Strict, vec![1000, 1234]),
+    ] {
+        let name = format!("{policy:?}").to_lowercase();
+        let mut config = container_config(&name, &image, "id -G");
+        config.linux = Some(cri::LinuxContainerConfig {
+            security_context: Some(cri::LinuxContainerSecurityContext {
+                run_as_user: Some(cri::Int64Value { value: 1000 }),
+                supplemental_groups: vec![1234],
+                supplemental_groups_policy: policy as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let (lines, st) = env.run_config(&pod, config).await;
+        let printed: Vec<String> = expected.iter().map(i64::to_string).collect();
+        assert_eq!(lines, [printed.join(" ")], "{policy:?}");
+        let user = st.user.unwrap().linux.unwrap();
+        let mut groups = user.supplemental_groups.clone();
+        groups.sort();
+        assert_eq!(
+            (user.uid, user.gid, groups),
+            (1000, 1000, expected),
+            "{policy:?}"
+        );
+    }
     env.remove_pods(vec![pod]).await;
 }

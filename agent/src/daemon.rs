@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> Result<()> {
             .await
             .map_err(|e| Error::Startup(e.to_string()))??
     };
+    let images = Arc::new(images);
     let mut runtime = Runtime::open(
         &config.root,
         &config.state_dir,
@@ -122,12 +123,9 @@ pub async fn run(config: Config) -> Result<()> {
     runtime.set_network(Arc::new(crate::cni::Cni::new(config.cni.clone())));
     runtime.set_rlimits(&config.rlimits);
     // Layers that containers use are never garbage-collected, across restarts too.
-    for (container, layers) in runtime.layers_in_use().await {
-        images.pin_layers(
-            &container,
-            layers.iter().filter_map(|d| d.parse().ok()).collect(),
-        );
-    }
+    runtime
+        .set_leases(Arc::new(StoreLeases(Arc::clone(&images))))
+        .await;
     images.collect_leftovers().await?;
     runtime.release_orphans().await;
     let runtime = Arc::new(runtime);
@@ -139,7 +137,7 @@ pub async fn run(config: Config) -> Result<()> {
     let ctx = Arc::new(server::Context {
         events: server::events::Events::new(config.events.queue),
         config,
-        images: Arc::new(images),
+        images,
         runtime,
         streaming,
     });
@@ -321,5 +319,21 @@ fn notify_systemd(state: &str) {
         .and_then(|sock| sock.send_to(state.as_bytes(), Path::new(&path)));
     if let Err(e) = result {
         tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// The image store as the runtime's layer leases.
+struct StoreLeases(Arc<crate::image::ImageStore>);
+
+impl crate::runtime::LayerLeases for StoreLeases {
+    fn pin(&self, owner: &str, diff_ids: &[String]) {
+        self.0.pin_layers(
+            owner,
+            diff_ids.iter().filter_map(|d| d.parse().ok()).collect(),
+        );
+    }
+
+    fn unpin(&self, owner: &str) {
+        self.0.release_layers(owner);
     }
 }

@@ -60,7 +60,19 @@ pub async fn env_with(config: &str) -> Env {
 /// [`env`] on a daemon the test started itself.
 pub async fn env_on(daemon: Daemon) -> Env {
     let registry = Registry::start().await;
-    let image = ImageBuilder::new()
+    let image = busybox_image();
+    let mut env = Env {
+        registry,
+        node: Node::new(daemon).await,
+        image: String::new(),
+    };
+    env.image = env.publish("ctr/busybox", &image).await;
+    env
+}
+
+/// The test image: busybox, a layer with two files, and one that deletes one of them.
+pub fn busybox_image() -> Image {
+    ImageBuilder::new()
         .layer(busybox_layer(), Compression::Gzip)
         .layer(
             LayerBuilder::new()
@@ -73,14 +85,7 @@ pub async fn env_on(daemon: Daemon) -> Env {
             LayerBuilder::new().whiteout("etc/doomed").finish(),
             Compression::Gzip,
         )
-        .build();
-    let mut env = Env {
-        registry,
-        node: Node::new(daemon).await,
-        image: String::new(),
-    };
-    env.image = env.publish("ctr/busybox", &image).await;
-    env
+        .build()
 }
 
 pub fn pod_config(name: &str) -> PodSandboxConfig {

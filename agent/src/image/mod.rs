@@ -327,6 +327,34 @@ impl ImageStore {
             .remove(owner);
     }
 
+    /// Lets go of what `owner` (a container that was removed) kept, and frees it at once if
+    /// no image has it any more (its image was removed while the container existed).
+    pub fn release_layers(self: &Arc<Self>, owner: &str) {
+        let released = self
+            .pins
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(owner)
+            .unwrap_or_default();
+        let orphaned = {
+            let records = self.records();
+            released.iter().any(|diff_id| {
+                !records
+                    .all()
+                    .iter()
+                    .any(|i| i.layers.iter().any(|l| &l.diff_id == diff_id))
+            })
+        };
+        if orphaned && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let store = self.clone();
+            runtime.spawn(async move {
+                if let Err(e) = store.collect_leftovers().await {
+                    tracing::warn!(error = %e, "freeing the layers of a removed container");
+                }
+            });
+        }
+    }
+
     pub fn layer_meta(&self, diff_id: &Digest) -> Option<layers::LayerMeta> {
         self.layers.meta(diff_id)
     }

@@ -59,6 +59,12 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
             propagation,
             data,
         });
+        if is_bind && m.options.iter().any(|o| o == "rro") {
+            plan.push(Mount::RecursiveReadOnly {
+                root: root.clone(),
+                destination: destination.clone(),
+            });
+        }
         if m.destination == "/dev" && !is_bind {
             plan.push(Mount::PopulateDev {
                 root: root.clone(),
@@ -106,6 +112,8 @@ pub fn mount_options(options: &[String]) -> (Flags, Flags, String) {
     for o in options {
         match o.as_str() {
             "ro" => flags |= Flags::MS_RDONLY,
+            // Recursive read-only: a step of its own after the mount (see `plan`).
+            "rro" => flags |= Flags::MS_RDONLY,
             "rw" => {}
             "nosuid" => flags |= Flags::MS_NOSUID,
             "nodev" => flags |= Flags::MS_NODEV,

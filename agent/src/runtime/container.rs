@@ -42,6 +42,9 @@ pub struct MountSpec {
     pub container_path: String,
     pub host_path: String,
     pub readonly: bool,
+    /// Every mount below the volume read-only too (CRI `recursive_read_only`).
+    #[serde(default)]
+    pub recursive_read_only: bool,
     pub propagation: Propagation,
 }
 
@@ -67,6 +70,10 @@ pub struct ContainerSpec {
     pub run_as_group: Option<i64>,
     pub run_as_username: String,
     pub supplemental_groups: Vec<i64>,
+    /// SupplementalGroupsPolicy Strict: only `supplemental_groups`, none of the groups the
+    /// image's /etc/group gives the user (Merge, the default, adds those).
+    #[serde(default)]
+    pub supplemental_groups_strict: bool,
     pub readonly_rootfs: bool,
     pub no_new_privs: bool,
     pub add_capabilities: Vec<String>,
@@ -258,8 +265,12 @@ pub fn resolve_user(
     if let Some(g) = spec.run_as_group {
         gid = UserPart::from_cri(g).map_err(|e| format!("run_as_group {e}"))?;
     }
-    let mut additional: Vec<u32> = Vec::new();
-    if let Some(name) = &name {
+    // The primary group is one of the process's groups too (as containerd and CRI-O set
+    // them, and as ContainerStatus.user reports them).
+    let mut additional: Vec<u32> = vec![gid];
+    if let Some(name) = &name
+        && !spec.supplemental_groups_strict
+    {
         for e in entries(group) {
             if e.len() >= 4
                 && e[3].split(',').any(|m| m == name)
@@ -487,6 +498,9 @@ pub fn runtime_spec(
         if m.readonly {
             options.push("ro".into());
         }
+        if m.recursive_read_only {
+            options.push("rro".into());
+        }
         options.push(match m.propagation {
             Propagation::Private => "rprivate".into(),
             Propagation::HostToContainer => "rslave".into(),
@@ -605,7 +619,7 @@ mod tests {
         let u = resolve_user(&s, "app", passwd, group).unwrap();
         assert_eq!(
             (u.uid, u.gid, u.additional_gids.clone()),
-            (1000, 1001, vec![2000])
+            (1000, 1001, vec![1001, 2000])
         );
         let u = resolve_user(&s, "1000:extra", passwd, group).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 2000));
@@ -613,7 +627,16 @@ mod tests {
         s.run_as_group = Some(7);
         s.supplemental_groups = vec![9];
         let u = resolve_user(&s, "app", passwd, group).unwrap();
-        assert_eq!((u.uid, u.gid, u.additional_gids), (4242, 7, vec![9]));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (4242, 7, vec![7, 9]));
+        // Merge (the default) adds the image's groups of the user; Strict does not.
+        s.run_as_user = Some(1000);
+        s.run_as_group = None;
+        s.supplemental_groups = vec![1234];
+        let merged = resolve_user(&s, "", passwd, group).unwrap();
+        assert_eq!(merged.additional_gids, [1001, 1234, 2000]);
+        s.supplemental_groups_strict = true;
+        let strict = resolve_user(&s, "", passwd, group).unwrap();
+        assert_eq!(strict.additional_gids, [1001, 1234]);
         let s = ContainerSpec {
             run_as_username: "nobody".into(),
             ..Default::default()

@@ -257,6 +257,13 @@ impl Runtime {
             )?;
         }
         let pid_target = self.pid_target(&spec, &sandbox.id).await?;
+        // The image's layers are kept from before the container exists, so that removing
+        // the image cannot race its creation.
+        let claim = format!(
+            "creating-{}",
+            super::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?
+        );
+        let _claim = super::leases::Claim::take(&self.leases, claim, &image.diff_ids);
         // The name is reserved under the lock; the container is built without it (up to the
         // init's start-up timeout), so that no other call waits for a slow create.
         let _reserved = {
@@ -332,6 +339,9 @@ impl Runtime {
                 )))
             }
             Ok(c) => {
+                if let Some(leases) = &self.leases {
+                    leases.pin(&id, &c.diff_ids);
+                }
                 self.containers.lock().await.insert(id, c.clone());
                 Ok(c)
             }
@@ -652,6 +662,9 @@ impl Runtime {
         state::remove_record_dir(&dir).map_err(io_err("cannot remove", &dir))?;
         self.usage.forget(&self.container_layout(&c.id).upper());
         self.containers.lock().await.remove(&c.id);
+        if let Some(leases) = &self.leases {
+            leases.unpin(&c.id);
+        }
         Ok(())
     }
 

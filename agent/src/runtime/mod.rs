@@ -3,9 +3,11 @@
 
 pub mod container;
 mod containers;
+mod leases;
 pub mod sandbox;
 mod usage;
 
+pub use leases::LayerLeases;
 pub use usage::Usage;
 
 use std::{
@@ -124,6 +126,8 @@ pub struct Runtime {
     orphan_units: std::sync::Mutex<Vec<String>>,
     /// Disk use of read-write layers, counted off the async workers and cached.
     usage: usage::UsageCache,
+    /// The image store's leases on the layers containers are made of.
+    leases: Option<std::sync::Arc<dyn LayerLeases>>,
 }
 
 impl Runtime {
@@ -236,6 +240,7 @@ impl Runtime {
             systemd: None,
             orphan_units: std::sync::Mutex::new(orphan_units),
             usage: usage::UsageCache::default(),
+            leases: None,
         };
         runtime.reconcile_containers();
         Ok(runtime)
@@ -433,14 +438,19 @@ impl Runtime {
                     .map_err(io_err("cannot write", &path))
             );
         }
+        // The pod's resources are recorded, not enforced: the kubelet fills them from the
+        // containers that declare limits and enforces pod limits itself, on the pod cgroup
+        // it gives as the parent. Capping this cgroup too would cap an unlimited container
+        // at its neighbours' sum (containerd and CRI-O pass them on, and enforce nothing).
+        let unenforced = cgroup::Resources::default();
         if let (Some(systemd), Some(unit)) =
             (&self.systemd, cgroup::systemd::unit_of(&sandbox.cgroup))
         {
-            attempt!(systemd.start_slice(unit, &sandbox.spec.resources).await);
+            attempt!(systemd.start_slice(unit, &unenforced).await);
         }
         // Also with systemd: the controllers it leaves alone (cpuset, freezer on v1).
         let cgroup = attempt!(self.cgroups.create(&sandbox.cgroup));
-        attempt!(cgroup.set(&sandbox.spec.resources));
+        attempt!(cgroup.set(&unenforced));
 
         // A host-network pod shares the node's network and UTS namespaces.
         let mut kinds = Vec::new();
@@ -588,6 +598,15 @@ impl Runtime {
         Ok(out)
     }
 
+    /// Leases the layers of containers from `leases` from now on, beginning with those of
+    /// the containers that exist (so that a restart collects none of them).
+    pub async fn set_leases(&mut self, leases: std::sync::Arc<dyn LayerLeases>) {
+        for c in self.containers.lock().await.values() {
+            leases.pin(&c.id, &c.diff_ids);
+        }
+        self.leases = Some(leases);
+    }
+
     /// Uses the systemd cgroup driver from now on (before anything is created).
     pub fn set_systemd(&mut self, systemd: std::sync::Arc<cgroup::systemd::Systemd>) {
         self.systemd = Some(systemd);
@@ -637,15 +656,6 @@ impl Runtime {
             tracing::warn!(error = %e, "cannot remove a pod cgroup");
         }
         let _ = std::fs::remove_dir_all(self.sandbox_dir(&sandbox.id));
-    }
-
-    /// Layers each container uses, to keep them from image garbage collection.
-    pub async fn layers_in_use(&self) -> Vec<(String, Vec<String>)> {
-        let containers = self.containers.lock().await;
-        containers
-            .values()
-            .map(|c| (c.id.clone(), c.diff_ids.clone()))
-            .collect()
     }
 
     /// Stops a pod: its containers are killed and its namespaces released. Idempotent.

@@ -119,6 +119,9 @@ pub enum Mount {
     },
     /// After the pivot: the rootfs remounted read-only.
     RootReadOnly,
+    /// The mount at `destination` (inside `root`) and every mount below it made read-only
+    /// (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`): a recursive read-only volume.
+    RecursiveReadOnly { root: PathBuf, destination: PathBuf },
 }
 
 impl Mount {
@@ -141,6 +144,9 @@ impl Mount {
             Mount::ReadOnly(p) => format!("making {} read-only", p.display()),
             Mount::Device { path, .. } => format!("making device {}", path.display()),
             Mount::RootReadOnly => "making the rootfs read-only".into(),
+            Mount::RecursiveReadOnly { destination, .. } => {
+                format!("making {} recursively read-only", destination.display())
+            }
         }
     }
 }
@@ -148,6 +154,11 @@ impl Mount {
 /// Carries out one operation of a rootfs plan.
 pub fn apply(m: &Mount) -> io::Result<()> {
     match m {
+        Mount::RecursiveReadOnly { root, destination } => {
+            let rootdir = RootDir::open_crossing_mounts(root)?;
+            let mounted = resolve(&rootdir, destination)?;
+            set_read_only_recursively(&mounted)
+        }
         Mount::SlaveAll => mount(
             None::<&str>,
             "/",
@@ -466,4 +477,56 @@ pub fn bind(source: &Path, target: &Path) -> io::Result<()> {
         None::<&str>,
     )
     .map_err(io::Error::from)
+}
+
+/// Makes the mount `fd` names, and every mount below it, read-only.
+#[allow(unsafe_code)] // mount_setattr(2), which neither nix nor rustix wraps
+fn set_read_only_recursively(fd: &OwnedFd) -> io::Result<()> {
+    let attr = libc::mount_attr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: the descriptor is open, the path is a NUL-terminated empty string, and
+    // `attr` is a valid mount_attr whose size is passed with it; the kernel only reads it.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether this kernel has mount_setattr(2) (5.12 and later), which recursive read-only
+/// mounts need.
+pub fn recursive_read_only_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(probe_mount_setattr)
+}
+
+#[allow(unsafe_code)] // mount_setattr(2), probed with a descriptor that is never valid
+fn probe_mount_setattr() -> bool {
+    // SAFETY: an invalid descriptor and null arguments: the kernel fails the call (EBADF or
+    // EINVAL where it has it, ENOSYS where not) without touching memory.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            std::ptr::null::<libc::c_char>(),
+            0,
+            std::ptr::null::<libc::mount_attr>(),
+            0usize,
+        )
+    };
+    rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
 }

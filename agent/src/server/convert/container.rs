@@ -36,6 +36,21 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
             "oom_score_adj {adj} is outside -1000..1000"
         )));
     }
+    // CRI: a recursive read-only mount is read-only and private, or refused.
+    for m in config.mounts.iter().filter(|m| m.recursive_read_only) {
+        if !m.readonly {
+            return Err(Status::invalid_argument(format!(
+                "mount of {}: recursive_read_only needs readonly",
+                m.host_path
+            )));
+        }
+        if m.propagation != cri::MountPropagation::PropagationPrivate as i32 {
+            return Err(Status::invalid_argument(format!(
+                "mount of {}: recursive_read_only needs private propagation",
+                m.host_path
+            )));
+        }
+    }
     if image.is_empty() {
         return Err(Status::invalid_argument("container config names no image"));
     }
@@ -76,6 +91,7 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
                 container_path: m.container_path,
                 host_path: m.host_path,
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: match cri::MountPropagation::try_from(m.propagation) {
                     Ok(cri::MountPropagation::PropagationHostToContainer) => {
                         Propagation::HostToContainer
@@ -95,6 +111,8 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         run_as_group: security.run_as_group.map(|v| v.value),
         run_as_username: security.run_as_username,
         supplemental_groups: security.supplemental_groups,
+        supplemental_groups_strict: security.supplemental_groups_policy
+            == cri::SupplementalGroupsPolicy::Strict as i32,
         readonly_rootfs: security.readonly_rootfs,
         no_new_privs: security.no_new_privs,
         add_capabilities: caps.add_capabilities,
@@ -225,6 +243,7 @@ pub fn cri_status(c: &Container) -> cri::ContainerStatus {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.clone(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: match m.propagation {
                     Propagation::Private => cri::MountPropagation::PropagationPrivate,
                     Propagation::HostToContainer => {

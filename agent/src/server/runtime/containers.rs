@@ -22,24 +22,10 @@ pub(super) async fn create_container(
         .ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
     let spec = container_convert::container_spec(config)?;
     let image = container_convert::image_root(ctx, &spec.image)?;
-    // Held from before the container exists, so image removal cannot race its creation.
-    let claim = format!(
-        "creating-{}",
-        crate::runtime::new_id().map_err(|e| Status::internal(e.to_string()))?
-    );
-    let diff_ids: Vec<crate::image::Digest> = image
-        .diff_ids
-        .iter()
-        .filter_map(|d| d.parse().ok())
-        .collect();
-    ctx.images.pin_layers(&claim, diff_ids.clone());
-    let created = ctx
+    let container = ctx
         .runtime
         .create_container(&request.pod_sandbox_id, spec, image)
-        .await;
-    ctx.images.unpin_layers(&claim);
-    let container = created?;
-    ctx.images.pin_layers(&container.id, diff_ids);
+        .await?;
     tracing::info!(container_id = %container.id, pod_id = %container.pod_id, image = %container.spec.image, name = %container.spec.name, "container created");
     let subject = Subject::Container {
         id: &container.id,
@@ -93,13 +79,23 @@ pub(super) async fn stop_container(
     request: Request<cri::StopContainerRequest>,
 ) -> Result<Response<cri::StopContainerResponse>, Status> {
     let request = request.into_inner();
-    let c = ctx
+    if request.container_id.is_empty() {
+        return Err(Status::invalid_argument("container id is empty"));
+    }
+    let stopped = ctx
         .runtime
         .stop_container(
             &request.container_id,
             container_convert::stop_timeout(request.timeout),
         )
-        .await?;
+        .await;
+    // Stopping a container that is not there succeeds (CRI: stop is idempotent).
+    let c = match stopped {
+        Err(crate::runtime::Error::ContainerNotFound(_)) => {
+            return Ok(Response::new(cri::StopContainerResponse {}));
+        }
+        other => other?,
+    };
     tracing::info!(container_id = %c.id, pod_id = %c.pod_id, exit_code = c.exit_code, "container stopped");
     let subject = Subject::Container {
         id: &c.id,
@@ -121,7 +117,6 @@ pub(super) async fn remove_container(
     let found = ctx.runtime.container(&id).await.ok();
     ctx.runtime.remove_container(&id).await?;
     if let Some(c) = found {
-        ctx.images.unpin_layers(&c.id);
         tracing::info!(container_id = %c.id, pod_id = %c.pod_id, "container removed");
         let subject = Subject::Container {
             id: &c.id,

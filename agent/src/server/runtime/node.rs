@@ -65,12 +65,12 @@ pub(super) async fn status(
         runtime_handlers: vec![RuntimeHandler {
             name: String::new(),
             features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: crate::sys::mount::recursive_read_only_supported(),
                 user_namespaces: false,
             }),
         }],
         features: Some(RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
             user_namespaces_host_network: false,
         }),
     }))

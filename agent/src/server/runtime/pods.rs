@@ -39,9 +39,30 @@ pub(super) async fn stop_pod_sandbox(
     request: Request<cri::StopPodSandboxRequest>,
 ) -> Result<Response<cri::StopPodSandboxResponse>, Status> {
     let id = request.into_inner().pod_sandbox_id;
+    if id.is_empty() {
+        return Err(Status::invalid_argument("pod sandbox id is empty"));
+    }
     let before = pod_containers(ctx, &id).await;
-    ctx.runtime.stop_pod(&id).await?;
-    let pod_id = ctx.runtime.pod(&id).await?.id;
+    // Stopping a pod that is not there succeeds (CRI: stop is idempotent; the kubelet stops
+    // pods it no longer finds).
+    let stopped = match ctx.runtime.stop_pod(&id).await {
+        Err(crate::runtime::Error::SandboxNotFound(_)) => None,
+        other => Some(other),
+    };
+    let pod_id = match stopped {
+        None => return Ok(Response::new(cri::StopPodSandboxResponse {})),
+        Some(result) => {
+            result?;
+            match ctx.runtime.pod(&id).await {
+                Ok(pod) => pod.id,
+                // Removed meanwhile: stopped all the same.
+                Err(crate::runtime::Error::SandboxNotFound(_)) => {
+                    return Ok(Response::new(cri::StopPodSandboxResponse {}));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
     tracing::info!(pod_id = %pod_id, "pod sandbox stopped");
     for (c, state) in &before {
         if *state == ContainerState::Running {
@@ -145,11 +166,25 @@ pub(super) async fn pod_sandbox_status(
         });
         info.insert("info".to_string(), details.to_string());
     }
+    // The pod's containers too: the kubelet's evented PLEG reads them from here (with the
+    // timestamp) instead of listing containers.
+    let timestamp = crate::clock::now_nanos();
+    let filter = ContainerFilter {
+        pod_id: Some(sandbox.id.clone()),
+        ..Default::default()
+    };
+    let containers_statuses = ctx
+        .runtime
+        .containers(&filter)
+        .await
+        .iter()
+        .map(crate::server::convert::container::cri_status)
+        .collect();
     Ok(Response::new(cri::PodSandboxStatusResponse {
         status: Some(cri_pod_status(&sandbox)),
         info,
-        containers_statuses: vec![],
-        timestamp: crate::clock::now_nanos(),
+        containers_statuses,
+        timestamp,
     }))
 }
 
