@@ -2134,3 +2134,128 @@ async fn supplemental_groups_merge_or_stay_strict() {
     }
     env.remove_pods(vec![pod]).await;
 }
+
+/// A container's own stop signal (CRI `stop_signal`, KEP-4960) replaces the image's and is
+/// what StopContainer sends; ContainerStatus reports it. The Stream* list calls answer as
+/// the List calls. And on this host, which has no AppArmor, a container asking for an
+/// AppArmor profile is refused rather than run unconfined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_signals_apparmor_and_streamed_lists() {
+    let mut env = env().await;
+    let image = env.image.clone();
+    let pod = env.pod("signals").await;
+    let mut config = container_config(
+        "usr1",
+        &image,
+        "trap 'echo got-usr1; exit 7' USR1; echo ready; while :; do sleep 1; done",
+    );
+    config.stop_signal = cri::Signal::Sigusr1 as i32;
+    let id = env.create(&pod, config).await.unwrap();
+    env.start(&id).await;
+    assert_eq!(
+        env.status(&id).await.stop_signal,
+        cri::Signal::Sigusr1 as i32
+    );
+    env.rt
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 10,
+        })
+        .await
+        .unwrap();
+    let st = env.wait_exit(&id).await;
+    assert_eq!(st.exit_code, 7, "stopped by {st:?}");
+    assert_eq!(common::cri::stdout_lines(&st), ["ready", "got-usr1"]);
+
+    // Without one, the runtime's default: SIGTERM.
+    let plain = env
+        .create(&pod, container_config("plain", &image, "exec sleep 1000"))
+        .await
+        .unwrap();
+    assert_eq!(
+        env.status(&plain).await.stop_signal,
+        cri::Signal::RuntimeDefault as i32
+    );
+    env.start(&plain).await;
+
+    // The Stream* list calls (Kubernetes 1.36) answer as the List calls do.
+    let mut listed = Vec::new();
+    let mut stream = env
+        .rt
+        .stream_containers(cri::StreamContainersRequest {
+            filter: Some(cri::ContainerFilter {
+                pod_sandbox_id: pod.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(message) = stream.message().await.unwrap() {
+        listed.extend(message.containers.into_iter().map(|c| c.id));
+    }
+    listed.sort();
+    let mut expected = vec![id.clone(), plain.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+    let mut stats = env
+        .rt
+        .stream_container_stats(cri::StreamContainerStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let message = stats
+        .message()
+        .await
+        .unwrap()
+        .expect("stats of the running one");
+    assert_eq!(message.container_stats.len(), 1);
+    assert_eq!(
+        message.container_stats[0].attributes.as_ref().unwrap().id,
+        plain
+    );
+    let mut pods = env
+        .rt
+        .stream_pod_sandbox_stats(cri::StreamPodSandboxStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let message = pods.message().await.unwrap().expect("stats of the pod");
+    assert_eq!(message.pod_sandbox_stats.len(), 1);
+    let mut metrics = env
+        .rt
+        .stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let message = metrics
+        .message()
+        .await
+        .unwrap()
+        .expect("metrics of the pod");
+    assert_eq!(message.pod_sandbox_metrics.len(), 1);
+    assert_eq!(message.pod_sandbox_metrics[0].pod_sandbox_id, pod);
+
+    let host_has_apparmor = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+        .is_ok_and(|v| v.trim() == "Y");
+    let mut confined = container_config("confined", &image, "exec sleep 1000");
+    confined.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::RuntimeDefault as i32,
+                localhost_ref: String::new(),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let created = env.create(&pod, confined).await;
+    if host_has_apparmor {
+        created.expect("a host with AppArmor takes its runtime default profile");
+    } else {
+        let err = created.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains("AppArmor"), "{err:?}");
+    }
+    env.remove_pods(vec![pod]).await;
+}

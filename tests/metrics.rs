@@ -161,7 +161,10 @@ async fn the_metrics_page_follows_the_node() {
     // mint a series per path.
     let unanswered = env
         .rt
-        .stream_pod_sandbox_metrics(cri::StreamPodSandboxMetricsRequest {})
+        .checkpoint_container(cri::CheckpointContainerRequest {
+            container_id: sleeper.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(unanswered.code(), tonic::Code::Unimplemented);
@@ -212,7 +215,7 @@ async fn the_metrics_page_follows_the_node() {
     assert_eq!(v("strata_grpc_requests_total", &not_found), 1.0);
     let other = [("method", "other"), ("code", "Unimplemented")];
     assert_eq!(v("strata_grpc_requests_total", &other), 1.0);
-    assert!(!body.contains("StreamPodSandboxMetrics"), "{body}");
+    assert!(!body.contains("CheckpointContainer"), "{body}");
     let create = [("method", "/runtime.v1.RuntimeService/CreateContainer")];
     assert_eq!(
         v("strata_grpc_request_duration_seconds_count", &create),

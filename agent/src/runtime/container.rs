@@ -70,6 +70,10 @@ pub struct ContainerSpec {
     pub run_as_group: Option<i64>,
     pub run_as_username: String,
     pub supplemental_groups: Vec<i64>,
+    /// The signal that stops the container (`SIGUSR1`), in place of the image's; empty:
+    /// the image's, or SIGTERM.
+    #[serde(default)]
+    pub stop_signal: String,
     /// SupplementalGroupsPolicy Strict: only `supplemental_groups`, none of the groups the
     /// image's /etc/group gives the user (Merge, the default, adds those).
     #[serde(default)]
@@ -578,8 +582,68 @@ pub fn runtime_spec(
     })
 }
 
+/// The number of a signal named as an image's STOPSIGNAL or the CRI names it: `SIGUSR1`,
+/// `USR1`, `10`, `SIGRTMIN+3`, `SIGRTMINPLUS3`, `SIGRTMAXMINUS2`. `None` for anything else.
+pub fn signal_number(name: &str) -> Option<i32> {
+    let name = name.trim();
+    if let Ok(n) = name.parse::<i32>() {
+        return (1..=64).contains(&n).then_some(n);
+    }
+    let upper = name.to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    // The kernel's real-time range: 34..=64 (glibc keeps 32 and 33 for itself).
+    let (rtmin, rtmax) = (34, 64);
+    let offset = |rest: &str| rest.parse::<i32>().ok().filter(|n| (0..=30).contains(n));
+    let n = if bare == "RTMIN" {
+        rtmin
+    } else if bare == "RTMAX" {
+        rtmax
+    } else if let Some(rest) = bare
+        .strip_prefix("RTMIN+")
+        .or_else(|| bare.strip_prefix("RTMINPLUS"))
+    {
+        rtmin + offset(rest)?
+    } else if let Some(rest) = bare
+        .strip_prefix("RTMAX-")
+        .or_else(|| bare.strip_prefix("RTMAXMINUS"))
+    {
+        rtmax - offset(rest)?
+    } else {
+        let full = format!("SIG{bare}");
+        let full = match full.as_str() {
+            "SIGCLD" => "SIGCHLD",
+            "SIGPOLL" => "SIGIO",
+            other => other,
+        };
+        full.parse::<nix::sys::signal::Signal>().ok()? as i32
+    };
+    Some(n)
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn signals_are_named_every_way_images_and_the_cri_name_them() {
+        for (name, n) in [
+            ("SIGUSR1", 10),
+            ("usr1", 10),
+            ("10", 10),
+            ("SIGTERM", 15),
+            ("SIGCLD", 17),
+            ("SIGPOLL", 29),
+            ("SIGRTMIN", 34),
+            ("SIGRTMIN+3", 37),
+            ("SIGRTMINPLUS3", 37),
+            ("SIGRTMAXMINUS2", 62),
+            ("SIGRTMAX", 64),
+        ] {
+            assert_eq!(signal_number(name), Some(n), "{name}");
+        }
+        for bad in ["", "SIGNOPE", "0", "65", "SIGRTMIN+31", "-9"] {
+            assert_eq!(signal_number(bad), None, "{bad}");
+        }
+    }
     use super::*;
 
     fn image() -> ImageRoot {

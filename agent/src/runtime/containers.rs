@@ -317,7 +317,11 @@ impl Runtime {
             pid: None,
             monitor: None,
             log_path,
-            stop_signal: image.stop_signal.clone(),
+            stop_signal: if spec.stop_signal.is_empty() {
+                image.stop_signal.clone()
+            } else {
+                spec.stop_signal.clone()
+            },
             user,
             spec,
         };
@@ -907,17 +911,9 @@ fn watch_monitor(monitor: Option<(u32, u64)>) -> Option<Watched> {
 use std::os::unix::fs::OpenOptionsExt as _;
 
 fn stop_signal(name: &str) -> rustix::process::Signal {
-    use rustix::process::Signal;
-    match name.trim_start_matches("SIG").to_ascii_uppercase().as_str() {
-        "INT" | "2" => Signal::INT,
-        "QUIT" | "3" => Signal::QUIT,
-        "KILL" | "9" => Signal::KILL,
-        "HUP" | "1" => Signal::HUP,
-        "USR1" | "10" => Signal::USR1,
-        "USR2" | "12" => Signal::USR2,
-        "WINCH" | "28" => Signal::WINCH,
-        _ => Signal::TERM,
-    }
+    container::signal_number(name)
+        .and_then(rustix::process::Signal::from_named_raw)
+        .unwrap_or(rustix::process::Signal::TERM)
 }
 
 /// Signals the container's init through a pidfd, so a recycled pid is never hit: the

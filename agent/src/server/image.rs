@@ -73,16 +73,9 @@ impl ImageService for Images {
             .await?
             .into_inner()
             .images;
-        // Each message well under the 16 MiB message limit, and never an empty one.
-        let messages: Vec<Result<cri::StreamImagesResponse, Status>> = listed
-            .chunks(STREAM_CHUNK)
-            .map(|chunk| {
-                Ok(cri::StreamImagesResponse {
-                    images: chunk.to_vec(),
-                })
-            })
-            .collect();
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+        Ok(Response::new(super::chunked(listed, |images| {
+            cri::StreamImagesResponse { images }
+        })))
     }
 
     async fn image_status(
@@ -166,6 +159,3 @@ impl ImageService for Images {
         }))
     }
 }
-
-/// Images per message of a streamed list.
-const STREAM_CHUNK: usize = 500;

@@ -36,6 +36,22 @@ const MAX_MESSAGE: usize = strata_api::MAX_MESSAGE_SIZE;
 pub(crate) type BoxStream<T> =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, tonic::Status>> + Send>>;
 
+/// How many items one message of a Stream* list call carries: each message stays well
+/// under the 16 MiB limit, and the list as a whole has none.
+const STREAM_CHUNK: usize = 500;
+
+/// A list as the Stream* calls send it: `wrap`ped chunks, never an empty message.
+pub(crate) fn chunked<T: Clone, M: Send + 'static>(
+    items: Vec<T>,
+    wrap: impl Fn(Vec<T>) -> M,
+) -> BoxStream<M> {
+    let messages: Vec<Result<M, tonic::Status>> = items
+        .chunks(STREAM_CHUNK)
+        .map(|chunk| Ok(wrap(chunk.to_vec())))
+        .collect();
+    Box::pin(tokio_stream::iter(messages))
+}
+
 /// Everything the handlers share.
 pub struct Context {
     pub config: Config,

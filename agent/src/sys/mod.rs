@@ -46,3 +46,12 @@ pub fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
 }
 
 pub use walk::disk_usage;
+
+/// Whether the kernel has AppArmor enabled (`/sys/module/apparmor/parameters/enabled`).
+pub fn apparmor_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        std::fs::read_to_string("/sys/module/apparmor/parameters/enabled")
+            .is_ok_and(|v| v.trim() == "Y")
+    })
+}

@@ -63,6 +63,14 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
             "PID namespace mode TARGET needs a target_id",
         ));
     }
+    // Older kubelets still send the deprecated string form.
+    #[allow(deprecated)]
+    let apparmor_profile = &security.apparmor_profile;
+    check_apparmor(
+        security.apparmor.as_ref(),
+        apparmor_profile,
+        crate::sys::apparmor_enabled(),
+    )?;
     Ok(ContainerSpec {
         name: metadata.name,
         attempt: metadata.attempt,
@@ -111,6 +119,16 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         run_as_group: security.run_as_group.map(|v| v.value),
         run_as_username: security.run_as_username,
         supplemental_groups: security.supplemental_groups,
+        stop_signal: match cri::Signal::try_from(config.stop_signal) {
+            Ok(cri::Signal::RuntimeDefault) => String::new(),
+            Ok(signal) => signal.as_str_name().to_string(),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "stop_signal {} is not a signal",
+                    config.stop_signal
+                )));
+            }
+        },
         supplemental_groups_strict: security.supplemental_groups_policy
             == cri::SupplementalGroupsPolicy::Strict as i32,
         readonly_rootfs: security.readonly_rootfs,
@@ -134,6 +152,35 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         stdin_once: config.stdin_once,
         tty: config.tty,
     })
+}
+
+/// An AppArmor profile is never dropped in silence: on a host without AppArmor, any
+/// profile but unconfined is refused (as containerd does), rather than the container
+/// running unconfined while the kubelet believes it confined.
+fn check_apparmor(
+    profile: Option<&cri::SecurityProfile>,
+    deprecated: &str,
+    host_has_apparmor: bool,
+) -> Result<(), Status> {
+    if host_has_apparmor {
+        return Ok(());
+    }
+    let asked = match profile {
+        Some(p) if p.profile_type != cri::security_profile::ProfileType::Unconfined as i32 => {
+            match cri::security_profile::ProfileType::try_from(p.profile_type) {
+                Ok(cri::security_profile::ProfileType::Localhost) => {
+                    format!("localhost/{}", p.localhost_ref)
+                }
+                _ => "runtime/default".to_string(),
+            }
+        }
+        Some(_) => return Ok(()),
+        None if !deprecated.is_empty() && deprecated != "unconfined" => deprecated.to_string(),
+        None => return Ok(()),
+    };
+    Err(Status::invalid_argument(format!(
+        "AppArmor profile {asked:?}: AppArmor is not enabled on this host (only unconfined runs here)"
+    )))
 }
 
 /// The container's seccomp profile: the `seccomp` field when set, else the deprecated
@@ -269,8 +316,24 @@ pub fn cri_status(c: &Container) -> cri::ContainerStatus {
                     .collect(),
             }),
         }),
-        stop_signal: 0,
+        stop_signal: cri_signal(&c.stop_signal) as i32,
     }
+}
+
+/// The CRI's name of the signal that stops a container (RUNTIME_DEFAULT: SIGTERM).
+fn cri_signal(name: &str) -> cri::Signal {
+    crate::runtime::container::signal_number(name)
+        .and_then(|n| match n {
+            34 => Some("SIGRTMIN".to_string()),
+            64 => Some("SIGRTMAX".to_string()),
+            35..=49 => Some(format!("SIGRTMINPLUS{}", n - 34)),
+            50..=63 => Some(format!("SIGRTMAXMINUS{}", 64 - n)),
+            n => nix::sys::signal::Signal::try_from(n)
+                .ok()
+                .map(|s| s.as_str().to_string()),
+        })
+        .and_then(|name| cri::Signal::from_str_name(&name))
+        .unwrap_or(cri::Signal::RuntimeDefault)
 }
 
 pub fn verbose_info(c: &Container) -> HashMap<String, String> {
@@ -399,5 +462,38 @@ pub async fn pod_stats(
             io: None,
         }),
         windows: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apparmor_profiles_are_refused_where_the_host_has_no_apparmor() {
+        use cri::security_profile::ProfileType as T;
+        let profile = |t: T, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        for (p, deprecated) in [
+            (Some(profile(T::RuntimeDefault, "")), ""),
+            (Some(profile(T::Localhost, "my-profile")), ""),
+            (None, "runtime/default"),
+            (None, "localhost/other"),
+        ] {
+            let err = check_apparmor(p.as_ref(), deprecated, false).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument);
+            assert!(err.message().contains("AppArmor is not enabled"), "{err:?}");
+            // A host with AppArmor takes it.
+            assert!(check_apparmor(p.as_ref(), deprecated, true).is_ok());
+        }
+        for (p, deprecated) in [
+            (Some(profile(T::Unconfined, "")), ""),
+            (None, "unconfined"),
+            (None, ""),
+        ] {
+            assert!(check_apparmor(p.as_ref(), deprecated, false).is_ok());
+        }
     }
 }

@@ -18,9 +18,6 @@ use tonic::{Request, Response, Status};
 
 use super::{BoxStream, Context};
 
-/// Pods per message of a streamed list.
-const STREAM_CHUNK: usize = 500;
-
 /// The CRI API version the kubelet asks about; the only one there is.
 const KUBE_API_VERSION: &str = "0.1.0";
 pub const RUNTIME_NAME: &str = "strata";
@@ -129,6 +126,73 @@ impl RuntimeService for Runtime {
         request: Request<cri::StreamPodSandboxesRequest>,
     ) -> Result<Response<BoxStream<cri::StreamPodSandboxesResponse>>, Status> {
         pods::stream_pod_sandboxes(&self.ctx, request).await
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<cri::StreamContainersRequest>,
+    ) -> Result<Response<BoxStream<cri::StreamContainersResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let listed = containers::list_containers(
+            &self.ctx,
+            Request::new(cri::ListContainersRequest { filter }),
+        )
+        .await?
+        .into_inner()
+        .containers;
+        Ok(Response::new(crate::server::chunked(
+            listed,
+            |containers| cri::StreamContainersResponse { containers },
+        )))
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<cri::StreamContainerStatsRequest>,
+    ) -> Result<Response<BoxStream<cri::StreamContainerStatsResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let listed = stats::list_container_stats(
+            &self.ctx,
+            Request::new(cri::ListContainerStatsRequest { filter }),
+        )
+        .await?
+        .into_inner()
+        .stats;
+        Ok(Response::new(crate::server::chunked(
+            listed,
+            |container_stats| cri::StreamContainerStatsResponse { container_stats },
+        )))
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<cri::StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<BoxStream<cri::StreamPodSandboxStatsResponse>>, Status> {
+        let filter = request.into_inner().filter;
+        let listed = stats::list_pod_sandbox_stats(
+            &self.ctx,
+            Request::new(cri::ListPodSandboxStatsRequest { filter }),
+        )
+        .await?
+        .into_inner()
+        .stats;
+        Ok(Response::new(crate::server::chunked(
+            listed,
+            |pod_sandbox_stats| cri::StreamPodSandboxStatsResponse { pod_sandbox_stats },
+        )))
+    }
+
+    async fn stream_pod_sandbox_metrics(
+        &self,
+        _request: Request<cri::StreamPodSandboxMetricsRequest>,
+    ) -> Result<Response<BoxStream<cri::StreamPodSandboxMetricsResponse>>, Status> {
+        let listed = crate::server::metrics::pod_metrics(&self.ctx).await;
+        Ok(Response::new(crate::server::chunked(
+            listed,
+            |pod_sandbox_metrics| cri::StreamPodSandboxMetricsResponse {
+                pod_sandbox_metrics,
+            },
+        )))
     }
 
     async fn create_container(

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use strata_api::cri::{self, ContainerEventType};
 use tonic::{Request, Response, Status};
 
-use super::{BoxStream, STREAM_CHUNK};
+use super::BoxStream;
 use crate::runtime::{ContainerFilter, container::ContainerState};
 use crate::server::{
     Context,
@@ -215,13 +215,8 @@ pub(super) async fn stream_pod_sandboxes(
         .iter()
         .map(cri_pod)
         .collect();
-    let messages: Vec<Result<cri::StreamPodSandboxesResponse, Status>> = pods
-        .chunks(STREAM_CHUNK)
-        .map(|chunk| {
-            Ok(cri::StreamPodSandboxesResponse {
-                pod_sandboxes: chunk.to_vec(),
-            })
-        })
-        .collect();
-    Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+    Ok(Response::new(crate::server::chunked(
+        pods,
+        |pod_sandboxes| cri::StreamPodSandboxesResponse { pod_sandboxes },
+    )))
 }
