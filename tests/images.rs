@@ -1652,12 +1652,7 @@ async fn check_finds_and_repairs_what_is_wrong_with_the_store() {
 /// The value of the first series of `family` on the metrics page at `port` whose line
 /// holds every one of `parts`, if any.
 fn metric(port: u16, family: &str, parts: &[&str]) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics page");
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let mut page = String::new();
-    conn.read_to_string(&mut page).unwrap();
+    let (_, _, page) = common::http_get(port, "/metrics");
     page.lines()
         .filter(|l| l.starts_with(family) && parts.iter().all(|p| l.contains(p)))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())

@@ -6,37 +6,12 @@ mod common;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    io::{Read as _, Write as _},
     process::Command,
     time::Duration,
 };
 
 use common::cri::{container_config, env_with, memory_hog};
 use strata_api::cri;
-
-/// GET `path` from `port`: the status line, the content type and the body.
-fn get(port: u16, path: &str) -> (String, String, String) {
-    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    let status = head.lines().next().unwrap().to_string();
-    let kind = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type: ")
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    (status, kind, body.to_string())
-}
 
 /// A parsed exposition: families with their type and help, and samples by name and labels.
 #[derive(Debug, Default)]
@@ -171,7 +146,7 @@ async fn the_metrics_page_follows_the_node() {
     // The exit events (and their counts) follow the exits; give them a moment.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let (status, kind, body) = get(port, "/metrics");
+    let (status, kind, body) = common::http_get(port, "/metrics");
     assert_eq!(status, "HTTP/1.1 200 OK");
     assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
     let scrape = Scrape::parse(&body);
@@ -247,7 +222,7 @@ async fn the_metrics_page_follows_the_node() {
     assert!(v("strata_process_open_fds", &[]) >= 3.0);
 
     // Anything else on the port is not found; the page is only read.
-    assert!(get(port, "/").0.contains("404"));
+    assert!(common::http_get(port, "/").0.contains("404"));
 
     // CRI: the descriptors, and the pod's metrics under their names.
     let descriptors = env

@@ -75,9 +75,10 @@ pub fn call(method: &str, code: &str, took: Duration) {
 
 impl Calls {
     fn count(&mut self, method: &str, code: &str, took: Duration) {
-        let method = match self.latency.contains_key(method) || self.latency.len() < MAX_METHODS {
-            true => method,
-            false => "other",
+        let method = if self.latency.contains_key(method) || self.latency.len() < MAX_METHODS {
+            method
+        } else {
+            "other"
         };
         *self
             .total

@@ -775,3 +775,30 @@ pub fn image_spec(image: &str) -> Option<strata_api::cri::ImageSpec> {
         ..Default::default()
     })
 }
+
+/// GET `path` from a server on 127.0.0.1:`port` (the metrics page): its status line,
+/// content type and body.
+pub fn http_get(port: u16, path: &str) -> (String, String, String) {
+    use std::io::{Read, Write};
+
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status = head.lines().next().unwrap().to_string();
+    let kind = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (status, kind, body.to_string())
+}

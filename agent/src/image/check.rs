@@ -78,14 +78,7 @@ impl ImageStore {
                     .push(id.clone());
             }
         }
-        let pinned: BTreeSet<Digest> = self
-            .pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .flatten()
-            .cloned()
-            .collect();
+        let pinned: BTreeSet<Digest> = self.pins().values().flatten().cloned().collect();
         let mut report = Report {
             images: records.len(),
             ..Report::default()

@@ -182,9 +182,7 @@ impl Lease {
         let _gc = self.store.gc.blocking_read();
         let digest = store()?;
         self.store
-            .pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .pins()
             .entry(self.owner.clone())
             .or_default()
             .push(digest.clone());
@@ -312,39 +310,28 @@ impl ImageStore {
         Ok(manifest::parse_config(&bytes)?)
     }
 
-    /// Keeps `layers` from garbage collection while `owner` (a container) uses them.
-    pub fn pin_layers(&self, owner: &str, layers: Vec<Digest>) {
-        self.pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(owner.to_string(), layers);
+    fn pins(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<Digest>>> {
+        // Each change is one map operation: a poisoned lock is still consistent.
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn unpin_layers(&self, owner: &str) {
-        self.pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(owner);
+    /// Keeps `layers` from garbage collection while `owner` (a container) uses them.
+    pub fn pin_layers(&self, owner: &str, layers: Vec<Digest>) {
+        self.pins().insert(owner.to_string(), layers);
+    }
+
+    /// Lets go of what `owner` kept; returns it.
+    fn unpin_layers(&self, owner: &str) -> Vec<Digest> {
+        self.pins().remove(owner).unwrap_or_default()
     }
 
     /// Lets go of what `owner` (a container that was removed) kept, and frees it at once if
     /// no image has it any more (its image was removed while the container existed).
     pub fn release_layers(self: &Arc<Self>, owner: &str) {
-        let released = self
-            .pins
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(owner)
-            .unwrap_or_default();
-        let orphaned = {
-            let records = self.records();
-            released.iter().any(|diff_id| {
-                !records
-                    .all()
-                    .iter()
-                    .any(|i| i.layers.iter().any(|l| &l.diff_id == diff_id))
-            })
-        };
+        let released = self.unpin_layers(owner);
+        let orphaned = released
+            .iter()
+            .any(|diff_id| self.layer_users(diff_id) == 0);
         if orphaned && let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let store = self.clone();
             runtime.spawn(async move {
@@ -406,7 +393,7 @@ impl ImageStore {
                     layers.insert(layer.diff_id.clone());
                 }
             }
-            for pinned in self.pins.lock().unwrap_or_else(|e| e.into_inner()).values() {
+            for pinned in self.pins().values() {
                 layers.extend(pinned.iter().cloned());
                 blobs.extend(pinned.iter().cloned());
             }

@@ -90,12 +90,13 @@ impl ImageStore {
         }
         let shared = self.join_pull(&reference, credentials);
         let mut done = shared.done.clone();
-        let result = done
+        // The task always sends its outcome; a task that ended without one was aborted.
+        let outcome = done
             .wait_for(Option::is_some)
             .await
-            .map_err(|_| Error::Internal("the pull task ended without a result".into()))?
-            .clone();
-        match result {
+            .ok()
+            .and_then(|outcome| outcome.clone());
+        match outcome {
             Some(Ok(image)) => Ok(image),
             Some(Err(e)) => Err(Error::Shared(e)),
             None => Err(Error::Internal(
@@ -141,7 +142,9 @@ impl ImageStore {
         let result = self
             .pull_leased(reference, credentials, progress, &lease)
             .await;
-        self.unpin_layers(&lease.owner);
+        // Settled: the lease goes now, and what a failure left is collected here.
+        lease.settled = true;
+        drop(lease);
         if result.is_err() {
             // Waits for a collection under way; frees only what nobody uses.
             let _gc = self.gc.write().await;
@@ -149,7 +152,6 @@ impl ImageStore {
                 tracing::warn!(error = %e, "cleaning up after a failed pull");
             }
         }
-        lease.settled = true;
         result
     }
 

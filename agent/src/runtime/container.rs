@@ -582,6 +582,10 @@ pub fn runtime_spec(
     })
 }
 
+/// The kernel's real-time signals (glibc keeps 32 and 33 for itself).
+const SIGRTMIN: i32 = 34;
+const SIGRTMAX: i32 = 64;
+
 /// The number of a signal named as an image's STOPSIGNAL or the CRI names it: `SIGUSR1`,
 /// `USR1`, `10`, `SIGRTMIN+3`, `SIGRTMINPLUS3`, `SIGRTMAXMINUS2`. `None` for anything else.
 pub fn signal_number(name: &str) -> Option<i32> {
@@ -591,8 +595,7 @@ pub fn signal_number(name: &str) -> Option<i32> {
     }
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    // The kernel's real-time range: 34..=64 (glibc keeps 32 and 33 for itself).
-    let (rtmin, rtmax) = (34, 64);
+    let (rtmin, rtmax) = (SIGRTMIN, SIGRTMAX);
     let offset = |rest: &str| rest.parse::<i32>().ok().filter(|n| (0..=30).contains(n));
     let n = if bare == "RTMIN" {
         rtmin
@@ -618,6 +621,22 @@ pub fn signal_number(name: &str) -> Option<i32> {
         full.parse::<nix::sys::signal::Signal>().ok()? as i32
     };
     Some(n)
+}
+
+/// The CRI's name of the signal a name stands for (`10` → `SIGUSR1`, `SIGRTMIN+3` →
+/// `SIGRTMINPLUS3`), or `None` if it is no signal.
+pub fn signal_name(name: &str) -> Option<String> {
+    let n = signal_number(name)?;
+    Some(match n {
+        SIGRTMIN => "SIGRTMIN".to_string(),
+        SIGRTMAX => "SIGRTMAX".to_string(),
+        n if n > SIGRTMIN && n < SIGRTMIN + 16 => format!("SIGRTMINPLUS{}", n - SIGRTMIN),
+        n if n > SIGRTMIN && n < SIGRTMAX => format!("SIGRTMAXMINUS{}", SIGRTMAX - n),
+        n => nix::sys::signal::Signal::try_from(n)
+            .ok()?
+            .as_str()
+            .to_string(),
+    })
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub struct Usage {
 
 struct Slot {
     /// The last count, when it was made; `None` until the first walk ends.
-    counted: watch::Receiver<Option<(Usage, Instant)>>,
+    counted: watch::Sender<Option<(Usage, Instant)>>,
     refreshing: bool,
     asked: Instant,
 }
@@ -70,23 +70,16 @@ impl UsageCache {
         }
     }
 
-    /// The slot for `dir`, with a refresh started if it is due.
+    /// The count of `dir` as it stands, with a refresh started if it is due.
     fn lookup(&self, dir: &Path) -> watch::Receiver<Option<(Usage, Instant)>> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         slots.retain(|_, slot| slot.refreshing || now.duration_since(slot.asked) < FORGET);
-        let (tx, slot) = match slots.get_mut(dir) {
-            Some(slot) => (None, slot),
-            None => {
-                let (tx, rx) = watch::channel(None);
-                let slot = slots.entry(dir.to_path_buf()).or_insert(Slot {
-                    counted: rx,
-                    refreshing: false,
-                    asked: now,
-                });
-                (Some(tx), slot)
-            }
-        };
+        let slot = slots.entry(dir.to_path_buf()).or_insert_with(|| Slot {
+            counted: watch::channel(None).0,
+            refreshing: false,
+            asked: now,
+        });
         slot.asked = now;
         let due = match *slot.counted.borrow() {
             None => true,
@@ -94,13 +87,13 @@ impl UsageCache {
         };
         if due && !slot.refreshing {
             slot.refreshing = true;
-            self.refresh(dir.to_path_buf(), tx);
+            self.refresh(dir.to_path_buf());
         }
-        slot.counted.clone()
+        slot.counted.subscribe()
     }
 
     /// Counts `dir` again on a blocking thread, one walk at a time across the node.
-    fn refresh(&self, dir: PathBuf, tx: Option<watch::Sender<Option<(Usage, Instant)>>>) {
+    fn refresh(&self, dir: PathBuf) {
         let cache = self.clone();
         tokio::spawn(async move {
             let permit = cache.walking.clone().acquire_owned().await;
@@ -112,24 +105,12 @@ impl UsageCache {
             .await;
             let mut slots = cache.slots.lock().unwrap_or_else(|e| e.into_inner());
             let Some(slot) = slots.get_mut(&dir) else {
-                return;
+                return; // forgotten meanwhile
             };
             slot.refreshing = false;
-            let Ok((bytes, inodes)) = counted else {
-                return;
-            };
-            let value = Some((Usage { bytes, inodes }, Instant::now()));
-            match tx {
-                Some(tx) => {
-                    // The first count: the slot keeps its receiver; a sender kept here
-                    // would hold the channel open, so later counts replace the channel.
-                    let _ = tx.send(value);
-                }
-                None => {
-                    let (tx, rx) = watch::channel(value);
-                    drop(tx);
-                    slot.counted = rx;
-                }
+            if let Ok((bytes, inodes)) = counted {
+                slot.counted
+                    .send_replace(Some((Usage { bytes, inodes }, Instant::now())));
             }
         });
     }

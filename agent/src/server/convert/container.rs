@@ -322,16 +322,7 @@ pub fn cri_status(c: &Container) -> cri::ContainerStatus {
 
 /// The CRI's name of the signal that stops a container (RUNTIME_DEFAULT: SIGTERM).
 fn cri_signal(name: &str) -> cri::Signal {
-    crate::runtime::container::signal_number(name)
-        .and_then(|n| match n {
-            34 => Some("SIGRTMIN".to_string()),
-            64 => Some("SIGRTMAX".to_string()),
-            35..=49 => Some(format!("SIGRTMINPLUS{}", n - 34)),
-            50..=63 => Some(format!("SIGRTMAXMINUS{}", 64 - n)),
-            n => nix::sys::signal::Signal::try_from(n)
-                .ok()
-                .map(|s| s.as_str().to_string()),
-        })
+    crate::runtime::container::signal_name(name)
         .and_then(|name| cri::Signal::from_str_name(&name))
         .unwrap_or(cri::Signal::RuntimeDefault)
 }

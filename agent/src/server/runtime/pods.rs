@@ -45,23 +45,17 @@ pub(super) async fn stop_pod_sandbox(
     let before = pod_containers(ctx, &id).await;
     // Stopping a pod that is not there succeeds (CRI: stop is idempotent; the kubelet stops
     // pods it no longer finds).
+    // (Removed between the stop and the look-up: stopped all the same.)
     let stopped = match ctx.runtime.stop_pod(&id).await {
-        Err(crate::runtime::Error::SandboxNotFound(_)) => None,
-        other => Some(other),
+        Ok(()) => ctx.runtime.pod(&id).await,
+        Err(e) => Err(e),
     };
     let pod_id = match stopped {
-        None => return Ok(Response::new(cri::StopPodSandboxResponse {})),
-        Some(result) => {
-            result?;
-            match ctx.runtime.pod(&id).await {
-                Ok(pod) => pod.id,
-                // Removed meanwhile: stopped all the same.
-                Err(crate::runtime::Error::SandboxNotFound(_)) => {
-                    return Ok(Response::new(cri::StopPodSandboxResponse {}));
-                }
-                Err(e) => return Err(e.into()),
-            }
+        Ok(pod) => pod.id,
+        Err(crate::runtime::Error::SandboxNotFound(_)) => {
+            return Ok(Response::new(cri::StopPodSandboxResponse {}));
         }
+        Err(e) => return Err(e.into()),
     };
     tracing::info!(pod_id = %pod_id, "pod sandbox stopped");
     for (c, state) in &before {
