@@ -2259,3 +2259,171 @@ async fn stop_signals_apparmor_and_streamed_lists() {
     }
     env.remove_pods(vec![pod]).await;
 }
+
+/// What a kubelet reads back: after an in-place resize ContainerStatus reports the limits in
+/// force (a field the update left alone keeps its value); the uid, gid and groups are
+/// those the running process has; image_ref is the image's repo@digest (the pod's imageID)
+/// beside its id; UpdatePodSandboxResources is taken for a pod there is; huge page limits
+/// reach hugetlb where the node has it and are refused where it has not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resize_the_process_ids_and_the_image_are_read_back() {
+    let mut env = env().await;
+    let pod = env.pod("readback").await;
+    let image = env.image.clone();
+    let mut config = container_config("resized", &image, "exec sleep 1000");
+    config.linux = Some(cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: 512,
+            memory_limit_in_bytes: 96 << 20,
+            ..Default::default()
+        }),
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 2000 }),
+            supplemental_groups: vec![3000],
+            namespace_options: Some(cri::NamespaceOption {
+                pid: cri::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    });
+    let id = env.create(&pod, config).await.unwrap();
+    env.start(&id).await;
+    let resources = |st: &cri::ContainerStatus| st.resources.clone().unwrap().linux.unwrap();
+    let st = env.status(&id).await;
+    let before = resources(&st);
+    assert_eq!(
+        (before.cpu_shares, before.memory_limit_in_bytes),
+        (512, 96 << 20)
+    );
+
+    // The ids the status reports are those `id` prints inside.
+    let ids = env
+        .rt
+        .exec_sync(cri::ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["sh".into(), "-c".into(), "id -u; id -g; id -G".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let printed = String::from_utf8_lossy(&ids.stdout).to_string();
+    let lines: Vec<&str> = printed.lines().collect();
+    let user = st.user.clone().unwrap().linux.unwrap();
+    assert_eq!(lines[0], user.uid.to_string(), "{printed}");
+    assert_eq!(lines[1], user.gid.to_string(), "{printed}");
+    let mut groups: Vec<i64> = lines[2]
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    groups.sort();
+    let mut reported = user.supplemental_groups.clone();
+    reported.sort();
+    assert_eq!(groups, reported, "{printed}");
+    assert_eq!((user.uid, user.gid), (1000, 2000));
+    assert!(reported.contains(&3000));
+
+    // The image: repo@digest of the repository asked for, and the id.
+    let repository = image.rsplit_once(':').unwrap().0;
+    assert!(
+        st.image_ref.starts_with(&format!("{repository}@sha256:")),
+        "{} for {image}",
+        st.image_ref
+    );
+    assert!(st.image_id.starts_with("sha256:") && st.image_id != st.image_ref);
+
+    // An in-place resize: the memory changes, the CPU shares stay.
+    let update = |linux: cri::LinuxContainerResources| cri::UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(linux),
+        ..Default::default()
+    };
+    env.rt
+        .update_container_resources(update(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+    let after = resources(&env.status(&id).await);
+    assert_eq!(
+        (after.cpu_shares, after.memory_limit_in_bytes),
+        (512, 64 << 20)
+    );
+
+    // Huge pages: 0 is always taken; more only where hugetlb is.
+    let pages = |limit: u64| cri::LinuxContainerResources {
+        hugepage_limits: vec![cri::HugepageLimit {
+            page_size: "2MB".into(),
+            limit,
+        }],
+        ..Default::default()
+    };
+    env.rt
+        .update_container_resources(update(pages(0)))
+        .await
+        .unwrap();
+    let has_hugetlb = std::path::Path::new("/sys/fs/cgroup/hugetlb").is_dir()
+        || std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+            .is_ok_and(|c| c.contains("hugetlb"));
+    let more = env
+        .rt
+        .update_container_resources(update(pages(4 << 20)))
+        .await;
+    if has_hugetlb {
+        more.unwrap();
+    } else {
+        let refused = more.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert!(refused.message().contains("hugetlb"), "{refused:?}");
+    }
+    let recorded = resources(&env.status(&id).await).hugepage_limits;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].page_size, "2MB");
+    assert_eq!(recorded[0].limit, if has_hugetlb { 4 << 20 } else { 0 });
+    let bad = env
+        .rt
+        .update_container_resources(update(cri::LinuxContainerResources {
+            hugepage_limits: vec![cri::HugepageLimit {
+                page_size: "../2MB".into(),
+                limit: 0,
+            }],
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+
+    // Pod-level resources: taken for the pod, NotFound for none.
+    let pod_update = |pod_sandbox_id: &str| cri::UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: pod_sandbox_id.into(),
+        overhead: None,
+        resources: Some(cri::LinuxContainerResources {
+            memory_limit_in_bytes: 256 << 20,
+            ..Default::default()
+        }),
+    };
+    env.rt
+        .update_pod_sandbox_resources(pod_update(&pod))
+        .await
+        .unwrap();
+    let missing = env
+        .rt
+        .update_pod_sandbox_resources(pod_update("no-such-pod"))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+
+    // The limits in force survive a restart of the daemon.
+    assert!(env.daemon.stop().await.success());
+    env.daemon.launch(common::Options::default()).await;
+    env.rt = env.daemon.runtime().await;
+    let kept = resources(&env.status(&id).await);
+    assert_eq!(
+        (kept.cpu_shares, kept.memory_limit_in_bytes),
+        (512, 64 << 20)
+    );
+    env.remove_pods(vec![pod]).await;
+}

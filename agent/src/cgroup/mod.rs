@@ -17,7 +17,7 @@ use devices::DeviceRule;
 
 /// v1 controllers the agent places cgroups in.
 const V1_CONTROLLERS: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices",
+    "cpu", "cpuacct", "cpuset", "memory", "pids", "freezer", "blkio", "devices", "hugetlb",
 ];
 
 /// systemd's hierarchies on a v1 host: `name=systemd`, and on a hybrid host the empty v2
@@ -38,7 +38,7 @@ pub const POD_HOLDER_LEAF: &str = "pidns";
 /// can be found and killed when it ends: `exec-` and a random suffix.
 pub const EXEC_LEAF_PREFIX: &str = "exec-";
 /// v2 controllers enabled for the agent's subtree (those the kernel has).
-const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
+const V2_CONTROLLERS: &[&str] = &["cpu", "cpuset", "memory", "pids", "io", "hugetlb"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,8 +71,10 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
     }
 }
 
-/// Limits to apply; `None` leaves a setting alone.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Limits to apply; `None` leaves a setting alone. Recorded with a container, so that its
+/// status reports the limits in force after an in-place resize.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Resources {
     pub memory_limit: Option<i64>,
     pub memory_swap_limit: Option<i64>,
@@ -84,6 +86,39 @@ pub struct Resources {
     pub pids_limit: Option<i64>,
     /// Raw cgroup v2 files (`"memory.high" = "1G"`); ignored on v1.
     pub unified: BTreeMap<String, String>,
+    /// Huge page limits in bytes by page size as the hugetlb controller names it (`2MB`).
+    pub hugepage_limits: BTreeMap<String, u64>,
+}
+
+impl Resources {
+    /// `other`'s settings over these: what an update leaves unset stays as it was.
+    pub fn merged(&self, other: &Resources) -> Resources {
+        let mut unified = self.unified.clone();
+        unified.extend(other.unified.clone());
+        let mut hugepage_limits = self.hugepage_limits.clone();
+        hugepage_limits.extend(other.hugepage_limits.clone());
+        Resources {
+            memory_limit: other.memory_limit.or(self.memory_limit),
+            memory_swap_limit: other.memory_swap_limit.or(self.memory_swap_limit),
+            cpu_shares: other.cpu_shares.or(self.cpu_shares),
+            cpu_quota: other.cpu_quota.or(self.cpu_quota),
+            cpu_period: other.cpu_period.or(self.cpu_period),
+            cpuset_cpus: other.cpuset_cpus.clone().or(self.cpuset_cpus.clone()),
+            cpuset_mems: other.cpuset_mems.clone().or(self.cpuset_mems.clone()),
+            pids_limit: other.pids_limit.or(self.pids_limit),
+            unified,
+            hugepage_limits,
+        }
+    }
+}
+
+/// A huge page size as the hugetlb controller's files name it: digits and KB, MB or GB.
+fn is_page_size(size: &str) -> bool {
+    let digits = size.trim_end_matches(['K', 'M', 'G', 'B']);
+    let unit = &size[digits.len()..];
+    !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && matches!(unit, "KB" | "MB" | "GB")
 }
 
 impl Resources {
@@ -131,6 +166,15 @@ impl Resources {
                 .all(|c| c.is_ascii_digit() || c == ',' || c == '-')
             {
                 return bad("cpuset", set.clone(), "must be a list like 0-3,5");
+            }
+        }
+        for size in self.hugepage_limits.keys() {
+            if !is_page_size(size) {
+                return bad(
+                    "huge page size",
+                    size.clone(),
+                    "must be a size like 2MB or 1GB",
+                );
             }
         }
         for key in self.unified.keys() {
@@ -668,6 +712,33 @@ impl Cgroup {
                 }
             }
         }
+        self.set_hugepage_limits(&resources.hugepage_limits)
+    }
+
+    /// Huge page limits: `hugetlb.<size>.limit_in_bytes` on v1, `hugetlb.<size>.max` on v2.
+    /// Without the controller (or the size) a limit of 0 is kept by default (no huge page
+    /// can be had without one reserved for it, which the kubelet's accounting prevents);
+    /// any other limit is refused rather than dropped.
+    fn set_hugepage_limits(&self, limits: &BTreeMap<String, u64>) -> Result<()> {
+        for (size, limit) in limits {
+            let file = match self.hierarchy {
+                Hierarchy::V1 { .. } => self
+                    .dir("hugetlb")
+                    .map(|d| d.join(format!("hugetlb.{size}.limit_in_bytes"))),
+                Hierarchy::V2 { .. } => self.dir("").map(|d| d.join(format!("hugetlb.{size}.max"))),
+            };
+            match file {
+                Some(file) if file.exists() => write(&file, &limit.to_string())?,
+                _ if *limit == 0 => {}
+                _ => {
+                    return Err(Error::Resource {
+                        what: "huge page limit",
+                        value: format!("{size}={limit}"),
+                        reason: "this node's cgroups have no hugetlb controller for that size",
+                    });
+                }
+            }
+        }
         Ok(())
     }
 
@@ -944,10 +1015,10 @@ mod tests {
         // A fake tree has no kernel to fill in the child's files: give it its own.
         let cg = h.create("strata/pod-2").unwrap();
         let subtree = read(&tree.path().join("cgroup.subtree_control"));
-        for c in ["+cpu", "+cpuset", "+memory", "+pids", "+io"] {
+        for c in ["+cpu", "+cpuset", "+memory", "+pids", "+io", "+hugetlb"] {
             assert!(subtree.contains(c), "{subtree}");
         }
-        assert!(!subtree.contains("hugetlb"));
+        assert!(!subtree.contains("rdma"));
         let mut r = limits();
         r.unified.insert("memory.high".into(), "48M".into());
         r.memory_swap_limit = Some(96 << 20);
@@ -959,6 +1030,77 @@ mod tests {
         assert_eq!(p("cpu.max"), "50000 100000");
         assert_eq!(p("pids.max"), "32");
         assert_eq!(p("memory.high"), "48M");
+    }
+
+    #[test]
+    fn huge_page_limits_go_to_hugetlb_and_are_refused_without_it() {
+        // v1 with the controller: one file per page size.
+        let tree = fake_v1();
+        std::fs::create_dir(tree.path().join("hugetlb")).unwrap();
+        let h = Hierarchy::detect(tree.path()).unwrap();
+        let cg = h.create("c").unwrap();
+        let v1_file = tree.path().join("hugetlb/c/hugetlb.2MB.limit_in_bytes");
+        std::fs::write(&v1_file, "").unwrap();
+        let mut r = Resources::default();
+        r.hugepage_limits.insert("2MB".into(), 4 << 21);
+        cg.set(&r).unwrap();
+        assert_eq!(read(&v1_file), (4u64 << 21).to_string());
+        // A size the kernel does not have: 0 asks for nothing, more is refused.
+        r.hugepage_limits.insert("1GB".into(), 0);
+        cg.set(&r).unwrap();
+        r.hugepage_limits.insert("1GB".into(), 1 << 30);
+        let refused = cg.set(&r).unwrap_err().to_string();
+        assert!(
+            refused.contains("1GB") && refused.contains("hugetlb"),
+            "{refused}"
+        );
+
+        // v1 without the controller (this machine's kind): the same rule.
+        let bare = fake_v1();
+        let cg = Hierarchy::detect(bare.path()).unwrap().create("c").unwrap();
+        let mut zero = Resources::default();
+        zero.hugepage_limits.insert("2MB".into(), 0);
+        cg.set(&zero).unwrap();
+        zero.hugepage_limits.insert("2MB".into(), 2 << 20);
+        assert!(cg.set(&zero).is_err());
+
+        // v2: hugetlb.<size>.max.
+        let tree = fake_v2();
+        let cg = Hierarchy::detect(tree.path()).unwrap().create("c").unwrap();
+        let v2_file = tree.path().join("c/hugetlb.2MB.max");
+        std::fs::write(&v2_file, "max\n").unwrap();
+        let mut r = Resources::default();
+        r.hugepage_limits.insert("2MB".into(), 0);
+        cg.set(&r).unwrap();
+        assert_eq!(read(&v2_file), "0");
+
+        // Sizes are checked before anything is written.
+        for bad in ["2M", "MB", "2mb", "../2MB", "2MBB"] {
+            let mut r = Resources::default();
+            r.hugepage_limits.insert(bad.into(), 0);
+            assert!(r.validate().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_update_changes_only_what_it_sets() {
+        let mut update = Resources {
+            memory_limit: Some(128 << 20),
+            ..Default::default()
+        };
+        update.unified.insert("memory.high".into(), "100M".into());
+        let merged = limits().merged(&update);
+        assert_eq!(merged.memory_limit, Some(128 << 20));
+        assert_eq!(merged.cpu_quota, Some(50_000));
+        assert_eq!(merged.pids_limit, Some(32));
+        assert_eq!(merged.unified["memory.high"], "100M");
+        // Recorded with the container as JSON, and read back the same.
+        let json = serde_json::to_string(&merged).unwrap();
+        assert_eq!(serde_json::from_str::<Resources>(&json).unwrap(), merged);
+        assert_eq!(
+            serde_json::from_str::<Resources>("{}").unwrap(),
+            Resources::default()
+        );
     }
 
     #[test]

@@ -94,7 +94,8 @@ pub struct ContainerSpec {
     /// The seccomp profile asked for (none for a privileged container, whatever it asks).
     #[serde(default)]
     pub seccomp: crate::seccomp::Choice,
-    #[serde(skip)]
+    /// The limits in force: those of the create, with every update applied since.
+    #[serde(default)]
     pub resources: cgroup::Resources,
     /// The container's stdin is a pipe its monitor holds (for Attach), not /dev/null.
     #[serde(default)]
@@ -111,6 +112,8 @@ pub struct ContainerSpec {
 #[derive(Debug, Clone)]
 pub struct ImageRoot {
     pub id: String,
+    /// `registry/repository@sha256:…` of the image's manifest, if it came from a registry.
+    pub repo_digest: String,
     /// Unpacked layers, bottom first.
     pub layers: Vec<PathBuf>,
     pub diff_ids: Vec<String>,
@@ -137,6 +140,9 @@ pub struct Container {
     pub pod_id: String,
     pub spec: ContainerSpec,
     pub image_id: String,
+    /// The image by repo@digest when it has one (ContainerStatus.image_ref).
+    #[serde(default)]
+    pub image_ref: String,
     pub diff_ids: Vec<String>,
     pub state: ContainerState,
     pub created_at: i64,
@@ -668,6 +674,7 @@ mod tests {
     fn image() -> ImageRoot {
         ImageRoot {
             id: "sha256:x".into(),
+            repo_digest: String::new(),
             layers: vec![],
             diff_ids: vec![],
             entrypoint: vec!["/entry".into()],

@@ -51,6 +51,20 @@ impl Runtime {
         }
     }
 
+    /// The uid, gid and groups a running container's first process has (read from the
+    /// kernel, as ContainerStatus.user reports them); those its init was to apply otherwise.
+    pub fn process_user(&self, c: &Container) -> crate::oci::spec::User {
+        let running = c.state == ContainerState::Running;
+        match c.pid.filter(|_| running).and_then(crate::sys::process::ids) {
+            Some((uid, gid, additional_gids)) => crate::oci::spec::User {
+                uid,
+                gid,
+                additional_gids,
+            },
+            None => c.user.clone(),
+        }
+    }
+
     fn save_container(&self, c: &Container) -> Result<()> {
         super::write_record(&self.containers_dir.join(&c.id).join("state.json"), c)
     }
@@ -306,6 +320,7 @@ impl Runtime {
             id: id.clone(),
             pod_id: sandbox.id.clone(),
             image_id: image.id.clone(),
+            image_ref: image.repo_digest.clone(),
             diff_ids: image.diff_ids.clone(),
             state: ContainerState::Created,
             created_at: crate::clock::now_nanos(),
@@ -1430,6 +1445,7 @@ impl Runtime {
         resources: &crate::cgroup::Resources,
     ) -> Result<()> {
         let c = self.container(id).await?;
+        let _op = self.op_lock(&c.id).await;
         if c.state == ContainerState::Exited {
             return Err(Error::Precondition(format!(
                 "container {} has exited",
@@ -1442,6 +1458,12 @@ impl Runtime {
             (&self.systemd, crate::cgroup::systemd::unit_of(&c.cgroup))
         {
             systemd.set_properties(scope, resources).await?;
+        }
+        // What is in force now, for ContainerStatus (the kubelet reads a resize back).
+        let mut containers = self.containers.lock().await;
+        if let Some(c) = containers.get_mut(&c.id) {
+            c.spec.resources = c.spec.resources.merged(resources);
+            self.save_container(c)?;
         }
         Ok(())
     }

@@ -327,6 +327,34 @@ impl Runtime {
         write_record(&self.records.join(&sandbox.id).join("state.json"), sandbox)
     }
 
+    /// Records a pod's new pod-level resources and overhead (UpdatePodSandboxResources,
+    /// after an in-place resize). Like those of RunPodSandbox they are not enforced here:
+    /// the kubelet enforces them on the pod's parent cgroup.
+    pub async fn update_pod_resources(
+        &self,
+        id: &str,
+        overhead: Option<cgroup::Resources>,
+        resources: Option<cgroup::Resources>,
+    ) -> Result<Sandbox> {
+        for r in overhead.iter().chain(&resources) {
+            r.validate()?;
+        }
+        let id = self.pod(id).await?.id;
+        let _op = self.op_lock(&format!("pod/{id}")).await;
+        let mut sandboxes = self.sandboxes.lock().await;
+        let sandbox = sandboxes
+            .get_mut(&id)
+            .ok_or_else(|| Error::SandboxNotFound(id.clone()))?;
+        if let Some(o) = overhead {
+            sandbox.spec.overhead = o;
+        }
+        if let Some(r) = resources {
+            sandbox.spec.resources = r;
+        }
+        self.save(sandbox)?;
+        Ok(sandbox.clone())
+    }
+
     /// The directory with the pod's hostname, hosts and resolv.conf.
     pub fn sandbox_dir(&self, id: &str) -> PathBuf {
         self.records.join(id)

@@ -46,9 +46,13 @@ pub struct PodSpec {
     /// Ports the pod's network publishes on the node (CNI's `portMappings`).
     #[serde(default)]
     pub port_mappings: Vec<crate::cni::PortMapping>,
-    /// Limits for the whole pod (CRI's pod-level resources plus overhead).
-    #[serde(skip)]
+    /// The pod-level resources the kubelet gives (recorded, not enforced: see `run_pod`),
+    /// updated by UpdatePodSandboxResources.
+    #[serde(default)]
     pub resources: crate::cgroup::Resources,
+    /// The runtime class's overhead, recorded likewise.
+    #[serde(default)]
+    pub overhead: crate::cgroup::Resources,
 }
 
 impl PodSpec {

@@ -33,6 +33,27 @@ pub fn kill_group(pgid: u32) {
     }
 }
 
+/// The effective uid and gid and the supplementary groups a process has now
+/// (`/proc/<pid>/status`).
+pub fn ids(pid: u32) -> Option<(u32, u32, Vec<u32>)> {
+    parse_ids(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+fn parse_ids(status: &str) -> Option<(u32, u32, Vec<u32>)> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>())
+    };
+    let effective = |name: &str| field(name)?.get(1)?.parse().ok();
+    let groups = field("Groups:")?
+        .iter()
+        .map(|g| g.parse().ok())
+        .collect::<Option<Vec<u32>>>()?;
+    Some((effective("Uid:")?, effective("Gid:")?, groups))
+}
+
 /// When `pid` started, in clock ticks since boot (`/proc/<pid>/stat`, field 22): with the
 /// pid, it names one process for good.
 pub fn start_time(pid: u32) -> Option<u64> {
@@ -372,5 +393,26 @@ mod net_dev_tests {
             (eth0.tx_bytes, eth0.tx_packets, eth0.tx_errors),
             (3000, 30, 2)
         );
+    }
+}
+
+#[cfg(test)]
+mod ids_tests {
+    #[test]
+    fn ids_are_the_effective_ones_with_every_group() {
+        let status =
+            "Name:\tsh\nUid:\t1000\t1001\t1002\t1003\nGid:\t50\t51\t52\t53\nGroups:\t4 20 1234 \n";
+        assert_eq!(
+            super::parse_ids(status),
+            Some((1001, 51, vec![4, 20, 1234]))
+        );
+        assert_eq!(
+            super::parse_ids("Uid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n"),
+            Some((0, 0, vec![]))
+        );
+        assert_eq!(super::parse_ids("Uid:\t0\t0\t0\t0\n"), None);
+        // This process, read from the kernel.
+        let (uid, _, _) = super::ids(std::process::id()).unwrap();
+        assert_eq!(uid, rustix::process::geteuid().as_raw());
     }
 }

@@ -212,8 +212,21 @@ pub fn image_root(ctx: &Context, name: &str) -> Result<ImageRoot, Status> {
         .ok_or_else(|| Status::not_found(format!("image {name:?} not found: pull it first")))?;
     let config = ctx.images.config(&image)?;
     let run = config.config.unwrap_or_default();
+    // The name a kubelet shows as the container's imageID: repo@digest of the repository
+    // asked for, else of any repository the image came from.
+    let repository = crate::image::reference::Reference::parse(name)
+        .ok()
+        .map(|r| r.name());
+    let repo_digest = image
+        .digests
+        .iter()
+        .find(|d| repository.as_deref() == d.split_once('@').map(|(repo, _)| repo))
+        .or_else(|| image.digests.iter().next())
+        .cloned()
+        .unwrap_or_default();
     Ok(ImageRoot {
         id: image.id.to_string(),
+        repo_digest,
         layers: image
             .layers
             .iter()
@@ -277,7 +290,12 @@ pub fn cri_status(c: &Container) -> cri::ContainerStatus {
         finished_at: c.finished_at,
         exit_code: c.exit_code,
         image: Some(image_spec(c)),
-        image_ref: c.image_id.clone(),
+        // repo@digest where the image has one (the kubelet's imageID), as containerd.
+        image_ref: if c.image_ref.is_empty() {
+            c.image_id.clone()
+        } else {
+            c.image_ref.clone()
+        },
         reason: c.reason.clone(),
         message: c.message.clone(),
         labels: c.spec.labels.clone().into_iter().collect(),
@@ -302,7 +320,13 @@ pub fn cri_status(c: &Container) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: c.log_path.display().to_string(),
-        resources: None,
+        resources: Some(cri::ContainerResources {
+            linux: Some(super::pod::cri_resources(
+                &c.spec.resources,
+                c.spec.oom_score_adj,
+            )),
+            windows: None,
+        }),
         image_id: c.image_id.clone(),
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {

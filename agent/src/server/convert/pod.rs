@@ -63,6 +63,7 @@ pub fn pod_spec(config: cri::PodSandboxConfig, runtime_handler: String) -> Resul
         pid: ns_mode(ns.pid),
         runtime_handler,
         resources: linux.resources.map(resources).unwrap_or_default(),
+        overhead: linux.overhead.map(resources).unwrap_or_default(),
     })
 }
 
@@ -104,6 +105,37 @@ pub fn resources(r: cri::LinuxContainerResources) -> crate::cgroup::Resources {
         cpuset_mems: Some(r.cpuset_mems).filter(|s| !s.is_empty()),
         pids_limit: None,
         unified: r.unified.into_iter().collect(),
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| (h.page_size, h.limit))
+            .collect(),
+    }
+}
+
+/// Recorded limits back in the CRI's terms (unset: 0 or empty), as a status reports them.
+pub fn cri_resources(
+    r: &crate::cgroup::Resources,
+    oom_score_adj: i64,
+) -> cri::LinuxContainerResources {
+    cri::LinuxContainerResources {
+        cpu_period: r.cpu_period.map_or(0, |p| p as i64),
+        cpu_quota: r.cpu_quota.unwrap_or(0),
+        cpu_shares: r.cpu_shares.map_or(0, |s| s as i64),
+        memory_limit_in_bytes: r.memory_limit.unwrap_or(0),
+        oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus.clone().unwrap_or_default(),
+        cpuset_mems: r.cpuset_mems.clone().unwrap_or_default(),
+        hugepage_limits: r
+            .hugepage_limits
+            .iter()
+            .map(|(page_size, limit)| cri::HugepageLimit {
+                page_size: page_size.clone(),
+                limit: *limit,
+            })
+            .collect(),
+        unified: r.unified.clone().into_iter().collect(),
+        memory_swap_limit_in_bytes: r.memory_swap_limit.unwrap_or(0),
     }
 }
 

@@ -137,7 +137,8 @@ pub(super) async fn container_status(
     request: Request<cri::ContainerStatusRequest>,
 ) -> Result<Response<cri::ContainerStatusResponse>, Status> {
     let request = request.into_inner();
-    let c = ctx.runtime.container(&request.container_id).await?;
+    let mut c = ctx.runtime.container(&request.container_id).await?;
+    c.user = ctx.runtime.process_user(&c);
     Ok(Response::new(cri::ContainerStatusResponse {
         status: Some(container_convert::cri_status(&c)),
         info: if request.verbose {

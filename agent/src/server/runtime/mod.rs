@@ -313,6 +313,13 @@ impl RuntimeService for Runtime {
             .await
     }
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<cri::UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+        pods::update_pod_sandbox_resources(&self.ctx, request).await
+    }
+
     async fn runtime_config(
         &self,
         _request: Request<RuntimeConfigRequest>,

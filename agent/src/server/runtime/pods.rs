@@ -1,4 +1,4 @@
-//! RuntimeService RPCs of pod sandboxes: run, stop, remove, status, list.
+//! RuntimeService RPCs of pod sandboxes: run, stop, remove, status, list, resource updates.
 
 use std::collections::HashMap;
 
@@ -9,7 +9,7 @@ use super::BoxStream;
 use crate::runtime::{ContainerFilter, container::ContainerState};
 use crate::server::{
     Context,
-    convert::pod::{cri_pod, cri_pod_status, pod_spec, sandbox_filter},
+    convert::pod::{self as convert, cri_pod, cri_pod_status, pod_spec, sandbox_filter},
     events::Subject,
 };
 
@@ -127,6 +127,26 @@ async fn pod_containers(ctx: &Context, id: &str) -> Vec<(String, ContainerState)
         .into_iter()
         .map(|c| (c.id, c.state))
         .collect()
+}
+
+/// The kubelet's pod-level resources after an in-place resize: recorded with the pod (as
+/// at RunPodSandbox, where they are not enforced either).
+pub(super) async fn update_pod_sandbox_resources(
+    ctx: &Context,
+    request: Request<cri::UpdatePodSandboxResourcesRequest>,
+) -> Result<Response<cri::UpdatePodSandboxResourcesResponse>, Status> {
+    let request = request.into_inner();
+    if request.pod_sandbox_id.is_empty() {
+        return Err(Status::invalid_argument("pod sandbox id is empty"));
+    }
+    ctx.runtime
+        .update_pod_resources(
+            &request.pod_sandbox_id,
+            request.overhead.map(convert::resources),
+            request.resources.map(convert::resources),
+        )
+        .await?;
+    Ok(Response::new(cri::UpdatePodSandboxResourcesResponse {}))
 }
 
 pub(super) async fn pod_sandbox_status(
