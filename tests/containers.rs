@@ -2427,3 +2427,205 @@ async fn a_resize_the_process_ids_and_the_image_are_read_back() {
     );
     env.remove_pods(vec![pod]).await;
 }
+
+/// Image volumes (CRI `Mount.image`, KEP-4639): an image's layers from the shared store,
+/// stacked read-only (whiteouts honoured), never copied; a directory of it with
+/// image_sub_path; reported with its repo@digest; its layers kept while a container uses
+/// it, across a daemon restart. An image the node lacks, a sub-path that climbs, leads out
+/// through a symlink, is missing or is a file: each a clear refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_mount_shared_layers_read_only() {
+    let mut env = env().await;
+    let data = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("data/a.txt", b"one\n", 0o644)
+                .file("data/sub/b.txt", b"two\n", 0o644)
+                .file("data/gone", b"x", 0o644)
+                .file("data/plain", b"file\n", 0o644)
+                .finish(),
+            Compression::Gzip,
+        )
+        .layer(
+            LayerBuilder::new()
+                .whiteout("data/gone")
+                .file("data/sub/c.txt", b"three\n", 0o644)
+                .symlink("data/out", "/etc")
+                .symlink("data/inner", "/data/sub")
+                .finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let data = env.publish("ctr/volume-data", &data).await;
+    // One layer: an overlay without an upper layer needs two lowers.
+    let single = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("only.txt", b"single\n", 0o644)
+                .finish(),
+            Compression::Gzip,
+        )
+        .build();
+    let single = env.publish("ctr/volume-single", &single).await;
+    let (layers_before, _) = common::store_listing(&env.daemon);
+    let pod = env.pod("volumes").await;
+    let image = env.image.clone();
+    let volume = |path: &str, image: &str, sub_path: &str| cri::Mount {
+        container_path: path.into(),
+        readonly: true,
+        image: Some(cri::ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        image_sub_path: sub_path.into(),
+        ..Default::default()
+    };
+    let mut config = container_config(
+        "reader",
+        &image,
+        "cat /vol/data/a.txt /vol/data/sub/c.txt /sub/b.txt /sub/c.txt /one/only.txt /inner/b.txt; \
+         test -e /vol/data/gone && echo gone-is-there || echo gone-is-gone; \
+         touch /vol/new 2>/dev/null && echo writable || echo read-only; \
+         grep -c ' /vol overlay ro,' /proc/mounts; exec sleep 1000",
+    );
+    config.mounts = vec![
+        volume("/vol", &data, ""),
+        volume("/sub", &data, "data/sub"),
+        volume("/one", &single, ""),
+        // A symlink of the image, followed inside it.
+        volume("/inner", &data, "data/inner"),
+    ];
+    let id = env.create(&pod, config).await.unwrap();
+    env.start(&id).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let st = env.status(&id).await;
+        let lines = common::cri::stdout_lines(&st);
+        if lines.len() >= 9 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        lines,
+        [
+            "one",
+            "three",
+            "two",
+            "three",
+            "single",
+            "two",
+            "gone-is-gone",
+            "read-only",
+            "1"
+        ]
+    );
+    // Nothing was copied: no new layer, and the staging directories are empty on the host
+    // (the overlays exist in the container's mount namespace only).
+    let (layers_now, _) = common::store_listing(&env.daemon);
+    assert_eq!(layers_now, layers_before);
+    let staging = env
+        .daemon
+        .root
+        .join("containers")
+        .join(&id)
+        .join("image-volumes");
+    for n in ["0", "1", "2", "3"] {
+        assert_eq!(
+            std::fs::read_dir(staging.join(n)).unwrap().count(),
+            0,
+            "{n}"
+        );
+    }
+
+    // The status names each volume's image by repo@digest (the kubelet's volume digest).
+    let st = env.status(&id).await;
+    let sub = st
+        .mounts
+        .iter()
+        .find(|m| m.container_path == "/sub")
+        .unwrap();
+    assert_eq!(sub.image_sub_path, "data/sub");
+    let reported = sub.image.clone().unwrap();
+    let repository = data.rsplit_once(':').unwrap().0;
+    assert!(
+        reported
+            .image_ref
+            .starts_with(&format!("{repository}@sha256:")),
+        "{reported:?}"
+    );
+
+    // Bad volumes, each refused before anything runs.
+    for (image, sub_path, code, expected) in [
+        (
+            "127.0.0.1:1/never/pulled:v1",
+            "",
+            Code::NotFound,
+            "not found",
+        ),
+        (data.as_str(), "../etc", Code::InvalidArgument, "'..'"),
+        (data.as_str(), "/data", Code::InvalidArgument, "relative"),
+        (
+            data.as_str(),
+            "data/nowhere",
+            Code::Unknown,
+            "does not exist in the image",
+        ),
+        (
+            data.as_str(),
+            "data/gone",
+            Code::Unknown,
+            "does not exist in the image",
+        ),
+        // The symlink leads to the image's /etc, which it has not (not the host's).
+        (
+            data.as_str(),
+            "data/out",
+            Code::Unknown,
+            "does not exist in the image",
+        ),
+        (
+            data.as_str(),
+            "data/plain",
+            Code::Unknown,
+            "is not a directory",
+        ),
+    ] {
+        let mut config = container_config("bad", &env.image.clone(), "true");
+        config.mounts = vec![volume("/v", image, sub_path)];
+        let e = env
+            .rt
+            .create_container(cri::CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(config),
+                sandbox_config: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            e.message().contains(expected) && (code == Code::Unknown || e.code() == code),
+            "{sub_path}: {e:?}"
+        );
+    }
+
+    // Removing the images keeps the layers the container mounts, across a restart too.
+    assert!(env.daemon.stop().await.success());
+    env.daemon.launch(common::Options::default()).await;
+    env.rt = env.daemon.runtime().await;
+    env.daemon.ctl(["rmi", &data]).ok();
+    env.daemon.ctl(["rmi", &single]).ok();
+    let (layers_kept, _) = common::store_listing(&env.daemon);
+    assert_eq!(layers_kept, layers_before, "a volume's layers went");
+
+    // The container goes: so do the layers no image has any more.
+    env.remove_pods(vec![pod]).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (layers, _) = common::store_listing(&env.daemon);
+        if layers.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left pinned: {layers:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -142,6 +142,21 @@ pub struct Strata {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
+    /// Images mounted as volumes; each has its entry (type "overlay") among the mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_volumes: Vec<ImageVolume>,
+}
+
+/// An image volume as the init mounts it: an overlay of `layers` (top-most first) with no
+/// upper layer on `staging`, then `sub_path` of it (or all of it) bound at `destination`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageVolume {
+    pub destination: String,
+    pub layers: Vec<PathBuf>,
+    #[serde(default)]
+    pub sub_path: String,
+    pub staging: PathBuf,
 }
 
 /// Capabilities a container has by default (the set Docker, containerd and CRI-O give).

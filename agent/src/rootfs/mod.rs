@@ -43,6 +43,21 @@ pub fn plan(spec: &Spec) -> Vec<Mount> {
         target: root.clone(),
     });
     for m in &spec.mounts {
+        if let Some(volume) = spec
+            .strata
+            .image_volumes
+            .iter()
+            .find(|v| m.kind == "overlay" && v.destination == m.destination)
+        {
+            plan.push(Mount::ImageVolume {
+                root: root.clone(),
+                destination: PathBuf::from(&m.destination),
+                layers: volume.layers.clone(),
+                sub_path: PathBuf::from(&volume.sub_path),
+                staging: volume.staging.clone(),
+            });
+            continue;
+        }
         let (flags, propagation, data) = mount_options(&m.options);
         let destination = PathBuf::from(&m.destination);
         let is_bind = flags.contains(Flags::MS_BIND);
@@ -218,6 +233,45 @@ mod tests {
             gid: 0,
         }];
         s
+    }
+
+    #[test]
+    fn an_image_volume_is_mounted_in_its_place_among_the_mounts() {
+        let mut s = spec();
+        s.mounts.push(SpecMount {
+            destination: "/models".into(),
+            kind: "overlay".into(),
+            source: "registry/models:v1".into(),
+            options: vec!["ro".into()],
+        });
+        s.strata.image_volumes = vec![spec::ImageVolume {
+            destination: "/models".into(),
+            layers: vec!["/layers/m2".into(), "/layers/m1".into(), "/c/floor".into()],
+            sub_path: "weights".into(),
+            staging: "/c/image-volumes/0".into(),
+        }];
+        let plan = plan(&s);
+        let at = |want: &dyn Fn(&Mount) -> bool| plan.iter().position(want).unwrap();
+        let volume = at(&|m| matches!(m, Mount::ImageVolume { .. }));
+        assert_eq!(
+            plan[volume],
+            Mount::ImageVolume {
+                root: "/c/rootfs".into(),
+                destination: "/models".into(),
+                layers: vec!["/layers/m2".into(), "/layers/m1".into(), "/c/floor".into()],
+                sub_path: "weights".into(),
+                staging: "/c/image-volumes/0".into(),
+            }
+        );
+        assert!(
+            volume
+                > at(
+                    &|m| matches!(m, Mount::InRoot { destination, .. } if destination == Path::new("/data"))
+                )
+        );
+        assert!(volume < at(&|m| matches!(m, Mount::Pivot(_))));
+        // It is no bind of a host path.
+        assert!(!plan.iter().any(|m| matches!(m, Mount::InRoot { destination, .. } if destination == Path::new("/models"))));
     }
 
     #[test]

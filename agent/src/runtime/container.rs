@@ -37,10 +37,31 @@ pub struct DeviceSpec {
     pub permissions: String,
 }
 
+/// An image mounted as a read-only volume (CRI `Mount.image`, KEP-4639): its layers from
+/// the shared store, stacked as an overlay with no upper layer, never copied.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountImage {
+    /// The image as the request named it.
+    pub image: String,
+    pub id: String,
+    /// `registry/repository@sha256:…`, which ContainerStatus.mounts reports (the digest a
+    /// kubelet shows for the volume); empty for an image from no registry.
+    pub image_ref: String,
+    /// A directory of the image mounted in place of its root (relative; empty: the root).
+    pub sub_path: String,
+    /// Unpacked layers, bottom first.
+    pub layers: Vec<PathBuf>,
+    pub diff_ids: Vec<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MountSpec {
     pub container_path: String,
+    /// Empty for an image volume.
     pub host_path: String,
+    /// The image this volume is, in place of a host path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<MountImage>,
     pub readonly: bool,
     /// Every mount below the volume read-only too (CRI `recursive_read_only`).
     #[serde(default)]
@@ -161,6 +182,17 @@ pub struct Container {
     pub cgroup: String,
     pub stop_signal: String,
     pub user: User,
+}
+
+impl Container {
+    /// Every layer the container is made of or mounts: its image's and its image volumes'.
+    pub fn layers_in_use(&self) -> Vec<String> {
+        let mut layers = self.diff_ids.clone();
+        for image in self.spec.mounts.iter().filter_map(|m| m.image.as_ref()) {
+            layers.extend(image.diff_ids.iter().cloned());
+        }
+        layers
+    }
 }
 
 /// `Entrypoint`/`Cmd` merged with the request the way Kubernetes does it: a command
@@ -365,6 +397,16 @@ impl Layout {
     pub fn control(&self) -> PathBuf {
         self.dir.join("control")
     }
+    /// Where the init mounts the `n`th image volume before it binds it in place (in the
+    /// container's mount namespace only).
+    pub fn image_volume(&self, n: usize) -> PathBuf {
+        self.dir.join("image-volumes").join(n.to_string())
+    }
+    /// An empty directory under every image volume's layers: an overlay with no upper layer
+    /// needs two lower ones, and an image may have one.
+    pub fn image_volume_floor(&self) -> PathBuf {
+        self.dir.join("image-volumes").join("floor")
+    }
 }
 
 /// /dev: a tmpfs with the standard nodes; a privileged container sees the host's devices.
@@ -503,7 +545,27 @@ pub fn runtime_spec(
             ],
         },
     ];
+    let mut image_volumes = Vec::new();
     for m in &spec.mounts {
+        if let Some(image) = &m.image {
+            let mut layers: Vec<PathBuf> = image.layers.iter().rev().cloned().collect();
+            layers.push(layout.image_volume_floor());
+            image_volumes.push(spec::ImageVolume {
+                destination: m.container_path.clone(),
+                layers,
+                sub_path: image.sub_path.clone(),
+                staging: layout.image_volume(image_volumes.len()),
+            });
+            mounts.push(Mount {
+                destination: m.container_path.clone(),
+                kind: "overlay".into(),
+                source: image.image.clone(),
+                options: ["ro", "nosuid", "nodev", "rprivate"]
+                    .map(String::from)
+                    .to_vec(),
+            });
+            continue;
+        }
         let mut options = vec!["rbind".to_string()];
         if m.readonly {
             options.push("ro".into());
@@ -584,6 +646,7 @@ pub fn runtime_spec(
             seccomp: None,
             stdin: container.spec.stdin,
             stdin_once: container.spec.stdin_once,
+            image_volumes,
         },
     })
 }

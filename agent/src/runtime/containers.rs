@@ -255,7 +255,15 @@ impl Runtime {
             super::check_path("log_path", &spec.log_path, PathKind::Below)?;
         }
         for m in &spec.mounts {
-            super::check_path("mount host_path", &m.host_path, PathKind::Absolute)?;
+            match &m.image {
+                Some(image) if !image.sub_path.is_empty() => {
+                    super::check_path("image_sub_path", &image.sub_path, PathKind::Below)?;
+                }
+                Some(_) => {}
+                None => {
+                    super::check_path("mount host_path", &m.host_path, PathKind::Absolute)?;
+                }
+            }
             super::check_path(
                 "mount container_path",
                 &m.container_path,
@@ -277,7 +285,11 @@ impl Runtime {
             "creating-{}",
             super::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?
         );
-        let _claim = super::leases::Claim::take(&self.leases, claim, &image.diff_ids);
+        let mut layers = image.diff_ids.clone();
+        for volume in spec.mounts.iter().filter_map(|m| m.image.as_ref()) {
+            layers.extend(volume.diff_ids.iter().cloned());
+        }
+        let _claim = super::leases::Claim::take(&self.leases, claim, &layers);
         // The name is reserved under the lock; the container is built without it (up to the
         // init's start-up timeout), so that no other call waits for a slow create.
         let _reserved = {
@@ -359,7 +371,7 @@ impl Runtime {
             }
             Ok(c) => {
                 if let Some(leases) = &self.leases {
-                    leases.pin(&id, &c.diff_ids);
+                    leases.pin(&id, &c.layers_in_use());
                 }
                 self.containers.lock().await.insert(id, c.clone());
                 Ok(c)
@@ -380,7 +392,7 @@ impl Runtime {
         layout: &Layout,
         pid_target: Option<u32>,
     ) -> Result<Container> {
-        for m in &c.spec.mounts {
+        for m in c.spec.mounts.iter().filter(|m| m.image.is_none()) {
             if !Path::new(&m.host_path).exists() {
                 return Err(Error::Invalid {
                     what: format!("mount of {}", m.host_path),
@@ -412,12 +424,19 @@ impl Runtime {
                 device_rules.push(rule);
             }
         }
+        let volumes = c.spec.mounts.iter().filter(|m| m.image.is_some()).count();
+        let staging = (0..volumes)
+            .map(|n| layout.image_volume(n))
+            .chain((volumes > 0).then(|| layout.image_volume_floor()));
         for dir in [
             layout.init(),
             layout.upper(),
             layout.work(),
             layout.rootfs(),
-        ] {
+        ]
+        .into_iter()
+        .chain(staging)
+        {
             std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         }
         // A crash from here on is undone at the next start through this record.

@@ -630,7 +630,7 @@ impl Runtime {
     /// the containers that exist (so that a restart collects none of them).
     pub async fn set_leases(&mut self, leases: std::sync::Arc<dyn LayerLeases>) {
         for c in self.containers.lock().await.values() {
-            leases.pin(&c.id, &c.diff_ids);
+            leases.pin(&c.id, &c.layers_in_use());
         }
         self.leases = Some(leases);
     }

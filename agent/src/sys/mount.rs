@@ -122,6 +122,16 @@ pub enum Mount {
     /// The mount at `destination` (inside `root`) and every mount below it made read-only
     /// (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`): a recursive read-only volume.
     RecursiveReadOnly { root: PathBuf, destination: PathBuf },
+    /// An image volume: an overlay of `layers` (top-most first, no upper layer: read-only)
+    /// on `staging`, then its directory `sub_path` (resolved inside the image: its symlinks
+    /// cannot lead out) bound at `destination` inside `root`, read-only, nosuid, nodev.
+    ImageVolume {
+        root: PathBuf,
+        destination: PathBuf,
+        layers: Vec<PathBuf>,
+        sub_path: PathBuf,
+        staging: PathBuf,
+    },
 }
 
 impl Mount {
@@ -147,6 +157,9 @@ impl Mount {
             Mount::RecursiveReadOnly { destination, .. } => {
                 format!("making {} recursively read-only", destination.display())
             }
+            Mount::ImageVolume { destination, .. } => {
+                format!("mounting an image volume on {}", destination.display())
+            }
         }
     }
 }
@@ -159,6 +172,13 @@ pub fn apply(m: &Mount) -> io::Result<()> {
             let mounted = resolve(&rootdir, destination)?;
             set_read_only_recursively(&mounted)
         }
+        Mount::ImageVolume {
+            root,
+            destination,
+            layers,
+            sub_path,
+            staging,
+        } => image_volume(root, destination, layers, sub_path, staging),
         Mount::SlaveAll => mount(
             None::<&str>,
             "/",
@@ -274,6 +294,88 @@ fn overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> io::
         rustix::fs::CWD,
         target,
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
+fn image_volume(
+    root: &Path,
+    destination: &Path,
+    layers: &[PathBuf],
+    sub_path: &Path,
+    staging: &Path,
+) -> io::Result<()> {
+    use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, OpenTreeFlags};
+    let fs = rustix::mount::fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    for lower in layers {
+        rustix::mount::fsconfig_set_string(&fs, "lowerdir+", lower).map_err(|e| {
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("image layer {}: {e}", lower.display()),
+            )
+        })?;
+    }
+    rustix::mount::fsconfig_create(&fs)?;
+    let mnt = rustix::mount::fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )?;
+    rustix::mount::move_mount(
+        &mnt,
+        "",
+        rustix::fs::CWD,
+        staging,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )?;
+    let image = RootDir::open_crossing_mounts(staging)?;
+    // (The image's root itself is ".": an empty path names nothing to openat2.)
+    let wanted = if sub_path.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        Path::new("/").join(sub_path)
+    };
+    // Symlinks are followed as the image sees them: inside it, never out of it.
+    let dir = rustix::fs::openat2(
+        image.as_fd(),
+        wanted.strip_prefix("/").unwrap_or(&wanted),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+        rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        let what = match e {
+            rustix::io::Errno::NOENT => "does not exist in the image".to_string(),
+            rustix::io::Errno::NOTDIR => "is not a directory of the image".to_string(),
+            e => e.to_string(),
+        };
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("image_sub_path {} {what}", sub_path.display()),
+        )
+    })?;
+    // A copy of that directory's mount (read-only, nosuid, nodev as the overlay's), moved
+    // onto the mount point.
+    let tree = rustix::mount::open_tree(
+        &dir,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?;
+    let rootdir = RootDir::open_crossing_mounts(root)?;
+    rootdir
+        .ensure_dir(destination)
+        .map_err(|e| io::Error::new(e.kind(), format!("creating the mount point: {e}")))?;
+    let target = resolve(&rootdir, destination)?;
+    rustix::mount::move_mount(
+        &tree,
+        "",
+        &target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )?;
     Ok(())
 }

@@ -10,7 +10,8 @@ use super::pod::ns_mode;
 use crate::runtime::{
     ContainerFilter,
     container::{
-        Container, ContainerSpec, ContainerState, DeviceSpec, ImageRoot, MountSpec, Propagation,
+        Container, ContainerSpec, ContainerState, DeviceSpec, ImageRoot, MountImage, MountSpec,
+        Propagation,
     },
     sandbox::NamespaceMode,
 };
@@ -98,6 +99,12 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
             .map(|m| MountSpec {
                 container_path: m.container_path,
                 host_path: m.host_path,
+                // Named here, resolved in the store by `resolve_image_volumes`.
+                image: m.image.filter(|i| !i.image.is_empty()).map(|i| MountImage {
+                    image: i.image,
+                    sub_path: m.image_sub_path,
+                    ..Default::default()
+                }),
                 readonly: m.readonly,
                 recursive_read_only: m.recursive_read_only,
                 propagation: match cri::MountPropagation::try_from(m.propagation) {
@@ -205,6 +212,27 @@ fn seccomp_choice(
 }
 
 /// The image a container runs, resolved in the image store.
+/// Finds each image volume's image in the store: its layers, id and repo@digest. The
+/// kubelet pulls it first; one the node does not have is NotFound.
+pub fn resolve_image_volumes(ctx: &Context, spec: &mut ContainerSpec) -> Result<(), Status> {
+    for m in &mut spec.mounts {
+        let Some(volume) = m.image.as_mut() else {
+            continue;
+        };
+        let root = image_root(ctx, &volume.image).map_err(|e| {
+            Status::new(
+                e.code(),
+                format!("image volume at {}: {}", m.container_path, e.message()),
+            )
+        })?;
+        volume.id = root.id;
+        volume.image_ref = root.repo_digest;
+        volume.layers = root.layers;
+        volume.diff_ids = root.diff_ids;
+    }
+    Ok(())
+}
+
 pub fn image_root(ctx: &Context, name: &str) -> Result<ImageRoot, Status> {
     let image = ctx
         .images
@@ -307,6 +335,21 @@ pub fn cri_status(c: &Container) -> cri::ContainerStatus {
             .map(|m| cri::Mount {
                 container_path: m.container_path.clone(),
                 host_path: m.host_path.clone(),
+                // image_ref: what the kubelet reports as the volume's digest.
+                image: m.image.as_ref().map(|i| cri::ImageSpec {
+                    image: i.image.clone(),
+                    image_ref: if i.image_ref.is_empty() {
+                        i.id.clone()
+                    } else {
+                        i.image_ref.clone()
+                    },
+                    ..Default::default()
+                }),
+                image_sub_path: m
+                    .image
+                    .as_ref()
+                    .map(|i| i.sub_path.clone())
+                    .unwrap_or_default(),
                 readonly: m.readonly,
                 recursive_read_only: m.recursive_read_only,
                 propagation: match m.propagation {
