@@ -2629,3 +2629,126 @@ async fn image_volumes_mount_shared_layers_read_only() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// CDI devices (CRI `CDI_devices`): fully-qualified names resolved from the configured spec
+/// directories (JSON and YAML; a later directory wins) into device nodes with their cgroup
+/// access, mounts, environment and groups. An unknown device, and one whose spec needs OCI
+/// hooks (which strata does not run), fail the create with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cdi_devices_become_nodes_mounts_env_and_groups() {
+    let specs = tempfile::tempdir().unwrap();
+    let (low, high, data) = (
+        specs.path().join("low"),
+        specs.path().join("high"),
+        specs.path().join("data"),
+    );
+    for dir in [&low, &high, &data] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    std::fs::write(data.join("x"), "from-cdi\n").unwrap();
+    std::fs::write(
+        low.join("fake.json"),
+        serde_json::json!({
+            "cdiVersion": "0.7.0",
+            "kind": "strata.test/fake",
+            "containerEdits": {"env": ["FAKE_VENDOR=strata"]},
+            "devices": [
+                {
+                    "name": "null0",
+                    "containerEdits": {
+                        "deviceNodes": [{"path": "/dev/fake-null", "hostPath": "/dev/null"}],
+                        "env": ["FAKE_DEVICE=null0"],
+                        "mounts": [{
+                            "hostPath": data.to_str().unwrap(),
+                            "containerPath": "/cdi-data",
+                            "options": ["ro", "bind"]
+                        }],
+                        "additionalGids": [4242]
+                    }
+                },
+                // Hidden by the higher directory's definition.
+                {"name": "zero0", "containerEdits": {"env": ["FAKE_ZERO=low"]}},
+                {
+                    "name": "hooked",
+                    "containerEdits": {
+                        "hooks": [{"hookName": "createContainer", "path": "/bin/true"}]
+                    }
+                }
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        high.join("fake.yaml"),
+        "cdiVersion: 0.6.0\nkind: strata.test/fake\ndevices:\n  - name: zero0\n    containerEdits:\n      env: [FAKE_ZERO=high]\n      deviceNodes:\n        - path: /dev/fake-zero\n          hostPath: /dev/zero\n        - path: /dev/fake-tun\n          hostPath: /dev/net/tun\n          permissions: r\n",
+    )
+    .unwrap();
+    let config = format!(
+        "cdi_spec_dirs = [{:?}, {:?}]\n",
+        low.to_str().unwrap(),
+        high.to_str().unwrap()
+    );
+    let mut env = env_with(&config).await;
+    let pod = env.pod("cdi").await;
+    let image = env.image.clone();
+    let devices = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| cri::CdiDevice {
+                name: n.to_string(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut config = container_config(
+        "gpu",
+        &image,
+        "echo hi > /dev/fake-null && echo null-writable; \
+         head -c 4 /dev/fake-zero | wc -c; \
+         head -c 0 /dev/fake-tun && echo tun-readable; \
+         ( : > /dev/fake-tun ) 2>/dev/null && echo tun-writable || echo tun-write-denied; \
+         echo $FAKE_VENDOR $FAKE_DEVICE $FAKE_ZERO; cat /cdi-data/x; \
+         touch /cdi-data/y 2>/dev/null || echo data-read-only; id -G",
+    );
+    config.cdi_devices = devices(&["strata.test/fake=null0", "strata.test/fake=zero0"]);
+    let (lines, st) = env.run_config(&pod, config).await;
+    assert_eq!(st.exit_code, 0, "{lines:?}");
+    assert_eq!(
+        lines[..7],
+        [
+            "null-writable",
+            "4",
+            "tun-readable",
+            "tun-write-denied",
+            "strata null0 high",
+            "from-cdi",
+            "data-read-only"
+        ],
+        "{lines:?}"
+    );
+    assert!(
+        lines[7].split_whitespace().any(|g| g == "4242"),
+        "{lines:?}"
+    );
+
+    for (names, code, expected) in [
+        (
+            vec!["strata.test/fake=missing"],
+            Code::NotFound,
+            "not defined by any spec file",
+        ),
+        (
+            vec!["strata.test/fake=hooked"],
+            Code::InvalidArgument,
+            "hooks",
+        ),
+        (vec!["null0"], Code::InvalidArgument, "fully qualified"),
+    ] {
+        let mut config = container_config("refused", &image, "true");
+        config.cdi_devices = devices(&names);
+        let e = env.create(&pod, config).await.unwrap_err();
+        assert_eq!(e.code(), code, "{names:?}: {e:?}");
+        assert!(e.message().contains(expected), "{names:?}: {e:?}");
+    }
+    env.remove_pods(vec![pod]).await;
+}

@@ -79,6 +79,7 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     cgroup_parent: Option<String>,
     pids_limit: Option<i64>,
+    cdi_spec_dirs: Option<Vec<PathBuf>>,
     #[serde(default)]
     rlimits: BTreeMap<String, u64>,
     #[serde(default)]
@@ -340,6 +341,8 @@ pub struct Config {
     /// Most processes a container may have (0: no limit), as CRI-O's `pids_limit`: CRI
     /// itself has no field for it.
     pub pids_limit: i64,
+    /// Where CDI device specs are read from, lowest priority first.
+    pub cdi_spec_dirs: Vec<PathBuf>,
     /// Resource limits every container starts with (soft = hard), by lowercase name
     /// (`nofile`, `nproc`, …). CRI has no field for them.
     pub rlimits: BTreeMap<String, u64>,
@@ -401,6 +404,9 @@ impl Config {
                     CgroupDriver::Systemd => "strata.slice".to_string(),
                 }),
             pids_limit: file.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+            cdi_spec_dirs: file
+                .cdi_spec_dirs
+                .unwrap_or_else(crate::cdi::Registry::default_dirs),
             rlimits: file.rlimits,
             images: file.images,
             registries: file.registries,
@@ -420,7 +426,10 @@ impl Config {
             ("root", &self.root),
             ("state_dir", &self.state_dir),
             ("socket", &self.socket),
-        ] {
+        ]
+        .into_iter()
+        .chain(self.cdi_spec_dirs.iter().map(|d| ("cdi_spec_dirs", d)))
+        {
             if !path.is_absolute() {
                 return Err(Error::Invalid {
                     what,

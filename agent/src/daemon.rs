@@ -120,6 +120,7 @@ pub async fn run(config: Config) -> Result<()> {
         runtime.set_systemd(systemd);
     }
     runtime.set_pids_limit(config.pids_limit);
+    runtime.set_cdi_dirs(config.cdi_spec_dirs.clone());
     runtime.set_network(Arc::new(crate::cni::Cni::new(config.cni.clone())));
     runtime.set_rlimits(&config.rlimits);
     // Layers that containers use are never garbage-collected, across restarts too.

@@ -3,6 +3,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod cdi;
 pub mod cgroup;
 pub mod clock;
 pub mod cni;

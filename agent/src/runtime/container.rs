@@ -83,6 +83,9 @@ pub struct ContainerSpec {
     pub mounts: Vec<MountSpec>,
     #[serde(default)]
     pub devices: Vec<DeviceSpec>,
+    /// CDI devices by fully-qualified name (`vendor.com/class=name`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cdi_devices: Vec<String>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub log_path: String,

@@ -424,6 +424,10 @@ impl Runtime {
                 device_rules.push(rule);
             }
         }
+        if !c.spec.cdi_devices.is_empty() {
+            let edits = self.cdi.resolve(&c.spec.cdi_devices)?;
+            apply_cdi(&mut spec, &mut device_rules, edits, c.spec.privileged)?;
+        }
         let volumes = c.spec.mounts.iter().filter(|m| m.image.is_some()).count();
         let staging = (0..volumes)
             .map(|n| layout.image_volume(n))
@@ -1219,6 +1223,136 @@ fn write_seccomp(
 
 /// A device of the request: the host's node (symlinks followed, as other runtimes do) as
 /// a node for the container's /dev, and the rule that lets the container use it.
+/// CDI devices' edits on the container's spec: device nodes (the host node's type and
+/// numbers unless the spec gives them) with their cgroup rules, mounts, environment (a CDI
+/// variable replaces one of the same name) and groups. A privileged container has the
+/// host's /dev and every device already: it takes all but the nodes.
+fn apply_cdi(
+    spec: &mut crate::oci::spec::Spec,
+    rules: &mut Vec<DeviceRule>,
+    edits: crate::cdi::Edits,
+    privileged: bool,
+) -> Result<()> {
+    for node in edits.device_nodes.into_iter().filter(|_| !privileged) {
+        let (device, rule) = cdi_device(&node)?;
+        spec.linux.devices.retain(|d| d.path != device.path);
+        spec.linux.devices.push(device);
+        rules.extend(rule);
+    }
+    for m in edits.mounts {
+        let kind = match m.kind.as_deref() {
+            None | Some("" | "none" | "bind") => "bind".to_string(),
+            Some(other) => other.to_string(),
+        };
+        let mut options = m.options;
+        if kind == "bind" && !options.iter().any(|o| o == "bind" || o == "rbind") {
+            options.insert(0, "rbind".into());
+        }
+        let destination = m.container_path.display().to_string();
+        spec.mounts
+            .retain(|existing| existing.destination != destination);
+        spec.mounts.push(crate::oci::spec::Mount {
+            destination,
+            kind,
+            source: m.host_path.display().to_string(),
+            options,
+        });
+    }
+    for var in edits.env {
+        let key = var.split_once('=').map_or(var.as_str(), |(k, _)| k);
+        match spec
+            .process
+            .env
+            .iter_mut()
+            .find(|e| e.split_once('=').is_some_and(|(k, _)| k == key))
+        {
+            Some(existing) => *existing = var,
+            None => spec.process.env.push(var),
+        }
+    }
+    let gids = &mut spec.process.user.additional_gids;
+    for gid in edits.additional_gids {
+        if !gids.contains(&gid) {
+            gids.push(gid);
+        }
+    }
+    Ok(())
+}
+
+/// One CDI device node: what the spec gives, the rest from the host node.
+fn cdi_device(node: &crate::cdi::DeviceNode) -> Result<(Device, Option<DeviceRule>)> {
+    let invalid = |reason: String| Error::Invalid {
+        what: format!("CDI device node {}", node.path.display()),
+        reason,
+    };
+    if node.kind.as_deref() == Some("p") {
+        return Err(invalid("FIFO device nodes are not supported".into()));
+    }
+    let permissions = node.permissions.clone().unwrap_or_else(|| "rwm".into());
+    let from_host = resolve_device(&container::DeviceSpec {
+        container_path: node.path.display().to_string(),
+        host_path: node.host_path.display().to_string(),
+        permissions: if permissions.is_empty() {
+            "rwm".into()
+        } else {
+            permissions.clone()
+        },
+    });
+    let (mut device, mut rule) = match (from_host, node.kind.as_deref(), node.major, node.minor) {
+        (Ok(found), ..) => found,
+        // Not on the host: the spec must say what it is.
+        (Err(_), Some(kind @ ("c" | "u" | "b")), Some(major), Some(minor)) => {
+            let number = |n: i64| u32::try_from(n).map_err(|_| invalid(format!("bad number {n}")));
+            let (major, minor) = (number(major)?, number(minor)?);
+            let block = kind == "b";
+            let access = Access::parse(if permissions.is_empty() {
+                "rwm"
+            } else {
+                &permissions
+            })
+            .ok_or_else(|| invalid(format!("permissions {permissions:?}")))?;
+            (
+                Device {
+                    path: node.path.display().to_string(),
+                    kind: if block { "b" } else { "c" }.into(),
+                    major,
+                    minor,
+                    file_mode: 0o666,
+                    uid: 0,
+                    gid: 0,
+                },
+                DeviceRule {
+                    kind: if block {
+                        DeviceKind::Block
+                    } else {
+                        DeviceKind::Char
+                    },
+                    major: Some(major),
+                    minor: Some(minor),
+                    access,
+                },
+            )
+        }
+        (Err(e), ..) => return Err(e),
+    };
+    if let Some(mode) = node.file_mode {
+        device.file_mode = mode & 0o7777;
+    }
+    if let Some(uid) = node.uid {
+        device.uid = uid;
+    }
+    if let Some(gid) = node.gid {
+        device.gid = gid;
+    }
+    // `none`: the node is made, the cgroup grants it nothing.
+    if permissions.is_empty() {
+        return Ok((device, None));
+    }
+    rule.access = Access::parse(&permissions)
+        .ok_or_else(|| invalid(format!("permissions {permissions:?}")))?;
+    Ok((device, Some(rule)))
+}
+
 fn resolve_device(d: &container::DeviceSpec) -> Result<(Device, DeviceRule)> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let invalid = |reason: String| Error::Invalid {

@@ -52,6 +52,8 @@ pub enum Error {
     Seccomp(#[from] crate::seccomp::Error),
     #[error(transparent)]
     Network(#[from] crate::cni::Error),
+    #[error(transparent)]
+    Cdi(#[from] crate::cdi::Error),
     #[error("pinning the pod's namespaces: {0}")]
     Namespaces(String),
     #[error("{what} {path}: {source}")]
@@ -106,6 +108,8 @@ pub struct Runtime {
     pids_limit: i64,
     /// Resource limits every container starts with.
     rlimits: Vec<spec::Rlimit>,
+    /// Where CDI devices are defined.
+    cdi: crate::cdi::Registry,
     /// Compiled seccomp programs.
     seccomp: crate::seccomp::Cache,
     /// Names (`<pod>/<name>_<attempt>`) of containers being created.
@@ -231,6 +235,7 @@ impl Runtime {
             containers: tokio::sync::Mutex::new(containers),
             pids_limit: 0,
             rlimits: Vec::new(),
+            cdi: crate::cdi::Registry::new(crate::cdi::Registry::default_dirs()),
             seccomp: crate::seccomp::Cache::default(),
             creating: Default::default(),
             creating_pods: Default::default(),
@@ -295,6 +300,11 @@ impl Runtime {
             }
         }
         self.network.gc(&valid).await;
+    }
+
+    /// The CDI spec directories, lowest priority first.
+    pub fn set_cdi_dirs(&mut self, dirs: Vec<PathBuf>) {
+        self.cdi = crate::cdi::Registry::new(dirs);
     }
 
     pub fn set_pids_limit(&mut self, limit: i64) {

@@ -113,6 +113,9 @@ fn runtime_code(e: &runtime::Error) -> Code {
                 Code::Internal
             }
         },
+        E::Cdi(crate::cdi::Error::UnknownDevice { .. }) => Code::NotFound,
+        E::Cdi(crate::cdi::Error::Dir { .. }) => Code::FailedPrecondition,
+        E::Cdi(_) => Code::InvalidArgument,
         E::Seccomp(seccomp::Error::Compile(_)) => Code::Internal,
         E::Seccomp(_) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::NoHierarchy(_) | cgroup::Error::Survivors(..))

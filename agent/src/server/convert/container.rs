@@ -93,6 +93,7 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
                 permissions: d.permissions,
             })
             .collect(),
+        cdi_devices: config.cdi_devices.into_iter().map(|d| d.name).collect(),
         mounts: config
             .mounts
             .into_iter()
