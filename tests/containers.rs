@@ -2352,6 +2352,24 @@ async fn a_resize_the_process_ids_and_the_image_are_read_back() {
         (after.cpu_shares, after.memory_limit_in_bytes),
         (512, 64 << 20)
     );
+    // The stats say what is left under the new limit.
+    let memory = env
+        .rt
+        .container_stats(cri::ContainerStatsRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stats
+        .unwrap()
+        .memory
+        .unwrap();
+    let (available, working_set) = (
+        memory.available_bytes.unwrap().value,
+        memory.working_set_bytes.unwrap().value,
+    );
+    assert_eq!(available + working_set, 64 << 20);
 
     // Huge pages: 0 is always taken; more only where hugetlb is.
     let pages = |limit: u64| cri::LinuxContainerResources {

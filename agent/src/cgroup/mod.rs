@@ -190,8 +190,51 @@ impl Resources {
     }
 }
 
+/// One line of a pressure file: the share of time some (or all) tasks stalled on the
+/// resource, over 10, 60 and 300 s, and the total stall in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stall {
+    pub avg10: f64,
+    pub avg60: f64,
+    pub avg300: f64,
+    pub total_us: u64,
+}
+
+/// Pressure stall information of one resource (`cpu.pressure`…, cgroup v2).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Pressure {
+    pub some: Stall,
+    pub full: Stall,
+}
+
+impl Pressure {
+    /// `some avg10=0.12 avg60=… avg300=… total=…` and the `full` line; `None` for a file
+    /// that has neither.
+    fn parse(text: &str) -> Option<Pressure> {
+        let stall = |kind: &str| -> Option<Stall> {
+            let line = text.lines().find_map(|l| l.strip_prefix(kind))?;
+            let mut s = Stall::default();
+            for pair in line.split_whitespace() {
+                match pair.split_once('=') {
+                    Some(("avg10", v)) => s.avg10 = v.parse().ok()?,
+                    Some(("avg60", v)) => s.avg60 = v.parse().ok()?,
+                    Some(("avg300", v)) => s.avg300 = v.parse().ok()?,
+                    Some(("total", v)) => s.total_us = v.parse().ok()?,
+                    _ => {}
+                }
+            }
+            Some(s)
+        };
+        let (some, full) = (stall("some "), stall("full "));
+        (some.is_some() || full.is_some()).then(|| Pressure {
+            some: some.unwrap_or_default(),
+            full: full.unwrap_or_default(),
+        })
+    }
+}
+
 /// A cgroup's usage counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Stats {
     pub cpu_usage_ns: u64,
     pub memory_usage: u64,
@@ -201,6 +244,24 @@ pub struct Stats {
     pub page_faults: u64,
     pub major_page_faults: u64,
     pub pids: u64,
+    /// The memory limit, if there is one (for the bytes still available).
+    pub memory_limit: Option<u64>,
+    /// Swap in use and its limit (None: unlimited), where the kernel accounts it.
+    pub swap_usage: Option<u64>,
+    pub swap_limit: Option<u64>,
+    /// Pressure stall information (cgroup v2 only).
+    pub cpu_pressure: Option<Pressure>,
+    pub memory_pressure: Option<Pressure>,
+    pub io_pressure: Option<Pressure>,
+}
+
+/// A limit as cgroupfs shows it: `max` (v2) or a page-rounded 2^63 (v1) is none.
+fn limit(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text.is_empty() || text == "max" {
+        return None;
+    }
+    text.parse::<u64>().ok().filter(|l| *l < 1 << 62)
 }
 
 /// The machine's cgroup hierarchy.
@@ -845,7 +906,16 @@ impl Cgroup {
             Hierarchy::V1 { .. } => {
                 let stat = read("memory", "memory.stat");
                 let usage = number(read("memory", "memory.usage_in_bytes"));
+                // memsw counts memory and swap together, where swap accounting is on.
+                let memsw = read("memory", "memory.memsw.usage_in_bytes");
                 Stats {
+                    memory_limit: limit(&read("memory", "memory.limit_in_bytes")),
+                    swap_usage: (!memsw.trim().is_empty())
+                        .then(|| number(memsw).saturating_sub(usage)),
+                    swap_limit: limit(&read("memory", "memory.memsw.limit_in_bytes")),
+                    cpu_pressure: None,
+                    memory_pressure: None,
+                    io_pressure: None,
                     cpu_usage_ns: number(read("cpuacct", "cpuacct.usage")),
                     memory_usage: usage,
                     memory_working_set: usage.saturating_sub(field(&stat, "total_inactive_file")),
@@ -858,7 +928,14 @@ impl Cgroup {
             Hierarchy::V2 { .. } => {
                 let stat = read("memory", "memory.stat");
                 let usage = number(read("memory", "memory.current"));
+                let swap = read("memory", "memory.swap.current");
                 Stats {
+                    memory_limit: limit(&read("memory", "memory.max")),
+                    swap_usage: (!swap.trim().is_empty()).then(|| number(swap)),
+                    swap_limit: limit(&read("memory", "memory.swap.max")),
+                    cpu_pressure: Pressure::parse(&read("cpu", "cpu.pressure")),
+                    memory_pressure: Pressure::parse(&read("memory", "memory.pressure")),
+                    io_pressure: Pressure::parse(&read("io", "io.pressure")),
                     cpu_usage_ns: field(&read("cpu", "cpu.stat"), "usage_usec") * 1000,
                     memory_usage: usage,
                     memory_working_set: usage.saturating_sub(field(&stat, "inactive_file")),
@@ -1148,6 +1225,60 @@ mod tests {
             ),
             (42_000, 1500, 900, 4)
         );
+        // No limits, no swap file, no pressure files: nothing made up.
+        assert_eq!(
+            (st.memory_limit, st.swap_usage, st.swap_limit),
+            (None, None, None)
+        );
+        assert!(st.cpu_pressure.is_none() && st.io_pressure.is_none());
+
+        // Limits, swap and pressure as a v2 kernel writes them.
+        w("memory.max", "4096000\n");
+        w("memory.swap.current", "8192\n");
+        w("memory.swap.max", "max\n");
+        w(
+            "cpu.pressure",
+            "some avg10=1.50 avg60=0.25 avg300=0.00 total=123456\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=7\n",
+        );
+        w(
+            "memory.pressure",
+            "some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        );
+        w(
+            "io.pressure",
+            "some avg10=12.00 avg60=6.00 avg300=2.00 total=99\nfull avg10=10.00 avg60=5.00 avg300=1.00 total=90\n",
+        );
+        let st = cg.stats();
+        assert_eq!(st.memory_limit, Some(4_096_000));
+        assert_eq!((st.swap_usage, st.swap_limit), (Some(8192), None));
+        let cpu = st.cpu_pressure.unwrap();
+        assert_eq!(
+            (
+                cpu.some.avg10,
+                cpu.some.avg60,
+                cpu.some.total_us,
+                cpu.full.total_us
+            ),
+            (1.5, 0.25, 123_456, 7)
+        );
+        let io = st.io_pressure.unwrap();
+        assert_eq!(
+            (io.full.avg10, io.full.avg300, io.some.total_us),
+            (10.0, 1.0, 99)
+        );
+        assert_eq!(st.memory_pressure.unwrap().some.total_us, 0);
+
+        // v1: memsw is memory and swap together; an unlimited v1 limit is a huge number.
+        let tree = fake_v1();
+        let cg = Hierarchy::detect(tree.path()).unwrap().create("s").unwrap();
+        let w = |f: &str, v: &str| std::fs::write(tree.path().join(f), v).unwrap();
+        w("memory/s/memory.usage_in_bytes", "1000\n");
+        w("memory/s/memory.memsw.usage_in_bytes", "1500\n");
+        w("memory/s/memory.limit_in_bytes", "9223372036854771712\n");
+        let st = cg.stats();
+        assert_eq!((st.swap_usage, st.memory_limit), (Some(500), None));
+        assert!(st.cpu_pressure.is_none());
+        assert!(Pressure::parse("garbage").is_none());
     }
 
     #[test]

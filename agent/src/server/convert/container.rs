@@ -435,12 +435,26 @@ fn u64_value(value: u64) -> Option<cri::UInt64Value> {
     Some(cri::UInt64Value { value })
 }
 
+/// Pressure stall information in the CRI's terms (its totals are in nanoseconds).
+fn psi(pressure: Option<crate::cgroup::Pressure>) -> Option<cri::PsiStats> {
+    let data = |s: crate::cgroup::Stall| cri::PsiData {
+        total: s.total_us.saturating_mul(1000),
+        avg10: s.avg10,
+        avg60: s.avg60,
+        avg300: s.avg300,
+    };
+    pressure.map(|p| cri::PsiStats {
+        full: Some(data(p.full)),
+        some: Some(data(p.some)),
+    })
+}
+
 fn cpu(stats: &crate::cgroup::Stats, now: i64) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: now,
         usage_core_nano_seconds: u64_value(stats.cpu_usage_ns),
         usage_nano_cores: None,
-        psi: None,
+        psi: psi(stats.cpu_pressure),
     }
 }
 
@@ -448,13 +462,34 @@ fn memory(stats: &crate::cgroup::Stats, now: i64) -> cri::MemoryUsage {
     cri::MemoryUsage {
         timestamp: now,
         working_set_bytes: u64_value(stats.memory_working_set),
-        available_bytes: None,
+        // What is left under the limit, as cadvisor counts it (none without a limit).
+        available_bytes: stats
+            .memory_limit
+            .and_then(|l| u64_value(l.saturating_sub(stats.memory_working_set))),
         usage_bytes: u64_value(stats.memory_usage),
         rss_bytes: u64_value(stats.memory_rss),
         page_faults: u64_value(stats.page_faults),
         major_page_faults: u64_value(stats.major_page_faults),
-        psi: None,
+        psi: psi(stats.memory_pressure),
     }
+}
+
+fn swap(stats: &crate::cgroup::Stats, now: i64) -> Option<cri::SwapUsage> {
+    let usage = stats.swap_usage?;
+    Some(cri::SwapUsage {
+        timestamp: now,
+        swap_available_bytes: stats
+            .swap_limit
+            .and_then(|l| u64_value(l.saturating_sub(usage))),
+        swap_usage_bytes: u64_value(usage),
+    })
+}
+
+fn io(stats: &crate::cgroup::Stats, now: i64) -> Option<cri::IoUsage> {
+    stats.io_pressure.map(|p| cri::IoUsage {
+        timestamp: now,
+        psi: psi(Some(p)),
+    })
 }
 
 /// A container's stats: its cgroup counters and its writable layer's use (as the runtime
@@ -481,8 +516,8 @@ pub async fn container_stats(ctx: &Context, c: &Container) -> cri::ContainerStat
             used_bytes: u64_value(bytes),
             inodes_used: u64_value(inodes),
         }),
-        swap: None,
-        io: None,
+        swap: swap(&stats, now),
+        io: io(&stats, now),
     }
 }
 
@@ -518,7 +553,7 @@ pub async fn pod_stats(
                 process_count: u64_value(stats.pids),
             }),
             containers: container_stats_list,
-            io: None,
+            io: io(&stats, now),
         }),
         windows: None,
     }
@@ -527,6 +562,49 @@ pub async fn pod_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pressure_swap_and_available_memory_in_the_cris_terms() {
+        use crate::cgroup::{Pressure, Stall, Stats};
+        let stall = |avg10, total_us| Stall {
+            avg10,
+            avg60: 0.5,
+            avg300: 0.25,
+            total_us,
+        };
+        let stats = Stats {
+            memory_working_set: 300,
+            memory_limit: Some(1000),
+            swap_usage: Some(40),
+            swap_limit: Some(100),
+            cpu_pressure: Some(Pressure {
+                some: stall(1.5, 7),
+                full: stall(0.0, 3),
+            }),
+            io_pressure: Some(Pressure::default()),
+            ..Default::default()
+        };
+        let cpu_psi = cpu(&stats, 1).psi.unwrap();
+        let some = cpu_psi.some.unwrap();
+        assert_eq!((some.total, some.avg10, some.avg300), (7000, 1.5, 0.25));
+        assert_eq!(cpu_psi.full.unwrap().total, 3000);
+        let used = memory(&stats, 1);
+        assert_eq!(used.available_bytes.unwrap().value, 700);
+        assert!(used.psi.is_none(), "no memory.pressure: none reported");
+        let swapped = swap(&stats, 1).unwrap();
+        assert_eq!(
+            (
+                swapped.swap_usage_bytes.unwrap().value,
+                swapped.swap_available_bytes.unwrap().value
+            ),
+            (40, 60)
+        );
+        assert!(io(&stats, 1).unwrap().psi.is_some());
+        // A v1 node without swap accounting or limits: those stay unset.
+        let bare = Stats::default();
+        assert!(swap(&bare, 1).is_none() && io(&bare, 1).is_none());
+        assert!(memory(&bare, 1).available_bytes.is_none());
+    }
 
     #[test]
     fn apparmor_profiles_are_refused_where_the_host_has_no_apparmor() {
