@@ -3,6 +3,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod apparmor;
 pub mod cdi;
 pub mod cgroup;
 pub mod clock;

@@ -30,6 +30,8 @@ pub enum Stage {
     /// User, groups, capabilities, no_new_privs.
     User,
     Seccomp,
+    /// Changing to the AppArmor profile at exec.
+    AppArmor,
     /// The entrypoint is not there (or not executable).
     NotFound,
     Exec,

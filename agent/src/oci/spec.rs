@@ -36,6 +36,9 @@ pub struct Process {
     /// On a terminal: a pty of the container's devpts, its master held by the monitor.
     #[serde(default)]
     pub terminal: bool,
+    /// The AppArmor profile the process runs confined to (none: unconfined).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apparmor_profile: Option<String>,
 }
 
 /// A resource limit, as the OCI spec writes it (`RLIMIT_NOFILE`).

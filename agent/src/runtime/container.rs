@@ -121,6 +121,9 @@ pub struct ContainerSpec {
     /// The limits in force: those of the create, with every update applied since.
     #[serde(default)]
     pub resources: cgroup::Resources,
+    /// The AppArmor profile it runs under (None: unconfined, or a host without AppArmor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apparmor: Option<String>,
     /// The container's stdin is a pipe its monitor holds (for Attach), not /dev/null.
     #[serde(default)]
     pub stdin: bool,
@@ -624,6 +627,7 @@ pub fn runtime_spec(
             rlimits: Vec::new(),
             oom_score_adj: (spec.oom_score_adj != 0).then_some(spec.oom_score_adj),
             terminal: spec.tty,
+            apparmor_profile: spec.apparmor.clone(),
         },
         root: Root {
             path: layout.rootfs(),

@@ -279,6 +279,11 @@ impl Runtime {
             )?;
         }
         let pid_target = self.pid_target(&spec, &sandbox.id).await?;
+        // Only on a host with AppArmor (elsewhere the request was refused or asked none).
+        if let Some(profile) = &spec.apparmor {
+            let dir = self.pins.parent().unwrap_or(&self.pins).join("apparmor");
+            crate::apparmor::ensure(profile, &dir).await?;
+        }
         // The image's layers are kept from before the container exists, so that removing
         // the image cannot race its creation.
         let claim = format!(

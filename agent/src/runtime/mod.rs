@@ -54,6 +54,8 @@ pub enum Error {
     Network(#[from] crate::cni::Error),
     #[error(transparent)]
     Cdi(#[from] crate::cdi::Error),
+    #[error(transparent)]
+    AppArmor(#[from] crate::apparmor::Error),
     #[error("pinning the pod's namespaces: {0}")]
     Namespaces(String),
     #[error("{what} {path}: {source}")]

@@ -116,6 +116,8 @@ fn runtime_code(e: &runtime::Error) -> Code {
         E::Cdi(crate::cdi::Error::UnknownDevice { .. }) => Code::NotFound,
         E::Cdi(crate::cdi::Error::Dir { .. }) => Code::FailedPrecondition,
         E::Cdi(_) => Code::InvalidArgument,
+        E::AppArmor(crate::apparmor::Error::NotLoaded(_)) => Code::InvalidArgument,
+        E::AppArmor(crate::apparmor::Error::Load { .. }) => Code::FailedPrecondition,
         E::Seccomp(seccomp::Error::Compile(_)) => Code::Internal,
         E::Seccomp(_) => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::NoHierarchy(_) | cgroup::Error::Survivors(..))

@@ -258,6 +258,14 @@ pub fn confine_and_exec(
     // First, so that no seccomp profile can stand in its way.
     sys.reset_signals()
         .map_err(at(Stage::Setup, || "resetting signal dispositions".into()))?;
+    // The profile takes effect at the exec; set while privileged and before no_new_privs,
+    // which would forbid the transition.
+    if let Some(profile) = &spec.process.apparmor_profile {
+        sys.set_apparmor_exec_profile(profile)
+            .map_err(at(Stage::AppArmor, || {
+                format!("AppArmor profile {profile}")
+            }))?;
+    }
     let nnp = spec.process.no_new_privileges;
     let load = |sys: &mut dyn Syscall, program: &[u8]| {
         sys.load_seccomp(program)
@@ -575,6 +583,48 @@ mod tests {
             CapabilitySet::CHOWN,
             CapabilitySet::CHOWN
         )));
+    }
+
+    #[test]
+    fn the_apparmor_profile_is_set_for_the_exec_while_still_privileged() {
+        for nnp in [true, false] {
+            let mut sys = Recorder::default();
+            let mut s = spec(nnp);
+            s.process.apparmor_profile = Some("strata-default".into());
+            run_init(&mut s, &mut sys, true);
+            let calls = &sys.calls;
+            let apparmor = position(calls, |c| *c == Call::AppArmorExec("strata-default".into()));
+            let reset = position(calls, |c| *c == Call::ResetSignals);
+            let seccomp = position(calls, |c| matches!(c, Call::LoadSeccomp(_)));
+            let uid = position(calls, |c| matches!(c, Call::SetUid(_)));
+            let exec = position(calls, |c| matches!(c, Call::Exec(..)));
+            assert!(reset < apparmor, "{calls:#?}");
+            assert!(
+                apparmor < seccomp && apparmor < uid && uid < exec,
+                "{calls:#?}"
+            );
+            if nnp {
+                assert!(apparmor < position(calls, |c| *c == Call::SetNoNewPrivs));
+            }
+        }
+        // Unconfined: the attribute is left alone.
+        let mut sys = Recorder::default();
+        run_init(&mut spec(true), &mut sys, true);
+        assert!(!sys.calls.iter().any(|c| matches!(c, Call::AppArmorExec(_))));
+        // Refused by the kernel: the init stops there, with its stage.
+        let mut sys = Recorder {
+            fail_on: Some(|c| matches!(c, Call::AppArmorExec(_))),
+            ..Default::default()
+        };
+        let mut s = spec(true);
+        s.process.apparmor_profile = Some("missing".into());
+        let (error, _) = run_init(&mut s, &mut sys, false);
+        assert_eq!(error.stage(), Stage::AppArmor);
+        assert!(
+            error.to_string().contains("AppArmor profile missing"),
+            "{error}"
+        );
+        assert!(!sys.calls.iter().any(|c| matches!(c, Call::Exec(..))));
     }
 
     #[test]

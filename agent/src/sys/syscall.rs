@@ -149,6 +149,9 @@ pub trait Syscall {
     fn close_other_fds(&mut self, keep: &[RawFd]) -> io::Result<()>;
     /// Signal dispositions back to their defaults (what this process ignores, an exec keeps).
     fn reset_signals(&mut self) -> io::Result<()>;
+    /// Confines the program this process execs next to the AppArmor profile `profile`
+    /// (`exec <profile>` on the process's AppArmor exec attribute).
+    fn set_apparmor_exec_profile(&mut self, profile: &str) -> io::Result<()>;
     /// Replaces this process; returns only the error.
     fn exec(&mut self, exe: &CStr, args: &[CString], env: &[CString]) -> io::Error;
 }
@@ -340,6 +343,23 @@ impl Syscall for Linux {
         super::process::reset_signal_dispositions()
     }
 
+    fn set_apparmor_exec_profile(&mut self, profile: &str) -> io::Result<()> {
+        // The per-LSM file (kernel 5.8 and later), else the shared one older kernels have.
+        let line = format!("exec {profile}");
+        let thread = |attr: &str| format!("/proc/thread-self/attr/{attr}");
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(thread("apparmor/exec"))
+        {
+            Ok(mut file) => file.write_all(line.as_bytes()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .write(true)
+                .open(thread("exec"))?
+                .write_all(line.as_bytes()),
+            Err(e) => Err(e),
+        }
+    }
+
     fn exec(&mut self, exe: &CStr, args: &[CString], env: &[CString]) -> io::Error {
         match nix::unistd::execve(exe, args, env) {
             Err(e) => io::Error::from(e),
@@ -373,6 +393,7 @@ pub enum Call {
     SetNoNewPrivs,
     CloseOtherFds,
     ResetSignals,
+    AppArmorExec(String),
     Exec(String, Vec<String>),
 }
 
@@ -480,6 +501,9 @@ impl Syscall for Recorder {
     }
     fn reset_signals(&mut self) -> io::Result<()> {
         self.record(Call::ResetSignals)
+    }
+    fn set_apparmor_exec_profile(&mut self, profile: &str) -> io::Result<()> {
+        self.record(Call::AppArmorExec(profile.to_string()))
     }
     fn exec(&mut self, exe: &CStr, args: &[CString], _env: &[CString]) -> io::Error {
         let call = Call::Exec(

@@ -67,10 +67,11 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
     // Older kubelets still send the deprecated string form.
     #[allow(deprecated)]
     let apparmor_profile = &security.apparmor_profile;
-    check_apparmor(
+    let apparmor = apparmor_choice(
         security.apparmor.as_ref(),
         apparmor_profile,
         crate::sys::apparmor_enabled(),
+        security.privileged,
     )?;
     Ok(ContainerSpec {
         name: metadata.name,
@@ -159,19 +160,51 @@ pub fn container_spec(config: cri::ContainerConfig) -> Result<ContainerSpec, Sta
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         tty: config.tty,
+        apparmor,
     })
 }
 
-/// An AppArmor profile is never dropped in silence: on a host without AppArmor, any
-/// profile but unconfined is refused (as containerd does), rather than the container
-/// running unconfined while the kubelet believes it confined.
-fn check_apparmor(
+/// The AppArmor profile a container runs under (None: unconfined). On a host with
+/// AppArmor: the one asked for, the runtime's default for RuntimeDefault and for a
+/// container that names none (as containerd and CRI-O do), none for a privileged one
+/// that does not name its own. An AppArmor profile is never dropped in silence: on a host
+/// without AppArmor, any profile but unconfined is refused (as containerd does), rather
+/// than the container running unconfined while the kubelet believes it confined.
+fn apparmor_choice(
     profile: Option<&cri::SecurityProfile>,
     deprecated: &str,
     host_has_apparmor: bool,
-) -> Result<(), Status> {
+    privileged: bool,
+) -> Result<Option<String>, Status> {
+    use cri::security_profile::ProfileType;
     if host_has_apparmor {
-        return Ok(());
+        let default = (!privileged).then(|| crate::apparmor::DEFAULT_PROFILE.to_string());
+        let named = |name: &str| {
+            if name.is_empty() {
+                Err(Status::invalid_argument(
+                    "AppArmor profile localhost/ names no profile",
+                ))
+            } else {
+                Ok(Some(name.to_string()))
+            }
+        };
+        return match profile {
+            Some(p) => match ProfileType::try_from(p.profile_type) {
+                Ok(ProfileType::Unconfined) => Ok(None),
+                Ok(ProfileType::Localhost) => named(&p.localhost_ref),
+                _ => Ok(default),
+            },
+            None => match deprecated {
+                "unconfined" => Ok(None),
+                "" | "runtime/default" => Ok(default),
+                other => match other.strip_prefix("localhost/") {
+                    Some(name) => named(name),
+                    None => Err(Status::invalid_argument(format!(
+                        "AppArmor profile {other:?} is neither runtime/default, unconfined nor localhost/<name>"
+                    ))),
+                },
+            },
+        };
     }
     let asked = match profile {
         Some(p) if p.profile_type != cri::security_profile::ProfileType::Unconfined as i32 => {
@@ -182,9 +215,9 @@ fn check_apparmor(
                 _ => "runtime/default".to_string(),
             }
         }
-        Some(_) => return Ok(()),
+        Some(_) => return Ok(None),
         None if !deprecated.is_empty() && deprecated != "unconfined" => deprecated.to_string(),
-        None => return Ok(()),
+        None => return Ok(None),
     };
     Err(Status::invalid_argument(format!(
         "AppArmor profile {asked:?}: AppArmor is not enabled on this host (only unconfined runs here)"
@@ -619,18 +652,71 @@ mod tests {
             (None, "runtime/default"),
             (None, "localhost/other"),
         ] {
-            let err = check_apparmor(p.as_ref(), deprecated, false).unwrap_err();
+            let err = apparmor_choice(p.as_ref(), deprecated, false, false).unwrap_err();
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
             assert!(err.message().contains("AppArmor is not enabled"), "{err:?}");
-            // A host with AppArmor takes it.
-            assert!(check_apparmor(p.as_ref(), deprecated, true).is_ok());
         }
         for (p, deprecated) in [
             (Some(profile(T::Unconfined, "")), ""),
             (None, "unconfined"),
             (None, ""),
         ] {
-            assert!(check_apparmor(p.as_ref(), deprecated, false).is_ok());
+            assert_eq!(
+                apparmor_choice(p.as_ref(), deprecated, false, false).unwrap(),
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn apparmor_profiles_on_a_host_with_apparmor() {
+        use cri::security_profile::ProfileType as T;
+        let profile = |t: T, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        let default = Some(crate::apparmor::DEFAULT_PROFILE.to_string());
+        for (p, deprecated, privileged, expected) in [
+            (
+                Some(profile(T::RuntimeDefault, "")),
+                "",
+                false,
+                default.clone(),
+            ),
+            (
+                Some(profile(T::Localhost, "mine")),
+                "",
+                false,
+                Some("mine".into()),
+            ),
+            (
+                Some(profile(T::Localhost, "mine")),
+                "",
+                true,
+                Some("mine".into()),
+            ),
+            (Some(profile(T::Unconfined, "")), "", false, None),
+            (None, "runtime/default", false, default.clone()),
+            (None, "localhost/other", false, Some("other".into())),
+            (None, "unconfined", false, None),
+            // Named by no one: the default, except for a privileged container.
+            (None, "", false, default.clone()),
+            (None, "", true, None),
+            (Some(profile(T::RuntimeDefault, "")), "", true, None),
+        ] {
+            assert_eq!(
+                apparmor_choice(p.as_ref(), deprecated, true, privileged).unwrap(),
+                expected,
+                "{p:?} {deprecated:?} privileged={privileged}"
+            );
+        }
+        for (p, deprecated) in [
+            (Some(profile(T::Localhost, "")), ""),
+            (None, "localhost/"),
+            (None, "bogus"),
+        ] {
+            let err = apparmor_choice(p.as_ref(), deprecated, true, false).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{deprecated}");
         }
     }
 }
