@@ -2475,6 +2475,21 @@ async fn image_volumes_mount_shared_layers_read_only() {
         )
         .build();
     let data = env.publish("ctr/volume-data", &data).await;
+    let data_id = cri::image_service_client::ImageServiceClient::new(env.daemon.channel().await)
+        .image_status(cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec {
+                image: data.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap()
+        .id;
+    assert!(data_id.starts_with("sha256:"));
     // One layer: an overlay without an upper layer needs two lowers.
     let single = ImageBuilder::new()
         .layer(
@@ -2508,7 +2523,8 @@ async fn image_volumes_mount_shared_layers_read_only() {
     );
     config.mounts = vec![
         volume("/vol", &data, ""),
-        volume("/sub", &data, "data/sub"),
+        // By id, as the kubelet names it (PullImage's image_ref).
+        volume("/sub", &data_id, "data/sub"),
         volume("/one", &single, ""),
         // A symlink of the image, followed inside it.
         volume("/inner", &data, "data/inner"),
