@@ -17,6 +17,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/strata";
 /// Most processes a container may have unless configured: CRI-O's default. A fork bomb in
 /// one container must not exhaust the node's pids.
 pub const DEFAULT_PIDS_LIMIT: i64 = 1024;
+/// systemd's private API socket, which the systemd cgroup driver speaks to.
+pub const DEFAULT_SYSTEMD_SOCKET: &str = "/run/systemd/private";
 
 /// The resource limits `[rlimits]` may set, as `RLIMIT_<NAME>` without the prefix.
 pub const RLIMIT_NAMES: &[&str] = &[
@@ -89,7 +91,7 @@ struct FileConfig {
     #[serde(default)]
     streaming: StreamingConfig,
     #[serde(default)]
-    cni: crate::cni::Settings,
+    cni: CniConfig,
     #[serde(default)]
     events: EventsConfig,
     #[serde(default)]
@@ -123,7 +125,7 @@ impl Default for CgroupsConfig {
     fn default() -> Self {
         CgroupsConfig {
             driver: CgroupDriver::Cgroupfs,
-            systemd_socket: PathBuf::from(crate::cgroup::systemd::DEFAULT_SOCKET),
+            systemd_socket: PathBuf::from(DEFAULT_SYSTEMD_SOCKET),
         }
     }
 }
@@ -246,6 +248,31 @@ impl Default for ImagesConfig {
     }
 }
 
+/// `[cni]`: where network configs and plugins are (read by `cni`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CniConfig {
+    /// Network configs (`.conflist`, `.conf`, `.json`); the lexically first valid ones win.
+    pub conf_dir: PathBuf,
+    /// Where plugins are looked for, in order.
+    pub bin_dirs: Vec<PathBuf>,
+    /// How many networks a pod joins (the first gets `eth0`, the next `eth1`, …).
+    pub max_conf_num: usize,
+    /// Longest a plugin may run for one command.
+    pub setup_timeout_secs: u64,
+}
+
+impl Default for CniConfig {
+    fn default() -> Self {
+        CniConfig {
+            conf_dir: PathBuf::from("/etc/cni/net.d"),
+            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
+            max_conf_num: 1,
+            setup_timeout_secs: 60,
+        }
+    }
+}
+
 /// Settings for one registry host (`[registries."host:port"]`).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -349,7 +376,7 @@ pub struct Config {
     pub images: ImagesConfig,
     pub registries: BTreeMap<String, RegistryConfig>,
     pub streaming: StreamingConfig,
-    pub cni: crate::cni::Settings,
+    pub cni: CniConfig,
     pub events: EventsConfig,
     pub remote: RemoteConfig,
     pub metrics: MetricsConfig,
@@ -445,21 +472,15 @@ impl Config {
                 reason: "must name a file".into(),
             });
         }
-        if self.cgroups.driver == CgroupDriver::Systemd {
-            if let Err(e) = crate::cgroup::systemd::slice_path(&self.cgroup_parent) {
-                return Err(Error::Invalid {
-                    what: "cgroup_parent",
-                    value: self.cgroup_parent.clone(),
-                    reason: format!("with the systemd cgroup driver, a slice: {e}"),
-                });
-            }
-            if !self.cgroups.systemd_socket.is_absolute() {
-                return Err(Error::Invalid {
-                    what: "cgroups.systemd_socket",
-                    value: self.cgroups.systemd_socket.display().to_string(),
-                    reason: "must be an absolute path".into(),
-                });
-            }
+        // (That the parent is a slice systemd accepts, the driver checks: `daemon::run`.)
+        if self.cgroups.driver == CgroupDriver::Systemd
+            && !self.cgroups.systemd_socket.is_absolute()
+        {
+            return Err(Error::Invalid {
+                what: "cgroups.systemd_socket",
+                value: self.cgroups.systemd_socket.display().to_string(),
+                reason: "must be an absolute path".into(),
+            });
         }
         let parent = self.cgroup_parent.trim_matches('/');
         if parent.is_empty()

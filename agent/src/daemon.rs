@@ -58,6 +58,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs the daemon until a shutdown signal. Must be called inside a tokio runtime.
 pub async fn run(config: Config) -> Result<()> {
+    // Before anything is made: with the systemd driver, the parent must be a slice.
+    if config.cgroups.driver == crate::config::CgroupDriver::Systemd
+        && let Err(e) = crate::cgroup::systemd::slice_path(&config.cgroup_parent)
+    {
+        return Err(Error::Startup(format!(
+            "cgroup_parent {:?}: with the systemd cgroup driver, a slice: {e}",
+            config.cgroup_parent
+        )));
+    }
     create_dir(&config.root, "cannot create root")?;
     create_dir(&config.state_dir, "cannot create state directory")?;
     let _lock = lock_root(&config.root)?;

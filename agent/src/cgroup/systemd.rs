@@ -33,9 +33,6 @@ const QUEUED_SIGNALS: usize = 4096;
 /// A systemd job that takes longer than this is reported as failed.
 const JOB_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Where systemd serves its API to root.
-pub const DEFAULT_SOCKET: &str = "/run/systemd/private";
-
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(

@@ -68,29 +68,14 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// `[cni]`: where network configs and plugins are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Settings {
-    /// Network configs (`.conflist`, `.conf`, `.json`); the lexically first valid ones win.
-    pub conf_dir: PathBuf,
-    /// Where plugins are looked for, in order.
-    pub bin_dirs: Vec<PathBuf>,
-    /// How many networks a pod joins (the first gets `eth0`, the next `eth1`, …).
-    pub max_conf_num: usize,
-    /// Longest a plugin may run for one command.
-    pub setup_timeout_secs: u64,
-}
+pub use crate::config::CniConfig as Settings;
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            conf_dir: PathBuf::from("/etc/cni/net.d"),
-            bin_dirs: vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")],
-            max_conf_num: 1,
-            setup_timeout_secs: 60,
-        }
-    }
+/// A pod's DNS: the kubelet's settings, or what a plugin's result gives a pod that has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
 }
 
 /// A pod's side of a network setup.
@@ -105,7 +90,7 @@ pub struct PodNetwork {
     /// Bits per second, from the pod's bandwidth annotations.
     pub ingress_rate: Option<u64>,
     pub egress_rate: Option<u64>,
-    pub dns: Option<crate::runtime::sandbox::Dns>,
+    pub dns: Option<Dns>,
     pub cgroup_path: String,
 }
 

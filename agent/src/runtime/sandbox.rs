@@ -16,12 +16,7 @@ pub enum NamespaceMode {
     Target,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dns {
-    pub servers: Vec<String>,
-    pub searches: Vec<String>,
-    pub options: Vec<String>,
-}
+pub use crate::cni::Dns;
 
 /// Everything the agent keeps of a pod's configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
