@@ -2602,26 +2602,26 @@ async fn image_volumes_mount_shared_layers_read_only() {
         (
             data.as_str(),
             "data/nowhere",
-            Code::Unknown,
+            Code::InvalidArgument,
             "does not exist in the image",
         ),
         (
             data.as_str(),
             "data/gone",
-            Code::Unknown,
+            Code::InvalidArgument,
             "does not exist in the image",
         ),
         // The symlink leads to the image's /etc, which it has not (not the host's).
         (
             data.as_str(),
             "data/out",
-            Code::Unknown,
+            Code::InvalidArgument,
             "does not exist in the image",
         ),
         (
             data.as_str(),
             "data/plain",
-            Code::Unknown,
+            Code::InvalidArgument,
             "is not a directory",
         ),
     ] {
@@ -2637,7 +2637,7 @@ async fn image_volumes_mount_shared_layers_read_only() {
             .await
             .unwrap_err();
         assert!(
-            e.message().contains(expected) && (code == Code::Unknown || e.code() == code),
+            e.message().contains(expected) && e.code() == code,
             "{sub_path}: {e:?}"
         );
     }

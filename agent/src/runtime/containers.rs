@@ -854,19 +854,27 @@ async fn spawn_monitor(dir: &Path) -> Result<(u32, u32)> {
             "the container's init did not get ready within {CREATE_TIMEOUT:?}"
         ))),
         Ok(Err(e)) => Err(io_err("cannot read from the monitor of", dir)(e)),
-        Ok(Ok(0)) => Err(Error::CreateFailed(
-            "the container's monitor exited without a word".into(),
-        )),
+        Ok(Ok(0)) => Err(Error::CreateFailed {
+            stage: None,
+            message: "the container's monitor exited without a word".into(),
+        }),
         Ok(Ok(_)) => match oci::parse(&line) {
             Ok(Message::Ready { pid: Some(pid) }) => Ok((pid, monitor)),
             Ok(Message::Failure { stage, message }) => {
                 tracing::info!(?stage, %message, "the container's init failed");
-                Err(Error::CreateFailed(message))
+                Err(Error::CreateFailed {
+                    stage: Some(stage),
+                    message,
+                })
             }
-            Ok(other) => Err(Error::CreateFailed(format!(
-                "unexpected {other:?} from the container's monitor"
-            ))),
-            Err(e) => Err(Error::CreateFailed(e.to_string())),
+            Ok(other) => Err(Error::CreateFailed {
+                stage: None,
+                message: format!("unexpected {other:?} from the container's monitor"),
+            }),
+            Err(e) => Err(Error::CreateFailed {
+                stage: None,
+                message: e.to_string(),
+            }),
         },
     }
 }

@@ -38,8 +38,14 @@ pub enum Error {
     ContainerExists { name: String, id: String },
     #[error("{0}")]
     Precondition(String),
-    #[error("creating the container failed: {0}")]
-    CreateFailed(String),
+    /// The container's init (or its monitor) failed while it was set up, at `stage` when
+    /// it said where: what the request asked may be the cause (a mount, the working
+    /// directory, the user, a profile) or not (the host).
+    #[error("creating the container failed: {message}")]
+    CreateFailed {
+        stage: Option<crate::oci::Stage>,
+        message: String,
+    },
     #[error("{0}")]
     Timeout(String),
     #[error("{what}: {reason}")]

@@ -86,13 +86,33 @@ impl From<image::Error> for Status {
     }
 }
 
+/// Where a container's init stopped, as a code: what the request asked for (a mount, the
+/// working directory, the user, limits, a profile) is InvalidArgument; the host's part
+/// (namespaces, cgroups, the helper itself) is Internal; the rest Unknown.
+fn stage_code(stage: Option<crate::oci::Stage>) -> Code {
+    use crate::oci::Stage as S;
+    match stage {
+        Some(
+            S::Mounts
+            | S::WorkingDir
+            | S::User
+            | S::Limits
+            | S::Seccomp
+            | S::AppArmor
+            | S::NotFound,
+        ) => Code::InvalidArgument,
+        Some(S::Setup | S::Namespaces | S::Cgroup) => Code::Internal,
+        Some(S::Start | S::Exec) | None => Code::Unknown,
+    }
+}
+
 fn runtime_code(e: &runtime::Error) -> Code {
     use runtime::Error as E;
     match e {
         E::SandboxNotFound(_) | E::ContainerNotFound(_) => Code::NotFound,
         E::SandboxExists { .. } | E::ContainerExists { .. } => Code::AlreadyExists,
         E::Precondition(_) => Code::FailedPrecondition,
-        E::CreateFailed(_) => Code::Unknown,
+        E::CreateFailed { stage, .. } => stage_code(*stage),
         E::Timeout(_) => Code::DeadlineExceeded,
         E::Invalid { .. } => Code::InvalidArgument,
         E::Cgroup(cgroup::Error::Resource { .. } | cgroup::Error::Path(_)) => Code::InvalidArgument,
@@ -174,5 +194,32 @@ mod tests {
         assert_eq!(unpack_failure(quota), Code::ResourceExhausted);
         let broken = io::Error::new(io::ErrorKind::InvalidData, "bad tar header");
         assert_eq!(unpack_failure(broken), Code::DataLoss);
+    }
+
+    #[test]
+    fn where_an_init_failed_decides_its_code() {
+        use crate::oci::Stage;
+        let failed = |stage| {
+            runtime_code(&runtime::Error::CreateFailed {
+                stage,
+                message: "x".into(),
+            })
+        };
+        // The request's part.
+        for stage in [
+            Stage::Mounts,
+            Stage::WorkingDir,
+            Stage::User,
+            Stage::Limits,
+            Stage::Seccomp,
+            Stage::AppArmor,
+        ] {
+            assert_eq!(failed(Some(stage)), Code::InvalidArgument, "{stage:?}");
+        }
+        // The host's.
+        for stage in [Stage::Setup, Stage::Namespaces, Stage::Cgroup] {
+            assert_eq!(failed(Some(stage)), Code::Internal, "{stage:?}");
+        }
+        assert_eq!(failed(None), Code::Unknown);
     }
 }
