@@ -2,7 +2,6 @@
 //! about gRPC; the server converts CRI messages to and from these types.
 
 pub mod container;
-mod containers;
 mod leases;
 pub mod sandbox;
 mod usage;
@@ -16,7 +15,7 @@ use std::{
 };
 
 use container::Container;
-pub use containers::ContainerFilter;
+pub use container::ContainerFilter;
 use sandbox::{NamespaceMode, PodSpec, Sandbox, SandboxState};
 
 use crate::{
@@ -398,7 +397,7 @@ impl Runtime {
                     id: existing.id.clone(),
                 });
             }
-            containers::NameReservation::take(&self.creating_pods, spec.full_name()).ok_or(
+            container::NameReservation::take(&self.creating_pods, spec.full_name()).ok_or(
                 Error::SandboxExists {
                     name: spec.full_name(),
                     id: "(being created)".into(),

@@ -1,6 +1,22 @@
 //! Containers: what the CRI asks for, turned into a runtime spec and a container directory
 //! (init layer, read-write layer, rootfs mount point, config.json, start FIFO), and the
-//! record of where each container is in its life.
+//! record of where each container is in its life. The runtime's container operations are
+//! the files beside: the store (records, locks, refresh) and one file per operation.
+
+mod create;
+mod exec;
+mod log;
+mod remove;
+mod start;
+mod stats;
+mod stop;
+mod store;
+mod update;
+
+pub use exec::{ExecOutput, ExecProcess};
+pub use stats::Frozen;
+pub use store::ContainerFilter;
+pub(in crate::runtime) use store::NameReservation;
 
 use std::{
     collections::BTreeMap,
