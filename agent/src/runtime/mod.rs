@@ -41,8 +41,14 @@ pub enum Error {
     ContainerNotFound(String),
     #[error("a container named {name:?} already exists in the pod ({id})")]
     ContainerExists { name: String, id: String },
+    /// The request cannot be carried out in the state things are in (a container not
+    /// running, a pod not ready).
     #[error("{0}")]
     Precondition(String),
+    /// The node failed the runtime (a worker thread lost, a process that outlives
+    /// SIGKILL): nothing the caller can change.
+    #[error("{0}")]
+    Internal(String),
     /// The container's init (or its monitor) failed while it was set up, at `stage` when
     /// it said where: what the request asked may be the cause (a mount, the working
     /// directory, the user, a profile) or not (the host).
@@ -369,7 +375,7 @@ impl Runtime {
         let cgroup = self.cgroups.cgroup(path)?;
         tokio::task::spawn_blocking(move || cgroup.remove())
             .await
-            .map_err(|e| Error::Precondition(format!("removing a cgroup: {e}")))??;
+            .map_err(|e| Error::Internal(format!("removing a cgroup: {e}")))??;
         Ok(())
     }
 }
@@ -382,7 +388,7 @@ pub(super) async fn kill_cgroup(cgroup: &crate::cgroup::Cgroup) -> Result<()> {
     let cgroup = cgroup.clone();
     tokio::task::spawn_blocking(move || cgroup.kill_all())
         .await
-        .map_err(|e| Error::Precondition(format!("killing a cgroup's processes: {e}")))?
+        .map_err(|e| Error::Internal(format!("killing a cgroup's processes: {e}")))?
         .map_err(Error::from)
 }
 

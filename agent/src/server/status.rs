@@ -112,6 +112,7 @@ fn runtime_code(e: &runtime::Error) -> Code {
         E::SandboxNotFound(_) | E::ContainerNotFound(_) => Code::NotFound,
         E::SandboxExists { .. } | E::ContainerExists { .. } => Code::AlreadyExists,
         E::Precondition(_) => Code::FailedPrecondition,
+        E::Internal(_) => Code::Internal,
         E::CreateFailed { stage, .. } => stage_code(*stage),
         E::Timeout(_) => Code::DeadlineExceeded,
         E::Invalid { .. } => Code::InvalidArgument,

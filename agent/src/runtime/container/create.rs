@@ -50,7 +50,7 @@ pub(in crate::runtime) async fn spawn_monitor(dir: &Path) -> Result<(u32, u32)> 
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| Error::Precondition("monitor has no stdout".into()))?;
+        .ok_or_else(|| Error::Internal("the monitor has no stdout".into()))?;
     let mut line = String::new();
     let read = tokio::time::timeout(
         CREATE_TIMEOUT,

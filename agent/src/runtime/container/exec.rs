@@ -188,7 +188,7 @@ impl Runtime {
         });
         let result = job
             .await
-            .map_err(|e| Error::Precondition(format!("the exec failed: {e}")))?;
+            .map_err(|e| Error::Internal(format!("the exec failed: {e}")))?;
         drop(cancel_on_drop);
         result
     }

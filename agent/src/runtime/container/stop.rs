@@ -153,7 +153,7 @@ impl Runtime {
                     kill_cgroup(&cgroup).await?;
                 }
                 if !wait_exit(&layout, c.monitor, KILL_TIMEOUT).await {
-                    return Err(Error::Precondition(format!(
+                    return Err(Error::Internal(format!(
                         "container {} did not die after SIGKILL",
                         c.id
                     )));
