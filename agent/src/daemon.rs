@@ -86,7 +86,7 @@ pub async fn run(config: Config) -> Result<()> {
     let remote = match &config.remote.listen {
         Some(_) => {
             let remote = Arc::new(
-                server::remote::Remote::load(config.remote.clone())
+                server::mtls::Remote::load(config.remote.clone())
                     .map_err(|e| Error::Startup(e.to_string()))?,
             );
             let listener = remote
@@ -272,7 +272,7 @@ fn lock_root(root: &Path) -> Result<Flock<File>> {
 
 /// SIGHUP: the remote API's certificates and CA are read again. Running containers and
 /// open connections are not touched; a file that does not load keeps the old ones.
-fn reload(remote: Option<&server::remote::Remote>) {
+fn reload(remote: Option<&server::mtls::Remote>) {
     let Some(remote) = remote else {
         tracing::info!("SIGHUP: nothing to reload (no remote API)");
         return;

@@ -159,7 +159,7 @@ pub async fn page(ctx: &Context) -> String {
     page.finish()
 }
 
-/// The front of every call: judged by [`remote::admit`](super::remote::admit) (remote
+/// The front of every call: judged by [`mtls::admit`](super::mtls::admit) (remote
 /// callers), then counted by method and code, with its latency (to the response's
 /// headers: the whole call when unary). A call whose headers carry no `grpc-status` went
 /// on to its trailers; it is counted OK (a stream that fails later is not told apart).
@@ -199,8 +199,7 @@ where
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let method = request.uri().path().to_string();
         let started = Instant::now();
-        let admitted =
-            super::remote::admit(request.extensions().get::<super::remote::Peer>(), &method);
+        let admitted = super::mtls::admit(request.extensions().get::<super::mtls::Peer>(), &method);
         let deadline = super::deadline::of(&request);
         let call = admitted.map(|()| self.inner.call(request));
         Box::pin(async move {

@@ -9,7 +9,7 @@ mod ext;
 mod image;
 pub mod listener;
 pub mod metrics;
-pub mod remote;
+pub mod mtls;
 mod runtime;
 mod status;
 pub mod streaming;

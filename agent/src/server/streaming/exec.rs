@@ -1,6 +1,6 @@
 //! Remote command over SPDY: the client opens a stream per channel (`streamtype` error,
 //! stdin, stdout, stderr, resize); once those the request asked for are there, the command
-//! starts ([`remote::Command`]); its output goes out as data frames on those streams, the
+//! starts ([`session::Command`]); its output goes out as data frames on those streams, the
 //! client's stdin and resize data go to it, and at its end the status goes on the error
 //! stream and every stream of ours is closed.
 
@@ -14,7 +14,7 @@ use tokio::{
 
 use super::{
     Activity, ExecRequest, Limits,
-    remote::{self, Channel, Command, Input, Opened, Out},
+    session::{self, Channel, Command, Input, Opened, Out},
     spdy::{Decoder, Frame, RST_REFUSED_STREAM},
     write_frames,
 };
@@ -183,7 +183,7 @@ impl Session {
                     .await;
                 let resize_stream =
                     matches!(self.protocol, "v3.channel.k8s.io" | "v4.channel.k8s.io");
-                let wanted = remote::expected(&self.request, resize_stream);
+                let wanted = session::expected(&self.request, resize_stream);
                 if wanted.iter().all(|c| self.stream_of(*c).is_some()) {
                     let opened = Opened {
                         stdin: self.request.stdin,

@@ -5,7 +5,7 @@
 
 mod exec;
 mod portforward;
-mod remote;
+mod session;
 pub mod spdy;
 mod tls;
 mod websocket;

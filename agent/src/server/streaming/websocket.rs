@@ -25,7 +25,7 @@ use tokio_tungstenite::{
 use super::{
     Activity, ExecRequest, Limits, PortForwardRequest,
     portforward::{Event, forward},
-    remote::{Channel, Command, Input, Opened, Out},
+    session::{Channel, Command, Input, Opened, Out},
 };
 use crate::runtime::Runtime;
 
