@@ -5,7 +5,7 @@ use std::{path::Path, path::PathBuf, sync::Arc, time::Duration};
 
 use crate::{
     oci, oci::Helper, runtime::Error, runtime::Result, runtime::Runtime,
-    runtime::container::Container, runtime::container::ContainerState, runtime::io_err,
+    runtime::container::Container, runtime::io_err,
 };
 
 /// What an ExecSync produced.
@@ -207,12 +207,7 @@ impl Runtime {
                 reason: "no command".into(),
             });
         }
-        let (ContainerState::Running, Some(pid)) = (c.state, c.pid) else {
-            return Err(Error::Precondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        };
+        let pid = c.can_join().map_err(Error::Precondition)?;
         let dir = self.containers_dir.join(&c.id);
         let suffix =
             crate::runtime::new_id().map_err(io_err("cannot read", Path::new("/dev/urandom")))?;

@@ -2,9 +2,7 @@
 
 use std::{os::unix::fs::OpenOptionsExt as _, time::Duration, time::Instant};
 
-use crate::{
-    runtime::Error, runtime::Result, runtime::Runtime, runtime::container::ContainerState,
-};
+use crate::{runtime::Error, runtime::Result, runtime::Runtime};
 
 /// How long a monitor may take to reopen a container's log.
 pub(in crate::runtime) const REOPEN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -13,12 +11,7 @@ impl Runtime {
     /// Asks the container's monitor to reopen the log file (after the kubelet rotated it).
     pub async fn reopen_log(&self, id: &str) -> Result<()> {
         let c = self.container(id).await?;
-        if c.state != ContainerState::Running {
-            return Err(Error::Precondition(format!(
-                "container {} is not running",
-                c.id
-            )));
-        }
+        c.can_join().map_err(Error::Precondition)?;
         let control = self.container_layout(&c.id).control();
         let sent = std::fs::OpenOptions::new()
             .write(true)

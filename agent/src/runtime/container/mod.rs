@@ -206,7 +206,112 @@ pub struct Container {
     pub user: User,
 }
 
+/// What the host says of a container when its record is brought up to date: the exit its
+/// monitor recorded, when its init was released (the `started` marker), whether its
+/// monitor still runs. Gathered by the store, applied by [`Container::refresh`].
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub exit: Option<crate::oci::Exit>,
+    /// Nanoseconds since the epoch.
+    pub started_at: Option<i64>,
+    pub monitor_alive: bool,
+}
+
+/// What [`Container::refresh`] changed in a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Refreshed {
+    Unchanged,
+    /// To be saved.
+    Changed,
+    /// Its monitor died: what is left of it to be killed, then it is marked exited and
+    /// saved.
+    Orphaned,
+}
+
+/// The state changes of a record, each in one place, and the guards of the operations
+/// that depend on its state.
 impl Container {
+    /// Brings the record up to date with what the host says, in memory only.
+    pub fn refresh(&mut self, seen: &Observed) -> Refreshed {
+        if self.state == ContainerState::Exited {
+            return Refreshed::Unchanged;
+        }
+        if let Some(exit) = &seen.exit {
+            self.exited(exit);
+            return Refreshed::Changed;
+        }
+        let mut changed = Refreshed::Unchanged;
+        if self.state == ContainerState::Created
+            && let Some(at) = seen.started_at
+        {
+            // Started while no StartContainer call saw it through (the daemon was down).
+            self.state = ContainerState::Running;
+            if self.started_at == 0 {
+                self.started_at = at;
+            }
+            changed = Refreshed::Changed;
+        }
+        if self.monitor.is_some() && !seen.monitor_alive {
+            return Refreshed::Orphaned;
+        }
+        changed
+    }
+
+    /// Released by StartContainer at `at` (nanoseconds since the epoch).
+    pub fn started(&mut self, at: i64) {
+        self.started_at = at;
+        self.state = ContainerState::Running;
+    }
+
+    /// Its monitor recorded `exit`.
+    pub fn exited(&mut self, exit: &crate::oci::Exit) {
+        self.state = ContainerState::Exited;
+        self.finished_at = exit.finished_at;
+        self.exit_code = exit.exit_code;
+        self.pid = None;
+        (self.reason, self.message) = match (&exit.exec_error, exit.oom_killed, exit.exit_code) {
+            (Some(e), _, _) => ("StartError".into(), e.clone()),
+            (None, true, _) => ("OOMKilled".into(), String::new()),
+            (None, false, 0) => ("Completed".into(), String::new()),
+            (None, false, _) => ("Error".into(), String::new()),
+        };
+    }
+
+    /// Its monitor died (at `at`) and what was left of it was killed: nobody recorded
+    /// its exit.
+    pub fn orphaned(&mut self, at: i64) {
+        self.state = ContainerState::Exited;
+        self.finished_at = at;
+        self.exit_code = 255;
+        self.pid = None;
+        self.reason = "Error".into();
+        self.message = "the container's monitor died; its exit status is unknown".into();
+    }
+
+    /// StartContainer: only a created container.
+    pub fn can_start(&self) -> Result<(), String> {
+        match self.state {
+            ContainerState::Created => Ok(()),
+            other => Err(format!("container {} is {other:?}, not created", self.id).to_lowercase()),
+        }
+    }
+
+    /// Exec, Attach, ReopenContainerLog: only a running one.
+    pub fn can_join(&self) -> Result<u32, String> {
+        match (self.state, self.pid) {
+            (ContainerState::Running, Some(pid)) => Ok(pid),
+            _ => Err(format!("container {} is not running", self.id)),
+        }
+    }
+
+    /// UpdateContainerResources: anything that has not exited.
+    pub fn can_update(&self) -> Result<(), String> {
+        match self.state {
+            ContainerState::Exited => Err(format!("container {} has exited", self.id)),
+            _ => Ok(()),
+        }
+    }
+
     /// Every layer the container is made of or mounts: its image's and its image volumes'.
     pub fn layers_in_use(&self) -> Vec<String> {
         let mut layers = self.diff_ids.clone();
@@ -888,5 +993,136 @@ mod tests {
         s.add_capabilities = vec![];
         s.add_capabilities = vec!["CAP_BOGUS".into()];
         assert!(capabilities(&s).is_err());
+    }
+}
+
+#[cfg(test)]
+mod record_tests {
+    use super::*;
+    use crate::oci::Exit;
+
+    fn record(state: ContainerState) -> Container {
+        Container {
+            id: "c1".into(),
+            pod_id: "p1".into(),
+            spec: ContainerSpec::default(),
+            image_id: "sha256:i".into(),
+            image_ref: String::new(),
+            diff_ids: vec![],
+            state,
+            created_at: 1,
+            started_at: 0,
+            finished_at: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: Some(42),
+            monitor: Some((41, 7)),
+            log_path: PathBuf::from("/log"),
+            cgroup: "strata/p1/c1".into(),
+            stop_signal: String::new(),
+            user: User::default(),
+        }
+    }
+
+    fn exit(code: i32, oom: bool, exec_error: Option<&str>) -> Exit {
+        Exit {
+            exit_code: code,
+            signal: None,
+            oom_killed: oom,
+            exec_error: exec_error.map(String::from),
+            finished_at: 99,
+        }
+    }
+
+    fn alive() -> Observed {
+        Observed {
+            monitor_alive: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_exit_the_monitor_recorded_ends_the_container_with_its_reason() {
+        for (exit, reason, message) in [
+            (exit(0, false, None), "Completed", ""),
+            (exit(3, false, None), "Error", ""),
+            (exit(137, true, None), "OOMKilled", ""),
+            (
+                exit(127, false, Some("no /bin/x")),
+                "StartError",
+                "no /bin/x",
+            ),
+        ] {
+            let mut c = record(ContainerState::Running);
+            let seen = Observed {
+                exit: Some(exit.clone()),
+                ..Default::default()
+            };
+            assert_eq!(c.refresh(&seen), Refreshed::Changed);
+            assert_eq!(c.state, ContainerState::Exited);
+            assert_eq!((c.exit_code, c.finished_at), (exit.exit_code, 99));
+            assert_eq!((c.reason.as_str(), c.message.as_str()), (reason, message));
+            assert_eq!(c.pid, None);
+            // Once exited, nothing the host says changes it.
+            assert_eq!(c.refresh(&alive()), Refreshed::Unchanged);
+        }
+    }
+
+    #[test]
+    fn a_start_nobody_saw_through_and_a_dead_monitor() {
+        // Released while the daemon was down: running, from the marker's time.
+        let mut c = record(ContainerState::Created);
+        let seen = Observed {
+            started_at: Some(500),
+            monitor_alive: true,
+            ..Default::default()
+        };
+        assert_eq!(c.refresh(&seen), Refreshed::Changed);
+        assert_eq!((c.state, c.started_at), (ContainerState::Running, 500));
+        // A time already recorded is kept.
+        let mut c = record(ContainerState::Created);
+        c.started_at = 400;
+        c.refresh(&seen);
+        assert_eq!(c.started_at, 400);
+        // Nothing new: unchanged.
+        let mut c = record(ContainerState::Running);
+        assert_eq!(c.refresh(&alive()), Refreshed::Unchanged);
+        // The monitor died without recording an exit: orphaned, to be settled.
+        let mut c = record(ContainerState::Running);
+        assert_eq!(c.refresh(&Observed::default()), Refreshed::Orphaned);
+        assert_eq!(c.state, ContainerState::Running, "marked only once settled");
+        c.orphaned(77);
+        assert_eq!(
+            (c.state, c.exit_code, c.finished_at),
+            (ContainerState::Exited, 255, 77)
+        );
+        assert!(c.message.contains("monitor died"));
+        // A record of an older agent knows no monitor: never judged orphaned.
+        let mut c = record(ContainerState::Running);
+        c.monitor = None;
+        assert_eq!(c.refresh(&Observed::default()), Refreshed::Unchanged);
+    }
+
+    #[test]
+    fn operations_are_guarded_by_the_state() {
+        let created = record(ContainerState::Created);
+        let mut running = record(ContainerState::Running);
+        let exited = record(ContainerState::Exited);
+        assert!(created.can_start().is_ok());
+        assert_eq!(
+            running.can_start().unwrap_err(),
+            "container c1 is running, not created"
+        );
+        assert!(exited.can_start().is_err());
+        assert_eq!(running.can_join(), Ok(42));
+        assert!(created.can_join().is_err() && exited.can_join().is_err());
+        running.pid = None;
+        assert!(running.can_join().is_err(), "no process to join");
+        assert!(created.can_update().is_ok() && running.can_update().is_ok());
+        assert_eq!(exited.can_update().unwrap_err(), "container c1 has exited");
+        let mut c = created.clone();
+        c.started(10);
+        assert_eq!((c.state, c.started_at), (ContainerState::Running, 10));
     }
 }

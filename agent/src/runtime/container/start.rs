@@ -5,7 +5,7 @@ use std::{os::unix::fs::OpenOptionsExt as _, path::Path, time::Duration};
 use super::{stop::*, store::*};
 use crate::{
     oci, oci::Message, runtime::Error, runtime::Result, runtime::Runtime,
-    runtime::container::Container, runtime::container::ContainerState, sys::watch::Watched,
+    runtime::container::Container, sys::watch::Watched,
 };
 
 /// How long StartContainer waits for the exec to happen (or fail).
@@ -75,11 +75,7 @@ impl Runtime {
         let id = self.container(id).await?.id;
         let _op = self.op_lock(&id).await;
         let mut c = self.container(&id).await?;
-        if c.state != ContainerState::Created {
-            return Err(Error::Precondition(
-                format!("container {} is {:?}, not created", c.id, c.state).to_lowercase(),
-            ));
-        }
+        c.can_start().map_err(Error::Precondition)?;
         let layout = self.container_layout(&c.id);
         // Opening the FIFO releases the init; it says "started" and execs (the FIFO closes
         // then), or says why it could not.
@@ -115,8 +111,7 @@ impl Runtime {
             }
         };
         crate::failpoint::hit("container.starting");
-        c.started_at = crate::clock::now_nanos();
-        c.state = ContainerState::Running;
+        c.started(crate::clock::now_nanos());
         let refreshed = self.refresh(&mut c);
         self.containers.lock().await.insert(c.id.clone(), c.clone());
         self.settle(vec![(c.clone(), Refreshed::Changed.max(refreshed))])

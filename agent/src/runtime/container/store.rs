@@ -47,16 +47,7 @@ impl Drop for NameReservation<'_> {
     }
 }
 
-/// What [`Runtime::refresh`] changed in a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(in crate::runtime) enum Refreshed {
-    Unchanged,
-    /// To be saved.
-    Changed,
-    /// Its monitor died: what is left of it to be killed, then it is marked exited and
-    /// saved.
-    Orphaned,
-}
+pub(in crate::runtime) use super::Refreshed;
 
 /// Kills a scope's placeholder process, if it is still the one started then.
 pub(in crate::runtime) fn kill_placeholder(pid: u32, started: Option<u64>) {
@@ -113,42 +104,27 @@ impl Runtime {
         if c.state == ContainerState::Exited {
             return Refreshed::Unchanged;
         }
+        let seen = self.observe(c);
+        c.refresh(&seen)
+    }
+
+    /// What the host says of a container that has not exited: the exit record (an
+    /// unreadable one is not there yet), the `started` marker's time, its monitor's life.
+    fn observe(&self, c: &Container) -> super::Observed {
         let layout = self.container_layout(&c.id);
-        let Ok(bytes) = std::fs::read(layout.exit_file()) else {
-            let mut changed = Refreshed::Unchanged;
-            if c.state == ContainerState::Created
-                && let Ok(marker) = std::fs::metadata(layout.started())
-            {
-                // Started while no StartContainer call saw it through (the daemon was down).
-                c.state = ContainerState::Running;
-                if c.started_at == 0 {
-                    c.started_at = marker
-                        .modified()
-                        .ok()
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
-                }
-                changed = Refreshed::Changed;
-            }
-            if self.monitor_is_gone(c, &layout) {
-                return Refreshed::Orphaned;
-            }
-            return changed;
-        };
-        let Ok(exit) = serde_json::from_slice::<Exit>(&bytes) else {
-            return Refreshed::Unchanged;
-        };
-        c.state = ContainerState::Exited;
-        c.finished_at = exit.finished_at;
-        c.exit_code = exit.exit_code;
-        c.pid = None;
-        (c.reason, c.message) = match (&exit.exec_error, exit.oom_killed, exit.exit_code) {
-            (Some(e), _, _) => ("StartError".into(), e.clone()),
-            (None, true, _) => ("OOMKilled".into(), String::new()),
-            (None, false, 0) => ("Completed".into(), String::new()),
-            (None, false, _) => ("Error".into(), String::new()),
-        };
-        Refreshed::Changed
+        let exit = std::fs::read(layout.exit_file())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Exit>(&bytes).ok());
+        let started_at = std::fs::metadata(layout.started())
+            .ok()
+            .and_then(|marker| marker.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        super::Observed {
+            monitor_alive: exit.is_some() || !self.monitor_is_gone(c, &layout),
+            exit,
+            started_at,
+        }
     }
 
     /// A container whose monitor died (killed, OOM-killed, a reboot) has no one to record
@@ -170,12 +146,7 @@ impl Runtime {
     /// is told it exited while its processes still run.
     pub(in crate::runtime) fn mark_orphaned(c: &mut Container) {
         tracing::warn!(container_id = %c.id, "the container's monitor died");
-        c.state = ContainerState::Exited;
-        c.finished_at = crate::clock::now_nanos();
-        c.exit_code = 255;
-        c.pid = None;
-        c.reason = "Error".into();
-        c.message = "the container's monitor died; its exit status is unknown".into();
+        c.orphaned(crate::clock::now_nanos());
     }
 
     /// Kills what is left of a container whose monitor died, then records it exited.

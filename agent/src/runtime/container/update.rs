@@ -1,9 +1,7 @@
 //! UpdateContainerResources: new limits on a running container's cgroup (and unit), recorded
 //! as the limits in force.
 
-use crate::{
-    runtime::Error, runtime::Result, runtime::Runtime, runtime::container::ContainerState,
-};
+use crate::{runtime::Error, runtime::Result, runtime::Runtime};
 
 impl Runtime {
     /// Applies new limits to a container's cgroup.
@@ -14,12 +12,7 @@ impl Runtime {
     ) -> Result<()> {
         let c = self.container(id).await?;
         let _op = self.op_lock(&c.id).await;
-        if c.state == ContainerState::Exited {
-            return Err(Error::Precondition(format!(
-                "container {} has exited",
-                c.id
-            )));
-        }
+        c.can_update().map_err(Error::Precondition)?;
         self.cgroups.cgroup(&c.cgroup)?.set(resources)?;
         // And on the unit, or systemd would put the old limits back at its next reload.
         if let (Some(systemd), Some(scope)) =
