@@ -135,11 +135,6 @@ async fn running_container(
     id: &str,
 ) -> Result<crate::runtime::container::Container, Status> {
     let c = ctx.runtime.container(id).await?;
-    if c.state != crate::runtime::container::ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
-            "container {} is not running",
-            c.id
-        )));
-    }
+    c.can_join().map_err(Status::failed_precondition)?;
     Ok(c)
 }
