@@ -136,6 +136,7 @@ pub async fn run(config: Config) -> Result<()> {
     runtime
         .set_leases(Arc::new(StoreLeases(Arc::clone(&images))))
         .await;
+    runtime.set_images(Arc::new(StoreLeases(Arc::clone(&images))));
     images.collect_leftovers().await?;
     runtime.release_orphans().await;
     let runtime = Arc::new(runtime);
@@ -332,8 +333,50 @@ fn notify_systemd(state: &str) {
     }
 }
 
-/// The image store as the runtime's layer leases.
+/// The image store as the runtime is given it: its images found and read, its layers
+/// leased.
 struct StoreLeases(Arc<crate::image::ImageStore>);
+
+impl crate::runtime::ImageSource for StoreLeases {
+    fn image_root(
+        &self,
+        name: &str,
+    ) -> std::result::Result<crate::runtime::container::ImageRoot, crate::image::Error> {
+        let store = &self.0;
+        let image = store
+            .find(name)
+            .ok_or_else(|| crate::image::Error::NotFound(name.to_string()))?;
+        let run = store.config(&image)?.config.unwrap_or_default();
+        // The name a kubelet shows as the container's imageID: repo@digest of the
+        // repository asked for, else of any repository the image came from.
+        let repository = crate::image::reference::Reference::parse(name)
+            .ok()
+            .map(|r| r.name());
+        let repo_digest = image
+            .digests
+            .iter()
+            .find(|d| repository.as_deref() == d.split_once('@').map(|(repo, _)| repo))
+            .or_else(|| image.digests.iter().next())
+            .cloned()
+            .unwrap_or_default();
+        Ok(crate::runtime::container::ImageRoot {
+            id: image.id.to_string(),
+            repo_digest,
+            layers: image
+                .layers
+                .iter()
+                .map(|l| store.layer_path(&l.diff_id))
+                .collect(),
+            diff_ids: image.layers.iter().map(|l| l.diff_id.to_string()).collect(),
+            entrypoint: run.entrypoint.unwrap_or_default(),
+            cmd: run.cmd.unwrap_or_default(),
+            env: run.env.unwrap_or_default(),
+            working_dir: run.working_dir.unwrap_or_default(),
+            user: run.user.unwrap_or_default(),
+            stop_signal: run.stop_signal.unwrap_or_default(),
+        })
+    }
+}
 
 impl crate::runtime::LayerLeases for StoreLeases {
     fn pin(&self, owner: &str, diff_ids: &[String]) {

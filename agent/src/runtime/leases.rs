@@ -14,6 +14,15 @@ pub trait LayerLeases: Send + Sync {
     fn unpin(&self, owner: &str);
 }
 
+/// The images containers are made of, as the runtime is given them: found by name (a
+/// reference or an id) and read into what a container needs (layers, config).
+pub trait ImageSource: Send + Sync {
+    fn image_root(
+        &self,
+        name: &str,
+    ) -> std::result::Result<super::container::ImageRoot, crate::image::Error>;
+}
+
 /// A lease that is given back when dropped (a create's, until the container exists).
 pub(super) struct Claim {
     leases: Option<Arc<dyn LayerLeases>>,

@@ -11,7 +11,7 @@ mod pod;
 pub mod sandbox;
 mod usage;
 
-pub use leases::LayerLeases;
+pub use leases::{ImageSource, LayerLeases};
 pub use usage::Usage;
 
 use std::{
@@ -71,6 +71,8 @@ pub enum Error {
     Network(#[from] crate::cni::Error),
     #[error(transparent)]
     Cdi(#[from] crate::cdi::Error),
+    #[error(transparent)]
+    Image(#[from] crate::image::Error),
     #[error(transparent)]
     AppArmor(#[from] crate::apparmor::Error),
     #[error("pinning the pod's namespaces: {0}")]
@@ -151,6 +153,8 @@ pub struct Runtime {
     usage: usage::UsageCache,
     /// The image store's leases on the layers containers are made of.
     leases: Option<std::sync::Arc<dyn LayerLeases>>,
+    /// Where the images of containers and image volumes are found.
+    images: Option<std::sync::Arc<dyn ImageSource>>,
 }
 
 impl Runtime {
@@ -265,6 +269,7 @@ impl Runtime {
             orphan_units: std::sync::Mutex::new(orphan_units),
             usage: usage::UsageCache::default(),
             leases: None,
+            images: None,
         };
         runtime.reconcile_containers();
         Ok(runtime)
@@ -353,6 +358,20 @@ impl Runtime {
             leases.pin(&c.id, &c.layers_in_use());
         }
         self.leases = Some(leases);
+    }
+
+    /// Finds the images of containers in `images` from now on.
+    pub fn set_images(&mut self, images: std::sync::Arc<dyn ImageSource>) {
+        self.images = Some(images);
+    }
+
+    /// The image `name` names, as a container needs it.
+    pub(crate) fn image_root(&self, name: &str) -> Result<container::ImageRoot> {
+        let images = self
+            .images
+            .as_ref()
+            .ok_or_else(|| Error::Internal("the runtime has no image store".into()))?;
+        Ok(images.image_root(name)?)
     }
 
     /// Uses the systemd cgroup driver from now on (before anything is created).

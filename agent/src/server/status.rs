@@ -134,6 +134,7 @@ fn runtime_code(e: &runtime::Error) -> Code {
                 Code::Internal
             }
         },
+        E::Image(e) => code(e),
         E::Cdi(crate::cdi::Error::UnknownDevice { .. }) => Code::NotFound,
         E::Cdi(crate::cdi::Error::Dir { .. }) => Code::FailedPrecondition,
         E::Cdi(_) => Code::InvalidArgument,

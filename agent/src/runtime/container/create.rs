@@ -304,12 +304,30 @@ pub(in crate::runtime) fn resolve_device(
 }
 
 impl Runtime {
+    /// Finds each image volume's image: its layers, id and repo@digest.
+    pub(in crate::runtime) fn resolve_image_volumes(&self, spec: &mut ContainerSpec) -> Result<()> {
+        for m in &mut spec.mounts {
+            let Some(volume) = m.image.as_mut() else {
+                continue;
+            };
+            let root = self.image_root(&volume.image)?;
+            volume.id = root.id;
+            volume.image_ref = root.repo_digest;
+            volume.layers = root.layers;
+            volume.diff_ids = root.diff_ids;
+        }
+        Ok(())
+    }
+
+    /// Creates a container of `spec` in the pod `pod_id`: its image and its image volumes'
+    /// images are found in the image store the runtime was given.
     pub async fn create_container(
         &self,
         pod_id: &str,
-        spec: ContainerSpec,
-        image: ImageRoot,
+        mut spec: ContainerSpec,
     ) -> Result<Container> {
+        let image = self.image_root(&spec.image)?;
+        self.resolve_image_volumes(&mut spec)?;
         let sandbox = self.pod(pod_id).await?;
         if sandbox.state != SandboxState::Ready {
             return Err(Error::Precondition(format!(

@@ -10,8 +10,7 @@ use super::pod::ns_mode;
 use crate::runtime::{
     ContainerFilter,
     container::{
-        Container, ContainerSpec, ContainerState, DeviceSpec, ImageRoot, MountImage, MountSpec,
-        Propagation,
+        Container, ContainerSpec, ContainerState, DeviceSpec, MountImage, MountSpec, Propagation,
     },
     sandbox::NamespaceMode,
 };
@@ -246,64 +245,6 @@ fn seccomp_choice(
 }
 
 /// The image a container runs, resolved in the image store.
-/// Finds each image volume's image in the store: its layers, id and repo@digest. The
-/// kubelet pulls it first; one the node does not have is NotFound.
-pub fn resolve_image_volumes(ctx: &Context, spec: &mut ContainerSpec) -> Result<(), Status> {
-    for m in &mut spec.mounts {
-        let Some(volume) = m.image.as_mut() else {
-            continue;
-        };
-        let root = image_root(ctx, &volume.image).map_err(|e| {
-            Status::new(
-                e.code(),
-                format!("image volume at {}: {}", m.container_path, e.message()),
-            )
-        })?;
-        volume.id = root.id;
-        volume.image_ref = root.repo_digest;
-        volume.layers = root.layers;
-        volume.diff_ids = root.diff_ids;
-    }
-    Ok(())
-}
-
-pub fn image_root(ctx: &Context, name: &str) -> Result<ImageRoot, Status> {
-    let image = ctx
-        .images
-        .find(name)
-        .ok_or_else(|| Status::not_found(format!("image {name:?} not found: pull it first")))?;
-    let config = ctx.images.config(&image)?;
-    let run = config.config.unwrap_or_default();
-    // The name a kubelet shows as the container's imageID: repo@digest of the repository
-    // asked for, else of any repository the image came from.
-    let repository = crate::image::reference::Reference::parse(name)
-        .ok()
-        .map(|r| r.name());
-    let repo_digest = image
-        .digests
-        .iter()
-        .find(|d| repository.as_deref() == d.split_once('@').map(|(repo, _)| repo))
-        .or_else(|| image.digests.iter().next())
-        .cloned()
-        .unwrap_or_default();
-    Ok(ImageRoot {
-        id: image.id.to_string(),
-        repo_digest,
-        layers: image
-            .layers
-            .iter()
-            .map(|l| ctx.images.layer_path(&l.diff_id))
-            .collect(),
-        diff_ids: image.layers.iter().map(|l| l.diff_id.to_string()).collect(),
-        entrypoint: run.entrypoint.unwrap_or_default(),
-        cmd: run.cmd.unwrap_or_default(),
-        env: run.env.unwrap_or_default(),
-        working_dir: run.working_dir.unwrap_or_default(),
-        user: run.user.unwrap_or_default(),
-        stop_signal: run.stop_signal.unwrap_or_default(),
-    })
-}
-
 pub fn cri_state(state: ContainerState) -> i32 {
     (match state {
         ContainerState::Created => cri::ContainerState::ContainerCreated,

@@ -20,12 +20,10 @@ pub(super) async fn create_container(
     let config = request
         .config
         .ok_or_else(|| Status::invalid_argument("CreateContainer needs a config"))?;
-    let mut spec = container_convert::container_spec(config)?;
-    let image = container_convert::image_root(ctx, &spec.image)?;
-    container_convert::resolve_image_volumes(ctx, &mut spec)?;
+    let spec = container_convert::container_spec(config)?;
     let container = ctx
         .runtime
-        .create_container(&request.pod_sandbox_id, spec, image)
+        .create_container(&request.pod_sandbox_id, spec)
         .await?;
     tracing::info!(container_id = %container.id, pod_id = %container.pod_id, image = %container.spec.image, name = %container.spec.name, "container created");
     let subject = Subject::Container {
