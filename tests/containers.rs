@@ -2475,20 +2475,7 @@ async fn image_volumes_mount_shared_layers_read_only() {
         )
         .build();
     let data = env.publish("ctr/volume-data", &data).await;
-    let data_id = cri::image_service_client::ImageServiceClient::new(env.daemon.channel().await)
-        .image_status(cri::ImageStatusRequest {
-            image: Some(cri::ImageSpec {
-                image: data.clone(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap()
-        .id;
+    let data_id = env.image_status(&data).await.id;
     assert!(data_id.starts_with("sha256:"));
     // One layer: an overlay without an upper layer needs two lowers.
     let single = ImageBuilder::new()

@@ -14,10 +14,7 @@ use common::{
     cri::{Attempt, Env, container_config, env, env_with, pid_mode},
     oci::{Compression, ImageBuilder, LayerBuilder, busybox_layer},
 };
-use strata_api::cri::{
-    self, ExecSyncRequest, ImageSpec, ImageStatusRequest, RunPodSandboxRequest,
-    image_service_client::ImageServiceClient,
-};
+use strata_api::cri::{self, ExecSyncRequest, RunPodSandboxRequest};
 use tonic::Code;
 
 /// A file on the host that no container may read, with a removal guard.
@@ -577,19 +574,7 @@ async fn numeric_users_are_ids_everywhere_and_never_names() {
         .user("4294967296")
         .build();
     let reference = env.publish("sec/bad-uid", &image).await;
-    let status = ImageServiceClient::new(env.daemon.channel().await)
-        .image_status(ImageStatusRequest {
-            image: Some(ImageSpec {
-                image: reference.clone(),
-                ..Default::default()
-            }),
-            verbose: false,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image
-        .unwrap();
+    let status = env.image_status(&reference).await;
     assert_eq!(
         status.uid, None,
         "an out-of-range uid is no uid: {status:?}"

@@ -345,6 +345,23 @@ impl Env {
         reference
     }
 
+    /// What ImageStatus says of the image `reference` names (which must be there).
+    pub async fn image_status(&self, reference: &str) -> cri::Image {
+        ImageServiceClient::new(self.daemon.channel().await)
+            .image_status(cri::ImageStatusRequest {
+                image: Some(ImageSpec {
+                    image: reference.into(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .image
+            .unwrap()
+    }
+
     /// Runs `script` in a new container of `pod`; returns its stdout lines and status.
     pub async fn run(
         &mut self,
