@@ -209,7 +209,7 @@ impl Runtime {
                 && !sandbox.namespaces.values().all(|p| is_mount_point(p))
             {
                 tracing::info!(sandbox = %id, "its namespaces are gone; marking it NotReady");
-                sandbox.state = SandboxState::NotReady;
+                sandbox.not_ready();
             }
             sandboxes.insert(id, sandbox);
         }

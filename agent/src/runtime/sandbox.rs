@@ -93,6 +93,36 @@ pub struct Sandbox {
     pub ips: Vec<String>,
 }
 
+/// The state changes of a pod record, and the guard of what needs a ready pod.
+impl Sandbox {
+    /// Stopped, or found broken (its namespaces or its PID-namespace holder gone): no new
+    /// container joins it. Returns whether it was ready.
+    pub fn not_ready(&mut self) -> bool {
+        let was = self.state == SandboxState::Ready;
+        self.state = SandboxState::NotReady;
+        was
+    }
+
+    /// CreateContainer, PortForward: only a ready pod.
+    pub fn can_host(&self) -> Result<(), String> {
+        match self.state {
+            SandboxState::Ready => Ok(()),
+            SandboxState::NotReady => Err(format!("pod sandbox {} is not ready", self.id)),
+        }
+    }
+
+    /// Whether its PID-namespace holder (`start_time` tells a pid's start, as
+    /// `/proc/<pid>/stat` has it) has died: then the pod is marked not ready, and true is
+    /// returned if that changed it.
+    pub fn check_holder(&mut self, start_time: impl Fn(u32) -> Option<u64>) -> bool {
+        let gone = match (self.pid_holder, self.pid_holder_started) {
+            (Some(pid), Some(started)) => start_time(pid) != Some(started),
+            _ => false,
+        };
+        gone && self.not_ready()
+    }
+}
+
 /// `/etc/hosts` for the pod.
 pub fn hosts_file(hostname: &str) -> String {
     let mut text = String::from(
@@ -173,6 +203,48 @@ pub fn valid_hostname(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pod(holder: Option<(u32, u64)>) -> Sandbox {
+        Sandbox {
+            id: "p1".into(),
+            spec: PodSpec::default(),
+            state: SandboxState::Ready,
+            created_at: 1,
+            cgroup: "strata/pod-p1".into(),
+            namespaces: BTreeMap::new(),
+            shm: None,
+            pid_holder: holder.map(|(pid, _)| pid),
+            pid_holder_started: holder.map(|(_, started)| started),
+            ips: vec![],
+        }
+    }
+
+    #[test]
+    fn a_pod_hosts_containers_until_it_is_not_ready() {
+        let mut p = pod(None);
+        assert!(p.can_host().is_ok());
+        assert!(p.not_ready(), "it was ready");
+        assert_eq!(p.can_host().unwrap_err(), "pod sandbox p1 is not ready");
+        assert!(!p.not_ready(), "already not ready");
+    }
+
+    #[test]
+    fn a_dead_pid_namespace_holder_makes_the_pod_not_ready_once() {
+        // Alive: the same start time.
+        let mut p = pod(Some((40, 7)));
+        assert!(!p.check_holder(|_| Some(7)));
+        assert_eq!(p.state, SandboxState::Ready);
+        // Gone, or its pid taken by another process: not ready, once.
+        assert!(p.check_holder(|_| None));
+        assert_eq!(p.state, SandboxState::NotReady);
+        assert!(!p.check_holder(|_| None));
+        let mut p = pod(Some((40, 7)));
+        assert!(p.check_holder(|_| Some(8)));
+        // No holder (a pod without a shared PID namespace): nothing to check.
+        let mut p = pod(None);
+        assert!(!p.check_holder(|_| None));
+        assert!(p.can_host().is_ok());
+    }
 
     #[test]
     fn files_for_the_pod() {

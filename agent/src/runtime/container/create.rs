@@ -13,7 +13,7 @@ use crate::{
     runtime::Error, runtime::PathKind, runtime::Result, runtime::Runtime, runtime::container,
     runtime::container::Container, runtime::container::ContainerSpec,
     runtime::container::ContainerState, runtime::container::ImageRoot, runtime::container::Layout,
-    runtime::io_err, runtime::sandbox::SandboxState, state, sys::rootdir::RootDir,
+    runtime::io_err, state, sys::rootdir::RootDir,
 };
 
 /// How long a container's init may take to set up before CreateContainer gives up.
@@ -329,12 +329,7 @@ impl Runtime {
         let image = self.image_root(&spec.image)?;
         self.resolve_image_volumes(&mut spec)?;
         let sandbox = self.pod(pod_id).await?;
-        if sandbox.state != SandboxState::Ready {
-            return Err(Error::Precondition(format!(
-                "pod sandbox {} is not ready",
-                sandbox.id
-            )));
-        }
+        sandbox.can_host().map_err(Error::Precondition)?;
         spec.resources.validate()?;
         if !spec.log_path.is_empty() {
             crate::runtime::check_path("log_path", &spec.log_path, PathKind::Below)?;
@@ -456,7 +451,7 @@ impl Runtime {
                 if !self
                     .pod(&c.pod_id)
                     .await
-                    .is_ok_and(|p| p.state == SandboxState::Ready) =>
+                    .is_ok_and(|p| p.can_host().is_ok()) =>
             {
                 self.destroy_container(&id, &c.cgroup).await;
                 Err(Error::Precondition(format!(

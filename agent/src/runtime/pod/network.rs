@@ -128,12 +128,7 @@ impl Runtime {
     /// The network namespace of a ready pod (`None`: it uses the node's), for a port-forward.
     pub async fn pod_network(&self, id: &str) -> Result<Option<PathBuf>> {
         let sandbox = self.pod(id).await?;
-        if sandbox.state != SandboxState::Ready {
-            return Err(Error::Precondition(format!(
-                "pod sandbox {} is not ready",
-                sandbox.id
-            )));
-        }
+        sandbox.can_host().map_err(Error::Precondition)?;
         Ok(sandbox.namespaces.get("net").cloned())
     }
 }

@@ -5,23 +5,18 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
     runtime::Error, runtime::Result, runtime::Runtime, runtime::SandboxFilter,
-    runtime::sandbox::Sandbox, runtime::sandbox::SandboxState, runtime::write_record,
+    runtime::sandbox::Sandbox, runtime::write_record,
 };
 
 /// A Ready pod whose PID namespace holder is gone (killed, OOM-killed) has lost the PID
 /// namespace its containers share: it is NotReady, as a pod whose pause container died is
 /// on other runtimes. True if this changed the pod.
 pub(in crate::runtime) fn check_holder(sandbox: &mut Sandbox) -> bool {
-    let gone = match (sandbox.pid_holder, sandbox.pid_holder_started) {
-        (Some(pid), Some(started)) => crate::sys::process::start_time(pid) != Some(started),
-        _ => false,
-    };
-    if gone && sandbox.state == SandboxState::Ready {
+    let changed = sandbox.check_holder(crate::sys::process::start_time);
+    if changed {
         tracing::warn!(sandbox = %sandbox.id, "the pod's PID namespace holder died; marking it NotReady");
-        sandbox.state = SandboxState::NotReady;
-        return true;
     }
-    false
+    changed
 }
 
 /// Finds a pod by its id or a unique prefix of it.
@@ -71,7 +66,7 @@ impl Runtime {
     pub(in crate::runtime) async fn mark_not_ready(&self, pod_id: &str) -> Result<Sandbox> {
         let mut sandboxes = self.sandboxes.lock().await;
         let sandbox = find_mut(&mut sandboxes, pod_id)?;
-        sandbox.state = SandboxState::NotReady;
+        sandbox.not_ready();
         Ok(sandbox.clone())
     }
 
