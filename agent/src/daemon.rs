@@ -133,10 +133,9 @@ pub async fn run(config: Config) -> Result<()> {
     runtime.set_network(Arc::new(crate::cni::Cni::new(config.cni.clone())));
     runtime.set_rlimits(&config.rlimits);
     // Layers that containers use are never garbage-collected, across restarts too.
-    runtime
-        .set_leases(Arc::new(StoreLeases(Arc::clone(&images))))
-        .await;
-    runtime.set_images(Arc::new(StoreLeases(Arc::clone(&images))));
+    let store = Arc::new(StoreLeases(Arc::clone(&images)));
+    runtime.set_leases(store.clone()).await;
+    runtime.set_images(store);
     images.collect_leftovers().await?;
     runtime.release_orphans().await;
     let runtime = Arc::new(runtime);

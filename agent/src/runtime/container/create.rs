@@ -189,49 +189,32 @@ pub(in crate::runtime) fn cdi_device(
     if node.kind.as_deref() == Some("p") {
         return Err(invalid("FIFO device nodes are not supported".into()));
     }
-    let permissions = node.permissions.clone().unwrap_or_else(|| "rwm".into());
+    // Unset: rwm; `none` (empty): the node is made, the cgroup grants it nothing.
+    let permissions = node.permissions.as_deref().unwrap_or("rwm");
+    let access = match permissions {
+        "" => None,
+        p => Some(Access::parse(p).ok_or_else(|| invalid(format!("permissions {p:?}")))?),
+    };
     let from_host = resolve_device(&container::DeviceSpec {
         container_path: node.path.display().to_string(),
         host_path: node.host_path.display().to_string(),
-        permissions: if permissions.is_empty() {
-            "rwm".into()
-        } else {
-            permissions.clone()
-        },
+        permissions: String::new(),
     });
-    let (mut device, mut rule) = match (from_host, node.kind.as_deref(), node.major, node.minor) {
+    let (mut device, rule) = match (from_host, node.kind.as_deref(), node.major, node.minor) {
         (Ok(found), ..) => found,
         // Not on the host: the spec must say what it is.
         (Err(_), Some(kind @ ("c" | "u" | "b")), Some(major), Some(minor)) => {
             let number = |n: i64| u32::try_from(n).map_err(|_| invalid(format!("bad number {n}")));
-            let (major, minor) = (number(major)?, number(minor)?);
-            let block = kind == "b";
-            let access = Access::parse(if permissions.is_empty() {
-                "rwm"
+            let kind = if kind == "b" {
+                DeviceKind::Block
             } else {
-                &permissions
-            })
-            .ok_or_else(|| invalid(format!("permissions {permissions:?}")))?;
-            (
-                Device {
-                    path: node.path.display().to_string(),
-                    kind: if block { "b" } else { "c" }.into(),
-                    major,
-                    minor,
-                    file_mode: 0o666,
-                    uid: 0,
-                    gid: 0,
-                },
-                DeviceRule {
-                    kind: if block {
-                        DeviceKind::Block
-                    } else {
-                        DeviceKind::Char
-                    },
-                    major: Some(major),
-                    minor: Some(minor),
-                    access,
-                },
+                DeviceKind::Char
+            };
+            device_and_rule(
+                node.path.display().to_string(),
+                kind,
+                (number(major)?, number(minor)?),
+                (0o666, 0, 0),
             )
         }
         (Err(e), ..) => return Err(e),
@@ -245,13 +228,7 @@ pub(in crate::runtime) fn cdi_device(
     if let Some(gid) = node.gid {
         device.gid = gid;
     }
-    // `none`: the node is made, the cgroup grants it nothing.
-    if permissions.is_empty() {
-        return Ok((device, None));
-    }
-    rule.access = Access::parse(&permissions)
-        .ok_or_else(|| invalid(format!("permissions {permissions:?}")))?;
-    Ok((device, Some(rule)))
+    Ok((device, access.map(|access| DeviceRule { access, ..rule })))
 }
 
 pub(in crate::runtime) fn resolve_device(
@@ -281,26 +258,42 @@ pub(in crate::runtime) fn resolve_device(
     } else {
         return Err(invalid("not a character or block device".into()));
     };
-    let (major, minor) = (
-        rustix::fs::major(meta.rdev()),
-        rustix::fs::minor(meta.rdev()),
+    let (device, rule) = device_and_rule(
+        d.container_path.clone(),
+        kind,
+        (
+            rustix::fs::major(meta.rdev()),
+            rustix::fs::minor(meta.rdev()),
+        ),
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
     );
+    Ok((device, DeviceRule { access, ..rule }))
+}
+
+/// A device node at `path` of `kind` and numbers, with its (mode, uid, gid), and the
+/// cgroup rule that lets it be used in every way (narrowed by the caller).
+fn device_and_rule(
+    path: String,
+    kind: DeviceKind,
+    (major, minor): (u32, u32),
+    (file_mode, uid, gid): (u32, u32, u32),
+) -> (Device, DeviceRule) {
     let device = Device {
-        path: d.container_path.clone(),
+        path,
         kind: if kind == DeviceKind::Char { "c" } else { "b" }.into(),
         major,
         minor,
-        file_mode: meta.mode() & 0o7777,
-        uid: meta.uid(),
-        gid: meta.gid(),
+        file_mode,
+        uid,
+        gid,
     };
     let rule = DeviceRule {
         kind,
         major: Some(major),
         minor: Some(minor),
-        access,
+        access: Access::ALL,
     };
-    Ok((device, rule))
+    (device, rule)
 }
 
 impl Runtime {

@@ -65,7 +65,9 @@ pub struct MountImage {
     pub image_ref: String,
     /// A directory of the image mounted in place of its root (relative; empty: the root).
     pub sub_path: String,
-    /// Unpacked layers, bottom first.
+    /// Unpacked layers, bottom first: for the create only (the store's paths of
+    /// `diff_ids`, not recorded).
+    #[serde(skip)]
     pub layers: Vec<PathBuf>,
     pub diff_ids: Vec<String>,
 }
